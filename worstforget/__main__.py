@@ -1,0 +1,4 @@
+"""`python -m worstforget` runs the CLI."""
+from .cli import main
+
+main()

@@ -1,0 +1,156 @@
+"""The click group, shared options, error handling and rich rendering helpers (rich lives only here)."""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import click
+
+from ..errors import ConfigError, WorstforgetError
+
+
+class WorstforgetGroup(click.Group):
+    """Turns library errors into one-line messages: bad options exit 2, other problems exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise click.UsageError(str(exc), ctx=None) from None
+        except WorstforgetError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted; completed units are cached and --resume continues a search") from None
+
+
+class AppContext:
+    """Consoles built per invocation (not at import) so tests control width and colour."""
+
+    def __init__(self, *, quiet: bool = False, width: int | None = None):
+        from rich.console import Console
+
+        self.out = Console(width=width, soft_wrap=False)
+        self.err = Console(stderr=True, width=width, quiet=quiet)
+        self.quiet = quiet
+
+
+@click.group(cls=WorstforgetGroup, context_settings={"help_option_names": ["-h", "--help"],
+                                                       "auto_envvar_prefix": "WORSTFORGET"})
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE:FUNCTION",
+              help="Register a method with the challenge signature unlearn(net, retain, forget, val) -> net.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.version_option(package_name="worstforget", message="%(version)s")
+@click.pass_context
+def cli(ctx: click.Context, plugins: tuple[str, ...], quiet: bool) -> None:
+    """Audit machine-unlearning methods on their worst-case forget sets.
+
+    \b
+    Quick start (CPU, seconds):
+      worstforget search --method finetune
+      worstforget unlearn --method random_label --forget-ratio 0.1
+      worstforget list methods
+    """
+    if ctx.obj is None:
+        ctx.obj = AppContext(quiet=quiet)
+    if plugins:
+        from ..unlearn import load_plugin
+
+        for target in plugins:
+            load_plugin(target)
+
+
+def data_options(fn: Callable) -> Callable:
+    """Options that choose the setting: data, model, original training, device, cache."""
+    options = [
+        click.option("--dataset", default="digits", show_default=True,
+                     help="Registered dataset (see `worstforget list datasets`), or npz:PATH / h5:PATH."),
+        click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                     help="Folder holding the dataset files [default: $WORSTFORGET_DATA or ~/.cache/worstforget/data]."),
+        click.option("--download", is_flag=True, help="Fetch the official archive (checksum-verified) if missing."),
+        click.option("--model", default=None, help="Architecture [default: the dataset's]."),
+        click.option("--norm", type=click.Choice(["batch", "group", "none"]), default=None,
+                     help="Normalisation layers where the architecture has them."),
+        click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+                     help="Audit your trained state_dict of the chosen architecture instead of training one."),
+        click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs of the original model."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Training learning rate."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Training batch size."),
+        click.option("--schedule", type=click.Choice(["cosine", "step", "constant"]), default=None,
+                     help="Learning-rate schedule of training."),
+        click.option("--train-seed", type=int, default=0, show_default=True, help="Seed of the original model."),
+        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps."),
+        click.option("--no-cache", is_flag=True, help="Recompute every unit instead of reusing cached ones."),
+        click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                     help="Cache folder [default: $WORSTFORGET_CACHE or ~/.cache/worstforget]."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def setting_from_options(app: AppContext, progress, opts: dict):
+    from ..audit import prepare_setting
+
+    return prepare_setting(
+        dataset=opts["dataset"], model=opts["model"], norm=opts["norm"], data_dir=opts["data_dir"],
+        download=opts["download"], device=opts["device"], checkpoint=opts["checkpoint"],
+        train_overrides={"epochs": opts["epochs"], "lr": opts["lr"], "batch_size": opts["batch_size"],
+                         "schedule": opts["schedule"]},
+        seed=opts["train_seed"], cache=not opts["no_cache"], cache_dir=opts["cache_dir"], progress=progress)
+
+
+class RichProgress:
+    """Adapts the library's progress sink to rich bars on stderr."""
+
+    def __init__(self, console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                             console=console, transient=False, disable=console.quiet)
+
+    def __enter__(self) -> "RichProgress":
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._bar.__exit__(*exc)
+
+    def task(self, description: str, total: int | None):
+        bar = self._bar
+        task_id = bar.add_task(description, total=total, info="")
+
+        class _Task:
+            def advance(self, n: int = 1, **info: object) -> None:
+                text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                 for k, v in info.items() if v is not None)
+                bar.update(task_id, advance=n, info=text)
+
+            def close(self) -> None:
+                bar.remove_task(task_id)
+
+        return _Task()
+
+
+def fmt(stat: dict | float | None, digits: int = 2) -> str:
+    """'12.34 ± 0.56' for a mean/std dict, '12.34' for a number."""
+    if stat is None:
+        return "–"
+    if isinstance(stat, dict):
+        if stat.get("n", 2) <= 1:
+            return f"{stat['mean']:.{digits}f}"
+        return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+    return f"{stat:.{digits}f}"
+
+
+def pass_app(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    @click.pass_obj
+    def wrapper(app: AppContext, *args, **kwargs):
+        return fn(app, *args, **kwargs)
+
+    return wrapper
+
+
+def main() -> None:
+    cli(prog_name="worstforget")

@@ -1,0 +1,131 @@
+"""`list`, `train` and `unlearn` commands."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .app import RichProgress, cli, data_options, fmt, pass_app, setting_from_options
+
+KINDS = ("methods", "datasets", "models", "solvers")
+
+
+@cli.command("list")
+@click.argument("kind", type=click.Choice(KINDS))
+@pass_app
+def list_command(app, kind: str) -> None:
+    """List registered methods, datasets, models or search solvers."""
+    from rich.table import Table
+
+    from ..registry import describe
+
+    if kind == "methods":
+        from ..unlearn import METHODS as reg
+    elif kind == "datasets":
+        from ..datasets import DATASETS as reg
+    elif kind == "models":
+        from ..models import MODELS as reg
+    else:
+        from ..search import SOLVERS as reg
+    table = Table(box=None)
+    table.add_column("name", style="bold")
+    table.add_column("aliases")
+    if kind == "methods":
+        table.add_column("unrolled")
+    table.add_column("description")
+    for name in reg.names():
+        entry = reg.get(name)
+        row = [name, ", ".join(reg.aliases_of(name))]
+        if kind == "methods":
+            row.append("yes" if entry.differentiable else "no")
+        row.append(describe(entry))
+        table.add_row(*row)
+    app.out.print(table)
+
+
+@cli.command("train")
+@data_options
+@pass_app
+def train_command(app, **opts) -> None:
+    """Train (or fetch from the cache) the original model and report its accuracy."""
+    from ..train import accuracy
+    from ..utils import write_json
+
+    with RichProgress(app.err) as progress:
+        setting = setting_from_options(app, progress, opts)
+    data, model = setting.data, setting.original
+    accs = {"train": accuracy(model, data.x_train, data.y_train), "val": accuracy(model, data.x_val, data.y_val),
+            "test": accuracy(model, data.x_test, data.y_test)}
+    app.out.print(f"{data.name} / {setting.spec.name}: train {accs['train']:.2f}%  val {accs['val']:.2f}%  "
+                  f"test {accs['test']:.2f}%  (cache key {setting.original_key})")
+
+
+def _params_option(fn):
+    return click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+                        help="Method hyper-parameter (typed; unknown keys are rejected). Repeatable.")(fn)
+
+
+@cli.command("unlearn")
+@click.option("--method", required=True, help="Unlearning method (see `worstforget list methods`).")
+@data_options
+@click.option("--forget-ratio", type=float, default=0.1, show_default=True, help="Size of a random forget set.")
+@click.option("--forget-seed", type=int, default=0, show_default=True, help="Seed of the random forget set.")
+@click.option("--forget-set", type=click.Path(dir_okay=False), default=None,
+              help="A .npy file of training indices to forget (overrides --forget-ratio).")
+@_params_option
+@click.option("--seeds", "num_seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Unlearning seeds (runs of the method and of Retrain) to average.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Write summary.json here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
+@pass_app
+def unlearn_command(app, method: str, forget_ratio: float, forget_seed: int, forget_set: str | None,
+                    params: tuple[str, ...], num_seeds: int, out: str | None, as_json: bool, **opts) -> None:
+    """Run METHOD and exact Retrain on one forget set; print UA, MIA, RA, TA, RTE and Avg. Gap."""
+    import json
+
+    from ..audit import compare_on_set, forget_size, load_forget_set, random_forget_set, summarize_runs
+    from ..metrics import mean_std
+    from ..unlearn import METHODS, make_method, parse_params
+    from ..utils import code_version, environment, write_json
+
+    name = METHODS.canonical(method)
+    hyper = parse_params(name, params)
+    make_method(name, hyper)  # reject bad hyper-parameters before any training
+    if forget_set is None:
+        forget_size(100, forget_ratio)  # validates the ratio before loading data
+    with RichProgress(app.err) as progress:
+        setting = setting_from_options(app, progress, opts)
+        n = setting.data.num_train
+        indices = load_forget_set(forget_set, n) if forget_set else \
+            random_forget_set(n, forget_size(n, forget_ratio), forget_seed)
+        runs = compare_on_set(setting, [(name, hyper)], indices, seeds=list(range(num_seeds)), progress=progress)
+    summary = {
+        "dataset": setting.data.name, "model": setting.spec.name, "method": name, "params": hyper,
+        "num_train": n, "forget_size": len(indices),
+        "forget_source": forget_set or {"ratio": forget_ratio, "seed": forget_seed},
+        "seeds": list(range(num_seeds)),
+        name: {k: v["mean"] for k, v in summarize_runs(runs[name]).items()},
+        "retrain": {k: v["mean"] for k, v in summarize_runs(runs["retrain"]).items()},
+        "avg_gap": mean_std(runs["avg_gap"][name])["mean"],
+        "std": {name: {k: v["std"] for k, v in summarize_runs(runs[name]).items()},
+                "retrain": {k: v["std"] for k, v in summarize_runs(runs["retrain"]).items()},
+                "avg_gap": mean_std(runs["avg_gap"][name])["std"]},
+        "runs": runs, "setting": setting.describe(), "code_version": code_version(), "environment": environment(),
+    }
+    if out:
+        write_json(Path(out) / "summary.json", summary)
+    if as_json:
+        click.echo(json.dumps({k: summary[k] for k in (name, "retrain", "avg_gap")}, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{name} vs retrain on {len(indices)} of {n} samples ({setting.data.name}, {setting.spec.name})")
+    for col in ("method", "UA", "MIA", "RA", "TA", "RTE (s)", "Avg. Gap"):
+        table.add_column(col, justify="right" if col != "method" else "left")
+    for who in (name, "retrain"):
+        s = summarize_runs(runs[who])
+        gap = fmt(mean_std(runs["avg_gap"][name])) if who == name else "0"
+        table.add_row(who, fmt(s["UA"]), fmt(s["MIA"]), fmt(s["RA"]), fmt(s["TA"]), fmt(s["RTE"]), gap)
+    app.out.print(table)
+    if out:
+        app.out.print(str(Path(out) / "summary.json"))

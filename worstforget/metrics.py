@@ -1,0 +1,85 @@
+"""The paper's metrics: UA, RA, TA, MIA-Efficacy (SVC on confidence), run time and Avg. Gap to Retrain."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from .datasets import Dataset
+from .train import predict_logits
+from .utils import generator
+
+GAP_METRICS = ("UA", "MIA", "RA", "TA")  # Avg. Gap is the mean |Δ| to Retrain over these
+HIGHER_IS_BETTER = {"UA": None, "MIA": None, "RA": True, "TA": True, "RTE": False}  # None: compare with Retrain
+
+
+def true_label_confidence(logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """Softmax probability of the true label, the 1-D feature of the paper's SVC attack. (N,)"""
+    if len(y) == 0:
+        return np.zeros(0)
+    return torch.softmax(logits.double(), dim=1).gather(1, y[:, None]).squeeze(1).cpu().numpy()
+
+
+def svc_mia_efficacy(conf_retain: np.ndarray, conf_test: np.ndarray, conf_forget: np.ndarray, *,
+                     seed: int = 0, max_shadow: int = 10_000) -> float:
+    """MIA-Efficacy in percent: share of forget samples an RBF-SVC calls non-members.
+
+    The attacker (SVC, C=3, gamma='auto') is trained on a *random* retain sample (members) against
+    the test set (non-members), balanced in size, on the true-label confidence.
+    """
+    from sklearn.svm import SVC
+
+    if len(conf_forget) == 0:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    n = min(len(conf_retain), len(conf_test), max_shadow)
+    members = rng.choice(conf_retain, size=n, replace=False)
+    nonmembers = rng.choice(conf_test, size=n, replace=False)
+    features = np.concatenate([members, nonmembers])[:, None]
+    labels = np.concatenate([np.ones(n), np.zeros(n)])
+    attack = SVC(C=3, gamma="auto", kernel="rbf").fit(features, labels)
+    predicted_member = attack.predict(conf_forget[:, None])
+    return float((1 - predicted_member).mean() * 100)
+
+
+def model_outputs(model: nn.Module, data: Dataset) -> dict[str, torch.Tensor]:
+    """Logits on the training and test splits (eval mode, no augmentation)."""
+    return {"train": predict_logits(model, data.x_train), "test": predict_logits(model, data.x_test)}
+
+
+def evaluate(model: nn.Module, data: Dataset, forget_set: torch.Tensor, *, mia_seed: int = 0) -> dict[str, float]:
+    """UA, RA, TA (percent) and MIA-Efficacy of a model for one forget set (train-split indices)."""
+    out = model_outputs(model, data)
+    forget = torch.zeros(data.num_train, dtype=torch.bool, device=data.device)
+    forget[forget_set.to(data.device)] = True
+    correct = out["train"].argmax(1) == data.y_train
+    test_correct = out["test"].argmax(1) == data.y_test
+    conf_train = true_label_confidence(out["train"], data.y_train)
+    conf_test = true_label_confidence(out["test"], data.y_test)
+    f = forget.cpu().numpy()
+    return {
+        "UA": 100.0 - float(correct[forget].float().mean() * 100),
+        "RA": float(correct[~forget].float().mean() * 100),
+        "TA": float(test_correct.float().mean() * 100),
+        "MIA": svc_mia_efficacy(conf_train[~f], conf_test, conf_train[f], seed=mia_seed),
+    }
+
+
+def avg_gap(metrics: dict[str, float], reference: dict[str, float]) -> float:
+    """Mean |metric − Retrain's| over UA, MIA-Efficacy, RA and TA (the paper's Avg. Gap)."""
+    return float(np.mean([abs(metrics[k] - reference[k]) for k in GAP_METRICS]))
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if len(arr) == 0:
+        return {"mean": float("nan"), "std": float("nan"), "n": 0}
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "n": int(len(arr))}
+
+
+def random_forget_set(num_train: int, size: int, seed: int) -> torch.Tensor:
+    """A uniformly random forget set of `size` training indices, sorted, from its own seeded stream."""
+    perm = torch.randperm(num_train, generator=generator(seed, "random-forget-set"))
+    return perm[:size].sort().values
