@@ -37,6 +37,7 @@ class Setting:
     original_key: str
     records: RecordCache
     mia_seed: int = 0
+    mia_resamples: int = 1  # draws of the SVC attacker's training sample per evaluation
 
     def describe(self) -> dict:
         return {"dataset": self.data.describe(), "model": self.spec.to_dict(), "original_key": self.original_key}
@@ -106,7 +107,8 @@ def run_unit(setting: Setting, method: str, params: dict, forget_set: torch.Tens
     instance = make_method(method, params).resolved(setting.spec.train.batch_size)
     key = stable_hash({"v": RECORD_VERSION, "original": setting.original_key, "method": instance.name,
                        "params": instance.hyperparameters(), "spec": setting.spec.to_dict(),
-                       "forget": forget_set, "seed": seed, "mia_seed": setting.mia_seed})
+                       "forget": forget_set, "seed": seed, "mia_seed": setting.mia_seed,
+                       "mia_resamples": setting.mia_resamples})
 
     def compute() -> dict:
         with Timer() as timer:
@@ -114,7 +116,7 @@ def run_unit(setting: Setting, method: str, params: dict, forget_set: torch.Tens
                                    spec=setting.spec, progress=progress)
             if data.device.type == "cuda":
                 torch.cuda.synchronize()
-        metrics = evaluate(model, data, forget_set, mia_seed=setting.mia_seed)
+        metrics = evaluate(model, data, forget_set, mia_seed=setting.mia_seed, mia_resamples=setting.mia_resamples)
         return {**metrics, "RTE": timer.seconds}
 
     return setting.records.get_or_compute("unit", key, compute)
@@ -137,7 +139,7 @@ def compare_on_set(setting: Setting, methods: list[tuple[str, dict]], forget_set
 
 
 def summarize_runs(runs: list[dict]) -> dict:
-    keys = [k for k in ("UA", "MIA", "RA", "TA", "RTE", "RTE_fraction") if k in runs[0]]
+    keys = [k for k in ("UA", "MIA", "RA", "TA", "RTE", "RTE_fraction", "MIA_std") if k in runs[0]]
     return {k: mean_std([r[k] for r in runs]) for k in keys}
 
 

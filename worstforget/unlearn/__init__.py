@@ -6,6 +6,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from . import ascent, exact, finetune, influence, relabel, scrub  # noqa: F401  (register built-ins)
+from . import arcane, puma, sisa  # noqa: F401
 from .base import Batch, Context, Phase, Stepper, UnlearningMethod, run_loop
 from .plugin import load_plugin
 from .registry import METHODS, register_method

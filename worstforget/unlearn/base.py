@@ -160,7 +160,7 @@ class UnlearningMethod:
                        spec=spec, rng=generator(seed, f"unlearn-{self.name}"))
 
     def apply(self, original: nn.Module, data: Dataset, forget_weights: torch.Tensor, *, seed: int = 0,
-              spec: Any = None, progress: Progress | None = None) -> nn.Module:
+              spec: Any = None, progress: Progress | None = None, max_steps: int | None = None) -> nn.Module:
         """Unlearn: return a new model; `original` is left untouched.
 
         Args:
@@ -170,13 +170,14 @@ class UnlearningMethod:
             seed: seeds batch order, augmentation and any random choice of the method.
             spec: the original's ModelSpec (needed by methods that retrain).
             progress: optional progress sink.
+            max_steps: stop after this many optimisation steps (the search's lower level).
         """
         w = check_weights(forget_weights, data).detach()
         ctx = self.context(original, data, w, seed=seed, spec=spec)
         model = copy.deepcopy(original).to(data.device).train()
         model = self.prepare(model, ctx)
         stepper = Stepper(model, self.trainable(model, ctx), self)
-        run_loop(self, stepper, ctx, progress=progress)
+        run_loop(self, stepper, ctx, progress=progress, max_steps=max_steps)
         return self.finish(model, ctx).eval()
 
 
@@ -219,22 +220,36 @@ class StreamSampler:
             return next(self._queue)
 
 
-def run_loop(method: UnlearningMethod, stepper: Any, ctx: Context, *, progress: Progress | None = None) -> None:
-    """The shared epoch/phase/stream loop; `stepper.model` is the (possibly functional) model."""
+def run_loop(method: UnlearningMethod, stepper: Any, ctx: Context, *, progress: Progress | None = None,
+             max_steps: int | None = None) -> None:
+    """The shared epoch/phase/stream loop; `stepper.model` is the (possibly functional) model.
+
+    With `max_steps`, epochs repeat (the method's epoch plan cycling) until exactly that many steps ran.
+    """
     data, w = ctx.data, ctx.weights
     bs = method.batch_size or 128
     order_g, aug_g = generator(ctx.seed, "unlearn-order"), generator(ctx.seed, "unlearn-augment")
     samplers = {k: StreamSampler(k, w, bs, order_g) for k in STREAMS}
     plan = [method.phases(e, ctx) for e in range(method.epochs)]
-    ctx.total_steps = max(1, sum(samplers[p.streams[0]].steps_per_pass() for ph in plan for p in ph))
-    task = (progress or NullProgress()).task(f"unlearn {method.name}", method.epochs)
+
+    def runnable(phase: Phase) -> bool:  # e.g. a forget-only phase with an empty forget set has nothing to do
+        return all(len(samplers[s]) > 0 for s in phase.streams)
+
+    per_plan = sum(samplers[p.streams[0]].steps_per_pass() for ph in plan for p in ph if runnable(p))
+    if max_steps is not None:
+        if per_plan == 0:
+            return
+        plan = plan * math.ceil(max_steps / per_plan)
+    ctx.total_steps = max(1, max_steps if max_steps is not None else per_plan)
+    task = (progress or NullProgress()).task(f"unlearn {method.name}", len(plan))
     for epoch, phases in enumerate(plan):
-        ctx.epoch = epoch
+        ctx.epoch = epoch % method.epochs
         for phase in phases:
-            lead = samplers[phase.streams[0]]
-            if len(lead) == 0 or any(len(samplers[s]) == 0 for s in phase.streams):
-                continue  # e.g. a forget-only phase with an empty forget set: nothing to do
-            for _ in range(lead.steps_per_pass()):
+            if not runnable(phase):
+                continue
+            for _ in range(samplers[phase.streams[0]].steps_per_pass()):
+                if max_steps is not None and ctx.step >= max_steps:
+                    break
                 batches = {}
                 for s in phase.streams:
                     idx = samplers[s].next()

@@ -1,0 +1,135 @@
+"""The click CLI end to end on the synthetic dataset: `list`, a full `unlearn` run writing summary.json,
+one-line errors with the right exit codes for bad methods, ratios, forget sets, checkpoints and
+hyper-parameters, and `--plugin` methods with the challenge signature."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from worstforget.cli import cli
+from worstforget.models import build_model
+
+FAST = ["--dataset", "synthetic", "--epochs", "3"]
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(runner, *args):
+    return runner.invoke(cli, ["--quiet", *args])
+
+
+def assert_clean_error(result, exit_code: int | None = None):
+    """Exited through click with a message, not an uncaught exception or a traceback."""
+    assert result.exit_code != 0, result.output
+    if exit_code is not None:
+        assert result.exit_code == exit_code, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
+
+
+def test_list_methods_shows_finetune(cli_runner):
+    result = run(cli_runner, "list", "methods")
+    assert result.exit_code == 0, result.output
+    assert "finetune" in result.output
+    assert "retrain" in result.output
+
+
+def test_list_datasets_shows_digits(cli_runner):
+    result = run(cli_runner, "list", "datasets")
+    assert result.exit_code == 0, result.output
+    assert "digits" in result.output
+    assert "synthetic" in result.output
+
+
+def test_unlearn_writes_summary_with_method_retrain_and_avg_gap(cli_runner, tmp_path):
+    out = tmp_path / "run"
+    result = run(cli_runner, "unlearn", "--method", "ft", *FAST, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "finetune"
+    for who in ("finetune", "retrain"):
+        for metric in ("UA", "MIA", "RA", "TA", "RTE"):
+            assert isinstance(summary[who][metric], float), (who, metric)
+        for metric in ("UA", "RA", "TA"):
+            assert 0 <= summary[who][metric] <= 100
+    assert isinstance(summary["avg_gap"], float) and summary["avg_gap"] >= 0
+    assert summary["forget_size"] == round(0.1 * summary["num_train"])
+
+
+def test_unlearn_unknown_method_exits_2_with_suggestion(cli_runner, tmp_path):
+    result = run(cli_runner, "unlearn", "--method", "finetun", *FAST, "--out", str(tmp_path / "run"))
+    assert_clean_error(result, 2)
+    assert "Did you mean" in result.output and "finetune" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_unlearn_forget_ratio_above_one_exits_2_without_output(cli_runner, tmp_path):
+    result = run(cli_runner, "unlearn", "--method", "ft", *FAST, "--forget-ratio", "1.5", "--out", str(tmp_path / "run"))
+    assert_clean_error(result, 2)
+    assert "forget-ratio" in result.output
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_unlearn_two_dimensional_forget_set_fails_with_one_line_error(cli_runner, tmp_path):
+    path = tmp_path / "forget.npy"
+    np.save(path, np.array([[1, 2], [3, 4]]))
+    result = run(cli_runner, "unlearn", "--method", "ft", *FAST, "--forget-set", str(path), "--out", str(tmp_path / "run"))
+    assert_clean_error(result)
+    assert "1-D" in result.output
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_unlearn_out_of_range_forget_indices_fail(cli_runner, tmp_path):
+    path = tmp_path / "forget.npy"
+    np.save(path, np.array([0, 5, 100_000]))
+    result = run(cli_runner, "unlearn", "--method", "ft", *FAST, "--forget-set", str(path), "--out", str(tmp_path / "run"))
+    assert_clean_error(result)
+    assert "outside" in result.output
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_unlearn_checkpoint_of_another_architecture_fails(cli_runner, tmp_path):
+    path = tmp_path / "small.pt"
+    torch.save(build_model("mlp", 3, (8,), hidden=(16,)).state_dict(), path)  # synthetic's default is 2×256
+    result = run(cli_runner, "unlearn", "--method", "ft", *FAST, "--checkpoint", str(path))
+    assert_clean_error(result)
+    assert "does not match" in result.output
+
+
+def test_unlearn_checkpoint_that_is_not_a_torch_file_fails(cli_runner, tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("these are not weights\n")
+    result = run(cli_runner, "unlearn", "--method", "ft", *FAST, "--checkpoint", str(path))
+    assert_clean_error(result)
+    assert "cannot read checkpoint" in result.output
+
+
+def test_unlearn_unknown_param_exits_2(cli_runner, tmp_path):
+    result = run(cli_runner, "unlearn", "--method", "ft", *FAST, "--param", "nosuch=1", "--out", str(tmp_path / "run"))
+    assert_clean_error(result, 2)
+    assert "nosuch" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_plugin_method_runs_through_unlearn(cli_runner, tmp_path, monkeypatch, isolated_registry):
+    monkeypatch.syspath_prepend(str(REPO_ROOT))  # `tests.plugin_example` importable from any working dir
+    out = tmp_path / "run"
+    result = cli_runner.invoke(cli, ["--quiet", "--plugin", "tests.plugin_example:my_unlearn", "unlearn",
+                                     "--method", "my_unlearn", *FAST, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "my_unlearn" in isolated_registry.names()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "my_unlearn"
+    assert set(summary["my_unlearn"]) >= {"UA", "MIA", "RA", "TA", "RTE"}
+    assert summary["my_unlearn"]["RA"] > 50  # one epoch of fine-tuning keeps a working classifier
+
+
+def test_plugin_that_cannot_be_imported_exits_2(cli_runner, isolated_registry):
+    result = cli_runner.invoke(cli, ["--quiet", "--plugin", "tests.no_such_module:fn", "list", "methods"])
+    assert_clean_error(result, 2)
+    assert "cannot load plugin" in result.output

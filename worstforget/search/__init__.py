@@ -1,0 +1,8 @@
+"""Worst-case forget-set search: the bi-level problem, its two solvers and the upper-level loop."""
+from .config import SearchConfig
+from .projection import project_capped_simplex, top_m
+from .runner import SearchResult, jaccard, overlap, search_worst_case
+from .solvers import SOLVERS, Hypergradient
+
+__all__ = ["SearchConfig", "SearchResult", "SOLVERS", "Hypergradient", "search_worst_case",
+           "project_capped_simplex", "top_m", "overlap", "jaccard"]

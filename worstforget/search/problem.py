@@ -1,0 +1,70 @@
+"""The bi-level problem instance shared by both solvers: data, original model, lower-level method, budget."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..audit import Setting
+from ..train import predict_logits
+from ..unlearn import UnlearningMethod
+from .config import SearchConfig
+from .objective import class_means, per_sample_objective
+
+
+@dataclass
+class Problem:
+    """Upper variable w_var: one weight per training sample, or per class with granularity=class."""
+
+    setting: Setting
+    method: UnlearningMethod  # resolved (batch size set); the lower level's copy is derived per solver
+    config: SearchConfig
+
+    @property
+    def data(self):
+        return self.setting.data
+
+    @property
+    def by_class(self) -> bool:
+        return self.config.granularity == "class"
+
+    @property
+    def num_vars(self) -> int:
+        return self.data.num_classes if self.by_class else self.data.num_train
+
+    @property
+    def budget(self) -> int:
+        """m: the number of samples (or classes) in the forget set."""
+        return max(1, int(round(self.config.forget_ratio * self.num_vars)))
+
+    @property
+    def inner_steps(self) -> int:
+        if self.config.inner_steps is not None:
+            return self.config.inner_steps
+        if self.config.solver == "unrolled":
+            return 10
+        steps_per_epoch = -(-self.data.num_train // (self.method.batch_size or 128))
+        return 2 * steps_per_epoch
+
+    def expand(self, w_var: torch.Tensor) -> torch.Tensor:
+        """Per-sample forget weights from the upper variable. (N,)"""
+        return w_var[self.data.y_train] if self.by_class else w_var
+
+    def reduce(self, per_sample: torch.Tensor) -> torch.Tensor:
+        """Per-sample objective values → the upper variable's coordinates (class means for classes)."""
+        return class_means(per_sample, self.data.y_train, self.data.num_classes) if self.by_class else per_sample
+
+    def values(self, model) -> torch.Tensor:
+        """Per-sample upper-objective values of a model (eval mode, no augmentation), float64. (N,)"""
+        logits = predict_logits(model, self.data.x_train)
+        return per_sample_objective(logits.double(), self.data.y_train, self.config.objective)
+
+    def members(self, unit_indices: torch.Tensor) -> torch.Tensor:
+        """Training indices of a forget set given as sample or class indices."""
+        if not self.by_class:
+            return unit_indices.sort().values
+        mask = torch.isin(self.data.y_train.cpu(), unit_indices.cpu())
+        return torch.nonzero(mask).flatten()
+
+    def lower(self, **changes) -> UnlearningMethod:
+        return replace(self.method, **changes)
