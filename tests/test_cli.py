@@ -69,7 +69,8 @@ def test_unlearn_unknown_method_exits_2_with_suggestion(cli_runner, tmp_path):
 
 
 def test_unlearn_forget_ratio_above_one_exits_2_without_output(cli_runner, tmp_path):
-    result = run(cli_runner, "unlearn", "--method", "ft", *FAST, "--forget-ratio", "1.5", "--out", str(tmp_path / "run"))
+    result = run(cli_runner, "unlearn", "--method", "ft", *FAST, "--forget-ratio", "1.5",
+                 "--out", str(tmp_path / "run"))
     assert_clean_error(result, 2)
     assert "forget-ratio" in result.output
     assert not (tmp_path / "run" / "summary.json").exists()
@@ -78,7 +79,8 @@ def test_unlearn_forget_ratio_above_one_exits_2_without_output(cli_runner, tmp_p
 def test_unlearn_two_dimensional_forget_set_fails_with_one_line_error(cli_runner, tmp_path):
     path = tmp_path / "forget.npy"
     np.save(path, np.array([[1, 2], [3, 4]]))
-    result = run(cli_runner, "unlearn", "--method", "ft", *FAST, "--forget-set", str(path), "--out", str(tmp_path / "run"))
+    result = run(cli_runner, "unlearn", "--method", "ft", *FAST, "--forget-set", str(path),
+                 "--out", str(tmp_path / "run"))
     assert_clean_error(result)
     assert "1-D" in result.output
     assert not (tmp_path / "run" / "summary.json").exists()
@@ -87,7 +89,8 @@ def test_unlearn_two_dimensional_forget_set_fails_with_one_line_error(cli_runner
 def test_unlearn_out_of_range_forget_indices_fail(cli_runner, tmp_path):
     path = tmp_path / "forget.npy"
     np.save(path, np.array([0, 5, 100_000]))
-    result = run(cli_runner, "unlearn", "--method", "ft", *FAST, "--forget-set", str(path), "--out", str(tmp_path / "run"))
+    result = run(cli_runner, "unlearn", "--method", "ft", *FAST, "--forget-set", str(path),
+                 "--out", str(tmp_path / "run"))
     assert_clean_error(result)
     assert "outside" in result.output
     assert not (tmp_path / "run" / "summary.json").exists()

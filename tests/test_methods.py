@@ -38,26 +38,6 @@ PARTITIONED = {n for n in ALL_METHODS if hasattr(METHODS.get(n), "partitioned_or
 UNCHANGED_WITHOUT_FORGET = {"gradient_ascent", "boundary_shrink", "boundary_expand", "noop", "influence",
                             "puma", *PARTITIONED}
 
-BS_EMPTY_FORGET_BUG = (
-    "boundary_shrink crashes on all-zero forget weights: BoundaryShrink.prepare (unlearn/relabel.py:89-98) "
-    "iterates torch.nonzero(w>0).split(1024), which yields one *empty* chunk; predict_logits returns a (0, 0) "
-    "tensor for empty input and logits.argmax(1) raises IndexError instead of leaving the model unchanged"
-)
-NAN_WEIGHTS_BUG = (
-    "check_weights (unlearn/base.py:188) tests (w < 0) | (w > 1), which is False for NaN, so NaN forget "
-    "weights are accepted silently (NaN samples drop out of both retain and forget streams, or poison the "
-    "'all' stream loss) instead of raising ConfigError"
-)
-BE_SEED_BUG = (
-    "boundary_expand is not reproducible under a fixed seed: BoundaryExpand.prepare (unlearn/relabel.py:119) "
-    "builds the widened classifier with nn.Linear(...), whose default init draws the shadow neuron's weights "
-    "from the *global* torch RNG instead of the unlearning seed, so two applies with seed=3 differ (and the "
-    "call advances the caller's global RNG)"
-)
-TUPLE_PARAM_BUG = (
-    "parse_params (unlearn/__init__.py:50, the `\"int\" in expected` check) treats 'tuple[int, ...]' as an int field because 'int' is in the "
-    "type string, so `--param lr_decay_epochs=(3, 5)` for scrub raises ConfigError; only a bare int is accepted"
-)
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +87,6 @@ def forget_loss(model, data, idx) -> float:
     return float(per_sample_loss(model, data.x_train[idx], data.y_train[idx]).mean())
 
 
-def with_marks(names, bugs: dict[str, str]):
-    return [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=bugs[n])) if n in bugs else n
-            for n in names]
 
 
 # ----------------------------------------------------------------------------- the contract
@@ -143,7 +120,7 @@ def test_apply_leaves_original_parameters_bit_identical(name, synthetic, trained
     assert [p.requires_grad for p in trained.parameters()] == grad_flags
 
 
-@pytest.mark.parametrize("name", with_marks(ALL_METHODS, {"boundary_expand": BE_SEED_BUG}))
+@pytest.mark.parametrize("name", ALL_METHODS)
 def test_apply_is_deterministic_under_fixed_seed(name, synthetic, trained, tiny_spec):
     w = zero_one_weights(synthetic, forget_set(synthetic))
     first = snapshot(make_method(name, small_params(name)).apply(trained, synthetic, w, seed=3, spec=tiny_spec))
@@ -152,7 +129,7 @@ def test_apply_is_deterministic_under_fixed_seed(name, synthetic, trained, tiny_
         assert torch.equal(first[k], second[k]), k
 
 
-@pytest.mark.parametrize("name", with_marks(ALL_METHODS, {"boundary_shrink": BS_EMPTY_FORGET_BUG}))
+@pytest.mark.parametrize("name", ALL_METHODS)
 def test_all_zero_forget_weights_are_handled(name, synthetic, trained, tiny_spec):
     method = make_method(name, small_params(name))
     out = method.apply(trained, synthetic, torch.zeros(synthetic.num_train), seed=0, spec=tiny_spec)
@@ -183,7 +160,6 @@ def test_weights_of_wrong_shape_raise_config_error(name, shape, synthetic, train
         make_method(name, small_params(name)).apply(trained, synthetic, w, seed=0, spec=tiny_spec)
 
 
-@pytest.mark.xfail(strict=True, reason=NAN_WEIGHTS_BUG)
 @pytest.mark.parametrize("name", ["noop", "finetune"])  # every method validates through check_weights
 def test_nan_forget_weights_raise_config_error(name, synthetic, trained, tiny_spec):
     w = zero_one_weights(synthetic, forget_set(synthetic))
@@ -419,7 +395,6 @@ def test_parse_params_accepts_none_for_optional_fields():
     assert parse_params("retrain", ["epochs=None", "lr=0.1"]) == {"epochs": None, "lr": 0.1}
 
 
-@pytest.mark.xfail(strict=True, reason=TUPLE_PARAM_BUG)
 def test_parse_params_accepts_tuple_for_tuple_field():
     assert parse_params("scrub", ["lr_decay_epochs=(3, 5)"]) == {"lr_decay_epochs": (3, 5)}
 

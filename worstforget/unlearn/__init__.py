@@ -45,6 +45,13 @@ def parse_params(name: str, pairs: list[str] | tuple[str, ...]) -> dict[str, Any
         except (ValueError, SyntaxError):
             value = raw.strip()
         expected = str(types[key])
+        if expected.startswith("tuple"):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = (value,)
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"--param {key}={raw} for {cls.name}: expected a tuple such as (3, 5)")
+            out[key] = tuple(value)
+            continue
         if "float" in expected and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if ("int" in expected and "float" not in expected and not isinstance(value, int)) or \
@@ -53,7 +60,5 @@ def parse_params(name: str, pairs: list[str] | tuple[str, ...]) -> dict[str, Any
                 (expected.startswith("str") and not isinstance(value, str)):
             if not (value is None and "None" in expected):
                 raise ConfigError(f"--param {key}={raw} for {cls.name}: expected {expected}")
-        if "tuple" in expected and isinstance(value, (list, int)):
-            value = tuple(value) if isinstance(value, list) else (value,)
         out[key] = value
     return out

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
@@ -45,6 +45,9 @@ from .base import UnlearningMethod, check_weights
 from .registry import register_method
 from .sisa import (GRID_VERSION, State, block_seeds, block_work, load_or_train_grid, recipe, single_model_seconds,
                    sync_device, train_blocks, with_state)
+
+if TYPE_CHECKING:
+    from ..original import ModelSpec
 
 
 INACTIVE_SCORE = -30.0  # log-odds of a class whose scorer lost all its training data: never predicted, finite CE
@@ -140,7 +143,7 @@ def arcane_assignment(data: Dataset, *, blocks: int, representative_fraction: fl
     return block_of, rep
 
 
-def arcane_key(spec, data: Dataset, cfg: TrainConfig, *, blocks: int, representative_fraction: float,
+def arcane_key(spec: ModelSpec, data: Dataset, cfg: TrainConfig, *, blocks: int, representative_fraction: float,
                negative_ratio: float, seed: int) -> str:
     model = {k: v for k, v in spec.key(data).items() if k not in ("train", "seed")}
     return stable_hash({"kind": "arcane-grid", "v": GRID_VERSION, **model, "block_train": cfg.to_dict(),
@@ -148,14 +151,15 @@ def arcane_key(spec, data: Dataset, cfg: TrainConfig, *, blocks: int, representa
                         "negative_ratio": negative_ratio, "seed": seed})
 
 
-def arcane_scorer(spec, data: Dataset, seed: int, c: int) -> nn.Module:
+def arcane_scorer(spec: ModelSpec, data: Dataset, seed: int, c: int) -> nn.Module:
     """A freshly initialised binary scorer for class c (architecture of `spec`, two outputs)."""
     return spec.build(binary_view(data, c), seed=derive_seed(seed, "arcane-init", c))
 
 
-def arcane_original(spec, data: Dataset, *, blocks: int, representative_fraction: float, negative_ratio: float,
-                    seed: int, epochs_per_block: int | None = None, cfg: TrainConfig | None = None,
-                    cache: ModelCache | None = None, progress: Progress | None = None) -> ArcaneOriginal:
+def arcane_original(spec: ModelSpec, data: Dataset, *, blocks: int, representative_fraction: float,
+                    negative_ratio: float, seed: int, epochs_per_block: int | None = None,
+                    cfg: TrainConfig | None = None, cache: ModelCache | None = None,
+                    progress: Progress | None = None) -> ArcaneOriginal:
     """Train (or load from the cache) the per-class scorers of `spec` on `data`, with a state after every block."""
     cfg = cfg or recipe(spec, epochs=None, lr=None, batch_size=None, blocks=blocks,
                         epochs_per_block=epochs_per_block, select_best=False)
@@ -170,10 +174,10 @@ def arcane_original(spec, data: Dataset, *, blocks: int, representative_fraction
                             seeds=block_seeds(seed, "arcane-train", c, blocks), progress=progress,
                             description=f"arcane class {c} block")
 
+    meta = {"kind": "arcane", "model": spec.to_dict(), "block_train": cfg.to_dict(), "blocks": blocks,
+            "representative_fraction": representative_fraction, "negative_ratio": negative_ratio, "seed": seed}
     grid = load_or_train_grid(key, lambda c: arcane_scorer(spec, data, seed, c), classes, blocks, train_class,
-                              cache=cache, meta={"kind": "arcane", "model": spec.to_dict(), "block_train": cfg.to_dict(),
-                                                 "blocks": blocks, "representative_fraction": representative_fraction,
-                                                 "negative_ratio": negative_ratio, "seed": seed})
+                              cache=cache, meta=meta)
     states = grid.states()
     scorers = ClassScorers([with_state(arcane_scorer(spec, data, seed, c), states[c][blocks])
                             for c in range(classes)]).eval()
@@ -207,7 +211,8 @@ class Arcane(UnlearningMethod):
     def __post_init__(self) -> None:
         self.last_report: dict = {}
 
-    def partitioned_original(self, data: Dataset, spec, *, progress: Progress | None = None) -> ArcaneOriginal:
+    def partitioned_original(self, data: Dataset, spec: ModelSpec | None, *,
+                             progress: Progress | None = None) -> ArcaneOriginal:
         """The ARCANE original this method audits (trained once, then loaded from the cache)."""
         if spec is None:
             raise ConfigError("arcane trains its own per-class original from the model recipe (spec); it cannot "
@@ -218,7 +223,7 @@ class Arcane(UnlearningMethod):
                                negative_ratio=self.negative_ratio, seed=spec.seed, cfg=cfg, progress=progress)
 
     def apply(self, original: nn.Module, data: Dataset, forget_weights: torch.Tensor, *, seed: int = 0,
-              spec=None, progress: Progress | None = None) -> nn.Module:
+              spec: ModelSpec | None = None, progress: Progress | None = None) -> nn.Module:
         deleted = check_weights(forget_weights, data) >= 0.5
         orig = self.partitioned_original(data, spec, progress=progress)
         with Timer() as timer:

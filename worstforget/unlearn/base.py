@@ -185,8 +185,8 @@ def check_weights(w: torch.Tensor, data: Dataset) -> torch.Tensor:
     w = torch.as_tensor(w, dtype=torch.float32, device=data.device)
     if w.shape != (data.num_train,):
         raise ConfigError(f"forget weights must have shape ({data.num_train},), got {tuple(w.shape)}")
-    if bool(((w < 0) | (w > 1)).any()):
-        raise ConfigError("forget weights must lie in [0, 1]")
+    if not bool(torch.isfinite(w).all()) or bool(((w < 0) | (w > 1)).any()):
+        raise ConfigError("forget weights must be finite and lie in [0, 1]")
     return w
 
 

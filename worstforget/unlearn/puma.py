@@ -1,7 +1,10 @@
 """PUMA (Wu, Hashemi & Srinivasa, AAAI 2022): "Performance Unchanged Model Augmentation for Training Data Removal".
 
-This file owns the registered `puma` method. Per-sample gradients and weighted gradients come from
-`influence.py` (its `per_sample_grads` and `flat_grad`).
+This file owns the registered `puma` method. Per-sample gradients (for the Fisher) and weighted gradients
+come from `influence.py` (`per_sample_grads`, `flat_grad`). The Woodbury solve is IU's identity, written
+here for several right-hand sides with the m×m Gram computed once (IU's is inline in its `apply`); the
+influence of re-weighting every sample on every criterion uses forward-mode derivatives
+(`directional_losses`), so no N × #params matrix of per-sample gradients is ever built.
 
 The model: at the trained optimum θ̂ of (1/N)Σℓ_i, re-weighting sample i by 1 + ε_i moves the parameters,
 to first order (a Taylor expansion of the optimality condition), by −(ε_i/N)·H⁻¹g_i. So
@@ -18,8 +21,8 @@ relative λ is a scale-free trust region.
 
 "Performance unchanged": the performance criteria are the mean retained loss of each class (retained
 weight 1 − w). Their first-order change is ΔL = b − Aε, with b_k = q_kᵀΣw g/N, A_kj = q_kᵀg_j/N and
-q_k = H⁻¹∇L_k. PUMA picks the re-weighting ε minimising ½‖b − Aε‖² by projected SGD (step `eta`, in units of
-the inverse Lipschitz constant of the sampled coordinate block, `steps` steps, seeded minibatches of
+q_k = H⁻¹∇L_k. PUMA picks the re-weighting ε minimising ½‖b − Aε‖² by projected SGD (step `eta` in units
+of the inverse Lipschitz constant of the sampled coordinate block, `steps` steps, seeded minibatches of
 coordinates), projected onto −(1 − w_j) ≤ ε_j ≤ `max_reweight`·(1 − w_j) so no weight turns negative and
 fully forgotten samples are not re-weighted. Started at ε = 0 and stopped early, it stays a small
 correction rather than undoing the removal. Finally θ ← θ + α·Δθ(ε). No retraining: fast and approximate.

@@ -87,7 +87,7 @@ class BoundaryShrink(UnlearningMethod):
         data, teacher = ctx.data, ctx.original
         labels = data.y_train.clone()
         forget = torch.nonzero(ctx.weights > 0).flatten()
-        for idx in forget.split(1024):
+        for idx in (forget.split(1024) if len(forget) else ()):
             x = data.x_train[idx].clone().requires_grad_(True)
             loss = F.cross_entropy(teacher(x), data.y_train[idx])
             (grad,) = torch.autograd.grad(loss, x)
@@ -116,7 +116,9 @@ class BoundaryExpand(UnlearningMethod):
 
     def prepare(self, model: nn.Module, ctx: Context) -> nn.Module:
         old: nn.Linear = model.classifier
-        wide = nn.Linear(old.in_features, old.out_features + 1).to(old.weight.device)
+        with torch.random.fork_rng(devices=[]):  # the shadow neuron's init comes from the run's seed
+            torch.manual_seed(ctx.seed)
+            wide = nn.Linear(old.in_features, old.out_features + 1).to(old.weight.device)
         with torch.no_grad():
             wide.weight[:-1].copy_(old.weight)
             wide.bias[:-1].copy_(old.bias)

@@ -16,13 +16,20 @@ trained model, so `sisa` ignores it and builds (or loads) its own sharded origin
 Unlearning binarises forget weights (w ≥ 0.5 is deleted) because SISA deletes points, it cannot
 down-weight them; every shard holding a deleted point restarts from the checkpoint saved before the
 earliest slice that held one and retrains the later slices on what remains.
+
+Caching: a partitioned original is one `ModelCache` entry (all G × (B+1) states and its training time),
+keyed by a hash of its kind, GRID_VERSION, the data fingerprint, the architecture (name, norm, params),
+the per-block training recipe, the partition sizes and the seed. The single-model timing is a
+`RecordCache` record ('train-seconds') under the key of the library's original model. The first `apply`
+trains the partitioned original inside the call; call `partitioned_original` beforehand to keep that out
+of timings (`last_report['unlearn_seconds']` never includes it).
 """
 from __future__ import annotations
 
 import copy
 import math
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +43,9 @@ from ..train import TrainConfig, fit
 from ..utils import Timer, derive_seed, generator, stable_hash
 from .base import UnlearningMethod, check_weights
 from .registry import register_method
+
+if TYPE_CHECKING:
+    from ..original import ModelSpec
 
 GRID_VERSION = 1  # bump when the training of a partitioned original changes (invalidates cached grids)
 AGGREGATIONS = ("mean_softmax", "vote")
@@ -89,6 +99,7 @@ def block_work(block_of: torch.Tensor, blocks: int, start: int = 0) -> int:
 
 
 def clone_state(model: nn.Module) -> State:
+    """A detached copy of the model's state (a checkpoint that later training cannot alter)."""
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -126,7 +137,7 @@ def load_or_train_grid(key: str, build: Callable[[int], nn.Module], groups: int,
     return grid
 
 
-def single_model_seconds(spec, data: Dataset, *, cache: ModelCache | None = None,
+def single_model_seconds(spec: ModelSpec, data: Dataset, *, cache: ModelCache | None = None,
                          records: RecordCache | None = None) -> float:
     """Seconds to train one ordinary model with `spec` on the full training set (measured once, cached).
 
@@ -156,7 +167,7 @@ def sync_device(module: nn.Module) -> None:
         torch.cuda.synchronize(p.device)
 
 
-def recipe(spec, *, epochs: int | None, lr: float | None, batch_size: int | None,
+def recipe(spec: ModelSpec, *, epochs: int | None, lr: float | None, batch_size: int | None,
            blocks: int, epochs_per_block: int | None, select_best: bool | None = None) -> TrainConfig:
     """The per-block training recipe: the original's, with its epoch budget spread over the blocks."""
     cfg = spec.train.with_updates(epochs=epochs, lr=lr, batch_size=batch_size)
@@ -243,15 +254,16 @@ def sisa_assignment(num_train: int, shards: int, slices: int, seed: int,
     return shard_of.to(device), slice_of.to(device)
 
 
-def sisa_key(spec, data: Dataset, cfg: TrainConfig, *, shards: int, slices: int, seed: int) -> str:
+def sisa_key(spec: ModelSpec, data: Dataset, cfg: TrainConfig, *, shards: int, slices: int, seed: int) -> str:
     model = {k: v for k, v in spec.key(data).items() if k not in ("train", "seed")}
     return stable_hash({"kind": "sisa-grid", "v": GRID_VERSION, **model, "slice_train": cfg.to_dict(),
                         "shards": shards, "slices": slices, "seed": seed})
 
 
-def sisa_original(spec, data: Dataset, *, shards: int, slices: int, seed: int, epochs_per_slice: int | None = None,
-                  aggregation: str = "mean_softmax", cfg: TrainConfig | None = None,
-                  cache: ModelCache | None = None, progress: Progress | None = None) -> SisaOriginal:
+def sisa_original(spec: ModelSpec, data: Dataset, *, shards: int, slices: int, seed: int,
+                  epochs_per_slice: int | None = None, aggregation: str = "mean_softmax",
+                  cfg: TrainConfig | None = None, cache: ModelCache | None = None,
+                  progress: Progress | None = None) -> SisaOriginal:
     """Train (or load from the cache) the S-shard × R-slice SISA original of `spec` on `data`.
 
     Constituent s is `spec.build` with seed derive(seed, 'sisa-init', s); slice r is trained on slices
@@ -279,7 +291,7 @@ def sisa_original(spec, data: Dataset, *, shards: int, slices: int, seed: int, e
                         train_seconds=float(grid.train_seconds), key=key, seed=seed)
 
 
-def sisa_constituent(spec, data: Dataset, seed: int, shard: int) -> nn.Module:
+def sisa_constituent(spec: ModelSpec, data: Dataset, seed: int, shard: int) -> nn.Module:
     """A freshly initialised constituent of `shard` (the architecture of `spec`, a per-shard init seed)."""
     return spec.build(data, seed=derive_seed(seed, "sisa-init", shard))
 
@@ -319,7 +331,8 @@ class Sisa(UnlearningMethod):
             raise ConfigError(f"unknown SISA aggregation {self.aggregation!r}; use one of {', '.join(AGGREGATIONS)}")
         self.last_report: dict = {}
 
-    def partitioned_original(self, data: Dataset, spec, *, progress: Progress | None = None) -> SisaOriginal:
+    def partitioned_original(self, data: Dataset, spec: ModelSpec | None, *,
+                             progress: Progress | None = None) -> SisaOriginal:
         """The SISA original this method audits (trained once, then loaded from the cache)."""
         if spec is None:
             raise ConfigError("sisa trains its own sharded original from the model recipe (spec); it cannot "
@@ -330,7 +343,7 @@ class Sisa(UnlearningMethod):
                              aggregation=self.aggregation, progress=progress)
 
     def apply(self, original: nn.Module, data: Dataset, forget_weights: torch.Tensor, *, seed: int = 0,
-              spec=None, progress: Progress | None = None) -> nn.Module:
+              spec: ModelSpec | None = None, progress: Progress | None = None) -> nn.Module:
         deleted = check_weights(forget_weights, data) >= 0.5
         if bool(deleted.all()):
             raise ConfigError("sisa: every training sample is marked for deletion; nothing would remain")

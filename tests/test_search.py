@@ -1,0 +1,156 @@
+"""The worst-case search: exact projection, hypergradients, equivalence with plain unlearning, movement,
+planted hard examples, determinism and resume."""
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from worstforget.audit import prepare_setting
+from worstforget.cache import ModelCache
+from worstforget.original import original_model
+from worstforget.search import SearchConfig, project_capped_simplex, search_worst_case, top_m
+from worstforget.search.bilevel import unrolled_lower_level
+from worstforget.search.problem import Problem
+from worstforget.search.solvers import SOLVERS
+from worstforget.unlearn import make_method
+
+
+def brute_force_projection(a: np.ndarray, m: float) -> np.ndarray:
+    """Reference: bisection on μ to machine precision (independent of the sort-based method)."""
+    lo, hi = a.min() - 1.0, a.max()
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if np.clip(a - mid, 0, 1).sum() > m:
+            lo = mid
+        else:
+            hi = mid
+    return np.clip(a - (lo + hi) / 2, 0, 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-5, 5, allow_nan=False), min_size=2, max_size=40), st.floats(0.01, 0.99))
+def test_projection_is_feasible_and_matches_brute_force(values, frac):
+    a = torch.tensor(values, dtype=torch.float64)
+    m = frac * len(values)
+    w = project_capped_simplex(a, m)
+    assert float(w.min()) >= 0 and float(w.max()) <= 1
+    assert abs(float(w.sum()) - m) < 1e-9
+    np.testing.assert_allclose(w.numpy(), brute_force_projection(a.numpy(), m), atol=1e-8)
+
+
+def test_projection_is_the_closest_feasible_point():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(30, generator=g, dtype=torch.float64) * 2
+    w = project_capped_simplex(a, 7)
+    for _ in range(200):  # random feasible points are never closer
+        v = project_capped_simplex(torch.rand(30, generator=g, dtype=torch.float64) * 3, 7)
+        assert float(((a - w) ** 2).sum()) <= float(((a - v) ** 2).sum()) + 1e-12
+
+
+def test_top_m_breaks_ties_and_returns_unique_sorted_indices():
+    w = torch.tensor([0.5, 0.5, 0.5, 1.0, 0.0])
+    assert top_m(w, 2, tie_break=torch.tensor([0.0, 3.0, 1.0, 0.0, 0.0])).tolist() == [1, 3]
+
+
+@pytest.fixture()
+def setting(tmp_path):
+    return prepare_setting(dataset="synthetic", device="cpu", cache_dir=str(tmp_path),
+                           train_overrides={"epochs": 15})
+
+
+def test_unrolled_without_tracking_equals_plain_unlearning(setting):
+    """With graph tracking off, the higher path must be ordinary training, step for step."""
+    method = make_method("finetune", {"lr": 0.05}).resolved(32)
+    w = torch.zeros(setting.data.num_train)
+    w[:20] = 1.0
+    plain = method.apply(setting.original, setting.data, w, seed=3, max_steps=7)
+    fmodel, _ = unrolled_lower_level(method, setting.original, setting.data, w, seed=3, max_steps=7,
+                                     track_higher_grads=False)
+    for p, q in zip(plain.parameters(), fmodel.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+def test_unrolled_hypergradient_matches_finite_differences(setting):
+    data = setting.data
+    small = replace(data, x_train=data.x_train[:40].double(), y_train=data.y_train[:40],
+                    x_val=data.x_val.double(), x_test=data.x_test.double())
+    original = copy.deepcopy(setting.original).double()
+    local = replace(setting, data=small, original=original)
+    cfg = SearchConfig(solver="unrolled", inner_steps=3, gamma=1e-3)
+    method = make_method("neggrad_plus", {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}).resolved(16)
+    problem = Problem(setting=local, method=method, config=cfg)
+    w = torch.full((40,), 0.25, dtype=torch.float64)
+    w[::3] = 0.6
+    hg = SOLVERS.get("unrolled")(problem, w, 5)
+    eps = 1e-6
+    for i in (0, 1, 7, 30):
+        e = torch.zeros(40, dtype=torch.float64)
+        e[i] = eps
+        up = SOLVERS.get("unrolled")(problem, w + e, 5).value
+        down = SOLVERS.get("unrolled")(problem, w - e, 5).value
+        assert hg.grad[i].item() == pytest.approx((up - down) / (2 * eps), rel=1e-4, abs=1e-7)
+
+
+def test_first_order_gradient_is_loss_plus_ridge(setting):
+    cfg = SearchConfig(inner_steps=2, gamma=0.1)
+    problem = Problem(setting=setting, method=make_method("finetune").resolved(32), config=cfg)
+    w = torch.full((setting.data.num_train,), 0.1, dtype=torch.float64)
+    hg = SOLVERS.get("first_order")(problem, w, 0)
+    torch.testing.assert_close(hg.grad, hg.per_sample + 2 * 0.1 * w)
+
+
+def test_search_moves_is_deterministic_and_resumes(setting, tmp_path):
+    cfg = SearchConfig(outer_steps=4, inner_steps=5)
+    a = search_worst_case(setting, "finetune", {}, cfg, seed=1, state_dir=tmp_path / "a")
+    b = search_worst_case(setting, "finetune", {}, cfg, seed=1, state_dir=tmp_path / "b")
+    assert torch.equal(a.indices, b.indices)
+    assert len(a.indices) == round(0.1 * setting.data.num_train) == len(torch.unique(a.indices))
+    assert a.history["overlap_with_initial"][-1] < 0.6  # the set left its (random) start
+    w = a.weights
+    assert float(w.min()) >= 0 and float(w.max()) <= 1 and abs(float(w.sum()) - len(a.indices)) < 1e-6
+    # interrupted after 2 steps, then resumed: same result as uninterrupted
+    half = search_worst_case(setting, "finetune", {}, replace(cfg, outer_steps=2), seed=1, state_dir=tmp_path / "c")
+    state = next((tmp_path / "c").glob("search-*.pt"))
+    target = tmp_path / "d" / f"search-{a.key}.pt"
+    target.parent.mkdir()
+    saved = torch.load(state, weights_only=True)
+    saved["key"], saved["done"] = a.key, False
+    torch.save(saved, target)
+    resumed = search_worst_case(setting, "finetune", {}, cfg, seed=1, state_dir=tmp_path / "d", resume=True)
+    assert len(half.history["objective"]) == 2
+    assert torch.equal(resumed.indices, a.indices)
+    torch.testing.assert_close(resumed.weights, a.weights)
+
+
+def test_planted_prototypes_are_found(tmp_path):
+    """Points planted deep inside their class (far beyond the class mean) stay fitted whatever is
+    unlearned: with the margin objective the search must pick them far more often than chance."""
+    setting = prepare_setting(dataset="synthetic", device="cpu", cache_dir=str(tmp_path), train_overrides={"epochs": 15})
+    data = setting.data
+    means = torch.stack([data.x_train[data.y_train == c].mean(0) for c in range(data.num_classes)])
+    y_new = torch.arange(12) % data.num_classes
+    x_new = 3.0 * means[y_new] + 0.05 * torch.randn(12, means.shape[1], generator=torch.Generator().manual_seed(0))
+    x = torch.cat([data.x_train, x_new])
+    y = torch.cat([data.y_train, y_new])
+    planted = torch.arange(data.num_train, data.num_train + 12)
+    new_data = replace(data, x_train=x, y_train=y, fingerprint=data.fingerprint + "-planted")
+    original, key = original_model(setting.spec, new_data, cache=ModelCache(tmp_path))  # trained with them
+    setting = replace(setting, data=new_data, original=original, original_key=key)
+    cfg = SearchConfig(outer_steps=5, inner_steps=10, forget_ratio=0.1, objective="margin")
+    found = search_worst_case(setting, "finetune", {"lr": 0.05}, cfg, seed=0, state_dir=tmp_path / "s")
+    recall = float(torch.isin(planted, found.indices).float().mean())
+    chance = len(found.indices) / len(y)
+    assert recall > 3 * chance
+
+
+def test_unrolled_refuses_non_differentiable_methods(setting):
+    from worstforget.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="first-order"):
+        search_worst_case(setting, "boundary_shrink", {}, SearchConfig(solver="unrolled", outer_steps=1), seed=0)
