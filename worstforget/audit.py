@@ -6,6 +6,7 @@ a hash of those, so audits can be split across processes or machines that share 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,8 @@ def prepare_setting(*, dataset: str = "digits", model: str | None = None, norm: 
                     progress: Progress | None = None) -> Setting:
     """Load the data and obtain the original model (cached training, or a user checkpoint)."""
     dev = resolve_device(device)
+    if cache_dir:  # methods that keep their own partitioned originals (sisa, arcane) read the same folder
+        os.environ["WORSTFORGET_CACHE"] = str(cache_dir)
     info = dataset_info(dataset)
     data = load_dataset(dataset, data_dir=data_dir, download=download, split_seed=split_seed, device=str(dev))
     train_cfg = TrainConfig.from_dict(info.default_train).with_updates(**(train_overrides or {})).validate()
@@ -145,3 +148,18 @@ def summarize_runs(runs: list[dict]) -> dict:
 
 __all__ = ["Setting", "prepare_setting", "run_unit", "compare_on_set", "summarize_runs", "check_forget_set",
            "load_forget_set", "forget_size", "forget_weights", "random_forget_set"]
+
+
+def compare_methods(setting: Setting, methods: list[tuple[str, dict]], *, forget_ratio: float, num_sets: int,
+                    seeds: list[int], set_seed: int = 0, progress: Progress | None = None) -> dict:
+    """Every method and Retrain on `num_sets` random forget sets: per-method mean ± std over sets × seeds."""
+    m = forget_size(setting.data.num_train, forget_ratio)
+    sets = [random_forget_set(setting.data.num_train, m, set_seed + r) for r in range(num_sets)]
+    per_set = [compare_on_set(setting, methods, s, seeds=seeds, progress=progress) for s in sets]
+    table: dict[str, Any] = {}
+    for who in ["retrain", *[n for n, _ in methods]]:
+        table[who] = summarize_runs([r for res in per_set for r in res[who]])
+        if who != "retrain":
+            table[who]["avg_gap"] = mean_std([g for res in per_set for g in res["avg_gap"][who]])
+    return {"forget_size": m, "set_seeds": [set_seed + r for r in range(num_sets)], "seeds": seeds,
+            "table": table, "runs": per_set}

@@ -62,3 +62,35 @@ class RecordCache:
             with atomic_path(path) as tmp:
                 tmp.write_text(json.dumps(to_jsonable(record)))
         return record
+
+
+class ArrayCache:
+    """Named numpy arrays under `<root>/arrays/<kind>/<key>.npz` (per-model statistics of a unit)."""
+
+    def __init__(self, root: str | Path | None = None, *, enabled: bool = True):
+        self.root = Path(root) if root else cache_root()
+        self.enabled = enabled
+
+    def path(self, kind: str, key: str) -> Path:
+        return self.root / "arrays" / kind / f"{key}.npz"
+
+    def get(self, kind: str, key: str) -> dict | None:
+        import numpy as np
+
+        path = self.path(kind, key)
+        if not (self.enabled and path.is_file()):
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
+        except (OSError, ValueError):
+            return None
+
+    def put(self, kind: str, key: str, arrays: dict) -> None:
+        import numpy as np
+
+        if not self.enabled:
+            return
+        with atomic_path(self.path(kind, key)) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)

@@ -129,3 +129,119 @@ def unlearn_command(app, method: str, forget_ratio: float, forget_seed: int, for
     app.out.print(table)
     if out:
         app.out.print(str(Path(out) / "summary.json"))
+
+
+@cli.command("tune")
+@click.option("--method", required=True, help="Unlearning method to tune.")
+@data_options
+@click.option("--grid", "grid_specs", multiple=True, required=True, metavar="KEY=V1,V2,...",
+              help="Values to try for a hyper-parameter. Repeatable; the grid is their product.")
+@_params_option
+@click.option("--forget-ratio", type=float, default=0.1, show_default=True)
+@click.option("--num-sets", type=click.IntRange(min=1), default=3, show_default=True, help="Random forget sets.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the tuning record (JSON) here.")
+@click.option("--update-params", type=click.Path(dir_okay=False), default=None,
+              help="Merge the best setting into this {method: params} JSON file (for --params-file).")
+@pass_app
+def tune_command(app, method, grid_specs, params, forget_ratio, num_sets, seed, out, update_params, **opts) -> None:
+    """Pick METHOD's hyper-parameters by minimum Avg. Gap to Retrain on random forget sets (the paper's protocol)."""
+    from rich.table import Table
+
+    from ..audit import forget_size
+    from ..tuning import parse_grid, tune
+    from ..unlearn import METHODS, parse_params
+    from ..utils import code_version, write_json
+
+    name = METHODS.canonical(method)
+    grid = parse_grid(name, grid_specs)
+    base = parse_params(name, params)
+    forget_size(100, forget_ratio)
+    with RichProgress(app.err) as progress:
+        setting = setting_from_options(app, progress, opts)
+        record = tune(setting, name, grid, base=base, forget_ratio=forget_ratio, num_sets=num_sets, seed=seed,
+                      progress=progress)
+    record.update(setting=setting.describe(), code_version=code_version())
+    if out:
+        write_json(out, record)
+    if update_params:
+        merged = load_params_file(update_params) if Path(update_params).is_file() else {}
+        merged[name] = record["best"]
+        write_json(update_params, merged)
+    table = Table(title=f"{name}: Avg. Gap to Retrain on {num_sets} random sets ({setting.data.name})")
+    table.add_column("params")
+    table.add_column("Avg. Gap", justify="right")
+    for row in sorted(record["rows"], key=lambda r: r["avg_gap"]):
+        table.add_row(" ".join(f"{k}={v}" for k, v in row["params"].items()),
+                      fmt({"mean": row["avg_gap"], "std": row["avg_gap_std"], "n": num_sets}))
+    app.out.print(table)
+    app.out.print("best: " + " ".join(f"--param {k}={v}" for k, v in record["best"].items()))
+
+
+def load_params_file(path: str | None) -> dict[str, dict]:
+    """{method: {param: value}} from a JSON file (e.g. merged `tune --out` records' `best`)."""
+    import json
+
+    from ..errors import WorstforgetError
+    from ..unlearn import METHODS
+
+    if not path:
+        return {}
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WorstforgetError(f"cannot read params file {path} ({exc}); give JSON like "
+                               '{"finetune": {"lr": 0.01}}') from None
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise WorstforgetError(f"params file {path} must map method names to objects of hyper-parameters")
+    return {METHODS.canonical(k): v for k, v in raw.items()}
+
+
+@cli.command("compare")
+@click.option("--methods", default="all", show_default=True, help="Comma-separated methods, or 'all'.")
+@data_options
+@click.option("--params-file", type=click.Path(dir_okay=False), default=None,
+              help='JSON {"method": {"param": value}} of tuned hyper-parameters.')
+@click.option("--forget-ratio", type=float, default=0.1, show_default=True)
+@click.option("--num-sets", type=click.IntRange(min=1), default=3, show_default=True, help="Random forget sets.")
+@click.option("--seeds", "num_seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Unlearning seeds per set.")
+@click.option("--set-seed", type=int, default=0, show_default=True, help="Seed of the first random set.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Write summary.json here.")
+@pass_app
+def compare_command(app, methods, params_file, forget_ratio, num_sets, num_seeds, set_seed, out, **opts) -> None:
+    """Every method vs Retrain on random forget sets: UA, MIA, RA, TA, RTE and Avg. Gap, mean ± std."""
+    from rich.table import Table
+
+    from ..audit import compare_methods, forget_size
+    from ..unlearn import METHODS, make_method
+    from ..utils import code_version, environment, write_json
+
+    names = [n for n in METHODS.names() if n not in ("retrain",)] if methods.strip() == "all" else \
+        [METHODS.canonical(m) for m in methods.split(",") if m.strip()]
+    tuned = load_params_file(params_file)
+    chosen = [(n, tuned.get(n, {})) for n in names if n != "retrain"]
+    for n, p in chosen:
+        make_method(n, p)
+    forget_size(100, forget_ratio)
+    with RichProgress(app.err) as progress:
+        setting = setting_from_options(app, progress, opts)
+        result = compare_methods(setting, chosen, forget_ratio=forget_ratio, num_sets=num_sets,
+                                 seeds=list(range(num_seeds)), set_seed=set_seed, progress=progress)
+    result.update(dataset=setting.data.name, model=setting.spec.name, params={n: p for n, p in chosen},
+                  setting=setting.describe(), code_version=code_version(), environment=environment())
+    if out:
+        write_json(Path(out) / "summary.json", result)
+    t = result["table"]
+    table = Table(title=f"{len(chosen)} methods vs retrain, {num_sets} random sets of {result['forget_size']} "
+                        f"({setting.data.name}/{setting.spec.name})")
+    for col in ("method", "UA", "MIA", "RA", "TA", "RTE (s)", "RTE/Retrain", "Avg. Gap"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for who in ["retrain", *[n for n, _ in chosen]]:
+        row = t[who]
+        table.add_row(who, fmt(row["UA"]), fmt(row["MIA"]), fmt(row["RA"]), fmt(row["TA"]), fmt(row["RTE"]),
+                      fmt(row["RTE_fraction"], 3) if "RTE_fraction" in row else "1",
+                      fmt(row["avg_gap"]) if "avg_gap" in row else "–")
+    app.out.print(table)
+    if out:
+        app.out.print(str(Path(out) / "summary.json"))
