@@ -72,6 +72,22 @@ def test_mlp_ensemble_matches_sequential_fit(synthetic, weighted):
     _assert_same(ensemble, _sequential(spec, synthetic, cfg, weights))
 
 
+def test_stacked_sgd_fallback_matches_sequential_fit(synthetic, monkeypatch):
+    # without torch's fused SGD kernel the update runs as masked in-place stacked tensor operations
+    import worstforget.ensemble as ensemble
+
+    monkeypatch.setattr(ensemble, "_has_fused_sgd", lambda device: False)
+    cfg = TrainConfig(epochs=3, lr=0.05, batch_size=32)
+    spec = ModelSpec("mlp", cfg, params={"hidden": (16,)})
+    weights = _masks(synthetic.num_train)
+    stack = fit_stacked(spec, synthetic, seeds=SEEDS, sample_weights=weights, cfg=cfg)
+    reference = _sequential(spec, synthetic, cfg, weights)
+    _assert_same(stack.models(), reference)
+    logits = predict_logits_ensemble(stack, synthetic.x_test)  # (M, N, C)
+    for i, model in enumerate(reference):
+        torch.testing.assert_close(logits[i], predict_logits(model, synthetic.x_test), **TOL)
+
+
 def test_generic_vmap_path_with_groupnorm_and_step_schedule(synthetic):
     # GroupNorm takes the MLP off the bmm fast path onto vmap(functional_call); a step schedule with
     # unequal steps per model checks each model's own schedule, and select_best=False the last epoch.

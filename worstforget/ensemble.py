@@ -5,13 +5,16 @@ samples they see. Training them one after another wastes a small CPU or GPU on p
 tiny kernels; here M models are stacked along a leading dimension and trained in lock-step:
 
 * parameters are stacked with `torch.func.stack_module_state` into tensors of shape (M, *shape);
-* the forward pass of all M models is one `vmap(functional_call(...))` over the model dimension
-  (for the plain ReLU MLP a hand-written `baddbmm` forward computes the same function with less
-  dispatch overhead), and ordinary autograd on the sum of the M per-model losses gives every model
-  its own gradient, because model i's loss depends only on model i's parameters;
+* the forward pass of all M models is one `vmap(functional_call(...))` over the model dimension,
+  and ordinary autograd on the sum of the M per-model losses gives every model its own gradient,
+  because model i's loss depends only on model i's parameters. For the plain ReLU MLP a hand-written
+  `baddbmm` forward computes the same function with less dispatch per step, on linear weights kept
+  as contiguous (M, in, out) leaves during training so their gradients come out contiguous;
 * SGD with momentum and weight decay is applied to the stacked tensors with the arithmetic of
   `torch.optim.SGD` (dampening 0, no Nesterov): d = g + wd·p; buf = momentum·buf + d; p = p − lr·buf,
-  and a zero buffer on the first step is exactly torch's `buf = d` initialisation.
+  and a zero buffer on the first step is exactly torch's `buf = d` initialisation. It runs as torch's
+  fused SGD kernel over the per-model rows (one call per distinct learning rate) where the device has
+  it, else as in-place stacked tensor operations (see `_SGD`).
 
 Model i is trained as `train.fit(spec.build(data, seed=init_seeds[i]), data, cfg, seed=seeds[i],
 sample_weights=sample_weights[i])` would train it: the same initialisation, its own permutation of its
@@ -38,6 +41,7 @@ masks from the global RNG, which a vmapped run cannot reproduce per model.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
@@ -97,6 +101,30 @@ def _mlp_plan(template: nn.Module) -> list[object] | None:
     return plan
 
 
+def _mlp_forward(plan: list[object], params: dict[str, torch.Tensor], x: torch.Tensor, *,
+                 shared: bool) -> torch.Tensor:
+    """The ReLU MLP with batched matrix products; linear weights are given as (M, in, out).
+
+    Same function as vmap over the module, with less dispatch per step. Taking the weights
+    transposed lets training keep them as contiguous (M, in, out) leaves, so autograd's weight
+    gradients (mat2 of baddbmm) come out contiguous and the optimiser streams them at full speed.
+    """
+    m = next(iter(params.values())).shape[0]
+    b = x.shape[0] if shared else x.shape[1]
+    h = x.reshape(b, -1).expand(m, b, -1) if shared else x.reshape(m, b, -1)  # (M, B, D)
+    for step in plan:
+        if isinstance(step, _LinearStep):
+            w = params[step.weight]  # (M, in, out)
+            if step.bias is None:
+                h = torch.bmm(h, w)  # (M, B, out)
+            else:
+                h = torch.baddbmm(params[step.bias].unsqueeze(1), h, w)  # (M, B, out)
+        elif step is nn.ReLU:
+            h = torch.relu(h)
+        # Flatten happened on entry and Identity is a no-op
+    return h  # (M, B, C)
+
+
 class StackedModels:
     """M models of one architecture whose parameters are stacked along a leading model dimension.
 
@@ -139,27 +167,18 @@ class StackedModels:
     def forward(self, x: torch.Tensor, *, shared: bool) -> torch.Tensor:
         """Logits (M, B, C) of every model: x is (M, B, *input) per model, or (B, *input) if `shared`."""
         if self._plan is not None:
-            return self._forward_mlp(x, shared=shared)
+            return _mlp_forward(self._plan, self._mlp_weights(self.params), x, shared=shared)
         if shared:
             return self._vmapped_shared(self.params, self.buffers, x)
         return self._vmapped(self.params, self.buffers, x)
 
-    def _forward_mlp(self, x: torch.Tensor, *, shared: bool) -> torch.Tensor:
-        """The ReLU MLP with batched matrix products: the same function as vmap, less dispatch per step."""
-        m = self.num_models
-        b = x.shape[0] if shared else x.shape[1]
-        h = x.reshape(b, -1).expand(m, b, -1) if shared else x.reshape(m, b, -1)  # (M, B, D)
-        for step in self._plan:
-            if isinstance(step, _LinearStep):
-                w = self.params[step.weight]  # (M, out, in)
-                if step.bias is None:
-                    h = torch.bmm(h, w.transpose(1, 2))  # (M, B, out)
-                else:
-                    h = torch.baddbmm(self.params[step.bias].unsqueeze(1), h, w.transpose(1, 2))  # (M, B, out)
-            elif step is nn.ReLU:
-                h = torch.relu(h)
-            # Flatten already happened on entry and Identity is a no-op
-        return h  # (M, B, C)
+    def _mlp_weights(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Module-layout parameters as the bmm forward takes them: weights (M, in, out) as views."""
+        return {k: v.transpose(1, 2) if k in self._transposed else v for k, v in params.items()}
+
+    @property
+    def _transposed(self) -> set[str]:
+        return {step.weight for step in self._plan or () if isinstance(step, _LinearStep)}
 
     @torch.no_grad()
     def predict_logits(self, x: torch.Tensor, *, batch_size: int = 2048) -> torch.Tensor:
@@ -251,8 +270,23 @@ def fit_stacked(spec: ModelSpec, data: Dataset, *, seeds: Sequence[int], sample_
     params, buffers = stack_module_state(models)  # {name: (M, *shape)}, leaves requiring grad
     stack = StackedModels(copy.deepcopy(models[0]).train(), params, buffers)
     names = list(params)
-    plist = [params[k] for k in names]
+    transposed = stack._transposed  # MLP fast path: linear weights train as (M, in, out) leaves
+    leaves = {k: v.detach().transpose(1, 2).contiguous().requires_grad_() if k in transposed else v
+              for k, v in params.items()}
+    plist = [leaves[k] for k in names]
     momentum_bufs = [torch.zeros_like(p) for p in plist]  # zero start == torch's buf = d on step one
+    sgd = _SGD(plist, momentum_bufs, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    def module_layout() -> dict[str, torch.Tensor]:  # views of the leaves in nn.Module layout
+        return {k: v.transpose(1, 2) if k in transposed else v for k, v in leaves.items()}
+
+    stack.params = module_layout()  # validation reads the training leaves through these views
+
+    if stack._plan is not None:
+        def forward(x: torch.Tensor) -> torch.Tensor:  # (M, W, *input) -> (M, W, C)
+            return _mlp_forward(stack._plan, leaves, x, shared=False)
+    else:
+        forward = functools.partial(stack.forward, shared=False)
 
     steps = [math.ceil(len(a) / bsz) for a in actives]
     totals = [cfg.epochs * s for s in steps]
@@ -263,7 +297,7 @@ def fit_stacked(spec: ModelSpec, data: Dataset, *, seeds: Sequence[int], sample_
     select = cfg.select_best and len(data.y_val) > 0
 
     best_acc = [-1.0] * m
-    best = {k: v.detach().clone() for k, v in params.items()}
+    best = {k: v.detach().clone() for k, v in leaves.items()}
     best_buffers = {k: v.clone() for k, v in buffers.items()}
     step_of = [0] * m  # each model's own optimiser step count, which drives its lr schedule
     task = (progress or NullProgress()).task(description, cfg.epochs)
@@ -286,11 +320,11 @@ def fit_stacked(spec: ModelSpec, data: Dataset, *, seeds: Sequence[int], sample_
                 for i in range(m):
                     if live[i]:
                         x[i, :sizes[i]] = augment_batch(x[i, :sizes[i]], data.augment, aug_gs[i])
-            logits = stack.forward(x, shared=False)  # (M, W, C)
+            logits = forward(x)  # (M, W, C)
             losses = F.cross_entropy(logits.flatten(0, 1), data.y_train[idx].flatten(), reduction="none")
             per_model = (losses.view(m, width) * plan.weight[:, s, :width]).sum(1) / plan.denom[:, s]  # (M,)
             grads = torch.autograd.grad(per_model.sum(), plist)
-            _sgd_step(plist, grads, momentum_bufs, lrs, live, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+            sgd.step(grads, lrs, live)
             if all(live):
                 last_loss = per_model.detach()
             else:
@@ -303,7 +337,7 @@ def fit_stacked(spec: ModelSpec, data: Dataset, *, seeds: Sequence[int], sample_
             if any(better):
                 rows = torch.tensor(better, device=device)
                 for k in names:
-                    best[k][rows] = params[k].detach()[rows]
+                    best[k][rows] = leaves[k].detach()[rows]
                 for k in buffers:
                     best_buffers[k][rows] = buffers[k][rows]
                 best_acc = [max(v, b) for v, b in zip(val_acc, best_acc)]
@@ -313,10 +347,10 @@ def fit_stacked(spec: ModelSpec, data: Dataset, *, seeds: Sequence[int], sample_
     if select:  # every model has a best epoch: its first validation accuracy beats the initial -1
         with torch.no_grad():
             for k in names:
-                params[k].copy_(best[k])
+                leaves[k].copy_(best[k])
             for k in buffers:
                 buffers[k].copy_(best_buffers[k])
-    final = {k: v.detach() for k, v in params.items()}  # (M, *shape), no longer tracked by autograd
+    final = {k: v.detach().contiguous() for k, v in module_layout().items()}  # (M, *shape), untracked
     return StackedModels(stack.template.eval(), final, buffers)
 
 
@@ -341,38 +375,89 @@ def _epoch_plan(actives: list[torch.Tensor], weights: list[torch.Tensor | None],
     return _EpochPlan(index.view(m, max_steps, bsz), weight.view(m, max_steps, bsz), denom, size)
 
 
-@torch.no_grad()
-def _sgd_step(params: list[torch.Tensor], grads: Sequence[torch.Tensor], bufs: list[torch.Tensor],
-              lrs: list[float], live: list[bool], *, momentum: float, weight_decay: float) -> None:
+class _SGD:
     """torch.optim.SGD (dampening 0, no Nesterov) on stacked (M, *shape) tensors with per-model lrs.
 
-    Models with live[i] False take no step: their parameters and momentum buffers stay bit for bit.
-    Every operation is in place: the stacked tensors of a few MB do not fit in cache, so each extra
-    pass over them (or a fresh allocation) costs more than the arithmetic.
+    Per step and model i: d = g + wd·p; buf = momentum·buf + d; p = p − lr_i·buf. A zero initial
+    buffer gives exactly torch's first-step `buf = d`. Models with live[i] False take no step: their
+    parameters and momentum buffers stay bit for bit as they are.
+
+    Fast path: torch's fused SGD kernel (one pass over p, g and buf) called once per distinct lr on
+    the per-model rows of the stacked tensors — idle models are simply left out. The stacked tensors
+    are several MB and do not stay in cache, so one pass instead of four matters more than the
+    arithmetic. Fallback (no fused kernel for the device or torch version, or a non-contiguous
+    gradient): the same update written as in-place stacked tensor operations.
     """
-    device = params[0].device
-    uniform = all(live) and len(set(lrs)) == 1  # the usual case: one scalar lr, nothing masked
-    if not uniform:
-        neg_lr = torch.tensor([-lr for lr in lrs], dtype=torch.float32, device=device)  # (M,), 0 for idle models
-    if not all(live):
-        keep = torch.tensor(live, dtype=torch.float32, device=device)  # (M,) 1 = step, 0 = idle
-        # idle rows: buf·1 + d·0 = buf exactly; live rows: buf·momentum + d·1, torch's update
-        decay = torch.tensor([momentum if on else 1.0 for on in live], dtype=torch.float32, device=device)  # (M,)
-    for p, g, buf in zip(params, grads, bufs):
-        view = (-1,) + (1,) * (p.dim() - 1)  # broadcast (M,) over (M, *shape)
-        if not g.is_contiguous():  # autograd's gradients are fresh tensors, but never write into a broadcast
-            g = g.contiguous()
-        d = g.add_(p, alpha=weight_decay) if weight_decay else g  # torch: grad.add(param, alpha=wd)
-        if momentum:
-            if all(live):
-                buf.mul_(momentum).add_(d)  # a zero buffer makes step one torch's buf = d
-            else:
-                buf.mul_(decay.view(view)).addcmul_(d, keep.view(view))
-            d = buf
-        if uniform:
-            p.add_(d, alpha=-lrs[0])  # exactly torch's param.add_(buf, alpha=-lr)
+
+    def __init__(self, params: list[torch.Tensor], bufs: list[torch.Tensor], *, momentum: float,
+                 weight_decay: float):
+        self.params, self.bufs = params, bufs
+        self.momentum, self.weight_decay = momentum, weight_decay
+        self.param_rows = [list(rows) for rows in zip(*(p.detach().unbind(0) for p in params))]  # [M][P] views
+        self.buf_rows = [list(rows) for rows in zip(*(b.unbind(0) for b in bufs))]  # [M][P] views
+        self.fused = _has_fused_sgd(params[0].device)
+
+    @torch.no_grad()
+    def step(self, grads: Sequence[torch.Tensor], lrs: list[float], live: list[bool]) -> None:
+        if self.fused and all(g.is_contiguous() for g in grads):
+            self._fused_step(grads, lrs, live)
         else:
-            p.addcmul_(d, neg_lr.view(view))  # idle rows add d·(−0) = 0
+            self._stacked_step(grads, lrs, live)
+
+    def _fused_step(self, grads: Sequence[torch.Tensor], lrs: list[float], live: list[bool]) -> None:
+        grad_rows = list(zip(*(g.unbind(0) for g in grads)))  # [M][P] views of this step's gradients
+        groups: dict[float, list[int]] = {}
+        for i, (lr, on) in enumerate(zip(lrs, live)):
+            if on:
+                groups.setdefault(lr, []).append(i)
+        for lr, rows in groups.items():
+            torch._fused_sgd_(
+                [p for i in rows for p in self.param_rows[i]], [g for i in rows for g in grad_rows[i]],
+                [b for i in rows for b in self.buf_rows[i]] if self.momentum else [],
+                weight_decay=self.weight_decay, momentum=self.momentum, lr=lr, dampening=0.0,
+                nesterov=False, maximize=False, is_first_step=False)
+
+    def _stacked_step(self, grads: Sequence[torch.Tensor], lrs: list[float], live: list[bool]) -> None:
+        momentum, weight_decay = self.momentum, self.weight_decay
+        device = self.params[0].device
+        uniform = all(live) and len(set(lrs)) == 1  # the usual case: one scalar lr, nothing masked
+        if not uniform:
+            neg_lr = torch.tensor([-lr for lr in lrs], dtype=torch.float32, device=device)  # (M,), 0 when idle
+        if not all(live):
+            keep = torch.tensor(live, dtype=torch.float32, device=device)  # (M,) 1 = step, 0 = idle
+            # idle rows: buf·1 + d·0 = buf exactly; live rows: buf·momentum + d·1, torch's update
+            decay = torch.tensor([momentum if on else 1.0 for on in live], dtype=torch.float32, device=device)
+        for p, g, buf in zip(self.params, grads, self.bufs):
+            view = (-1,) + (1,) * (p.dim() - 1)  # broadcast (M,) over (M, *shape)
+            if 0 in g.stride():  # autograd's gradients are fresh tensors, but never write into a broadcast
+                g = g.clone()
+            d = g.add_(p, alpha=weight_decay) if weight_decay else g  # torch: grad.add(param, alpha=wd)
+            if momentum:
+                if all(live):
+                    buf.mul_(momentum).add_(d)
+                else:
+                    buf.mul_(decay.view(view)).addcmul_(d, keep.view(view))
+                d = buf
+            if uniform:
+                p.add_(d, alpha=-lrs[0])  # exactly torch's param.add_(buf, alpha=-lr)
+            else:
+                p.addcmul_(d, neg_lr.view(view))  # idle rows add d·(−0) = 0
+
+
+@functools.lru_cache(maxsize=None)
+def _has_fused_sgd(device: torch.device) -> bool:
+    """Whether torch's fused SGD kernel exists for this device (a private op: probe, never assume)."""
+    fused = getattr(torch, "_fused_sgd_", None)
+    if fused is None:
+        return False
+    p, g, b = (torch.ones(2, device=device) for _ in range(3))
+    try:
+        fused([p], [g], [b], weight_decay=0.5, momentum=0.5, lr=0.5, dampening=0.0, nesterov=False,
+              maximize=False, is_first_step=False)
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
+    # same arithmetic as torch.optim.SGD: d = 1.5, buf = 0.5 + 1.5 = 2, p = 1 − 0.5·2 = 0
+    return bool(torch.all(p == 0.0)) and bool(torch.all(b == 2.0))
 
 
 def fit_ensemble(spec: ModelSpec, data: Dataset, *, seeds: Sequence[int], sample_weights: torch.Tensor | None = None,

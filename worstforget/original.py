@@ -7,13 +7,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .cache import ModelCache
+from .cache import ModelCache, RecordCache
 from .datasets import Dataset
 from .errors import WorstforgetError
 from .models import build_model
 from .progress import Progress
 from .train import TrainConfig, fit
-from .utils import stable_hash
+from .utils import Timer, stable_hash
 
 
 @dataclass(frozen=True)
@@ -79,3 +79,27 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
         detail = " ".join(str(exc).split())[:200]
         raise WorstforgetError(f"checkpoint {path} does not match the chosen architecture ({detail}); "
                                "pick the --model (and --norm) it was trained with") from None
+
+
+def training_seconds(spec: ModelSpec, data: Dataset, *, cache: ModelCache | None = None,
+                         records: RecordCache | None = None) -> float:
+    """Seconds to train one ordinary model with `spec` on the full training set (measured once, cached).
+
+    The model trained for the measurement is the library's original (same recipe and seeds), so it is
+    also stored in the model cache when missing there.
+    """
+    key = stable_hash(spec.key(data))
+    cache = cache or ModelCache(records.root if records else None)
+    records = records or RecordCache(cache.root, enabled=cache.enabled)
+
+    def measure() -> dict:
+        model = spec.build(data)
+        with Timer() as timer:
+            fit(model, data, spec.train, seed=spec.seed, description="train single model (timing)")
+            if next(model.parameters()).device.type == "cuda":
+                torch.cuda.synchronize()
+        if not cache.path(key).is_file():
+            cache.save(key, model, meta=spec.to_dict())
+        return {"seconds": timer.seconds}
+
+    return float(records.get_or_compute("train-seconds", key, measure)["seconds"])

@@ -25,6 +25,7 @@ METRICS = ("UA", "MIA", "RA", "TA", "RTE")
 class AuditOptions:
     num_random: int = 5  # random forget sets of the same size
     eval_methods: list[str] = field(default_factory=list)  # further methods run on every set (transfer table)
+    eval_params: dict[str, dict] = field(default_factory=dict)  # their hyper-parameters (e.g. tuned)
     seeds: int = 2  # unlearning seeds per set (method and Retrain)
     stability: bool = True  # search again with seed + 1 and report the Jaccard overlap
     heuristic: bool = True  # the m lowest-objective samples under the original model
@@ -67,8 +68,8 @@ def run_search_audit(setting: Setting, method: str, params: dict, cfg: SearchCon
         stability = {"seed_a": seed, "seed_b": seed + 1, "jaccard": jaccard(found.units, again.units),
                      "units_b": again.units}
 
-    methods = [(name, params)] + [(METHODS.canonical(m), {}) for m in options.eval_methods
-                                  if METHODS.canonical(m) not in (name, "retrain")]
+    methods = [(name, params)] + [(METHODS.canonical(m), options.eval_params.get(METHODS.canonical(m), {}))
+                                  for m in options.eval_methods if METHODS.canonical(m) not in (name, "retrain")]
     seeds = list(range(options.seeds))
     sets: dict[str, list[torch.Tensor]] = {"worst_case": [found.indices],
                                            "random": [problem.members(u) for u in randoms]}
@@ -77,12 +78,17 @@ def run_search_audit(setting: Setting, method: str, params: dict, cfg: SearchCon
     results = {kind: [compare_on_set(setting, methods, s, seeds=seeds, progress=progress) for s in members]
                for kind, members in sets.items()}
 
+    from .original import training_seconds
+
+    train_seconds = training_seconds(setting.spec, setting.data, records=setting.records)
     summary: dict[str, Any] = {
         "dataset": setting.data.name, "model": setting.spec.name, "method": name, "params": params,
         "solver": cfg.solver, "objective": cfg.objective, "granularity": cfg.granularity,
         "num_train": setting.data.num_train, "forget_size": int(len(found.indices)),
         "forget_units": int(problem.budget), "seed": seed, "unlearn_seeds": seeds,
-        "search": {"seconds": found.seconds, "objective": found.history["objective"],
+        "search": {"seconds": found.seconds, "train_seconds": train_seconds,
+                   "cost_vs_training": found.seconds / train_seconds if train_seconds > 0 else None,
+                   "objective": found.history["objective"],
                    "overlap_with_initial": found.history["overlap_with_initial"],
                    "overlap_with_random": [found.history[f"overlap_with_random_{r}"] for r in range(len(randoms))],
                    "overlap_with_heuristic": found.history.get("overlap_with_heuristic"),
@@ -90,7 +96,8 @@ def run_search_audit(setting: Setting, method: str, params: dict, cfg: SearchCon
         "stability": None if stability is None else {k: v for k, v in stability.items() if k != "units_b"},
         "heuristic_overlap": None if heuristic is None else overlap(found.units, heuristic),
         "config": {"search": cfg.to_dict(), "model": setting.spec.to_dict(), "audit": options.__dict__,
-                   "method_params": instance.hyperparameters()},
+                   "method_params": instance.hyperparameters(),
+                   "eval_params": {m: p for m, p in methods}},
         "code_version": code_version(), "environment": environment(), "setting": setting.describe(),
     }
     for kind, per_set in results.items():

@@ -60,7 +60,9 @@ def lira_on_original(setting: Setting, *, num_shadows: int = 16, seed: int = 0, 
     target_lira = lira_attack_metrics(t_scores[member & np.isfinite(t_scores)], t_scores[~member & np.isfinite(t_scores)])
     t_loss = F.cross_entropy(target_logits, pool.y_train, reduction="none").cpu().numpy()
     target_population = loss_threshold_attack(t_loss[member], t_loss[~member])
-    return {"num_shadows": num_shadows, "pairs_positive": int(len(pos_all)), "pairs_negative": int(len(neg_all)),
+    return {"num_shadows": num_shadows,
+            "shadow_note": None if num_shadows >= 16 else "fewer than 16 shadow models: per-example Gaussian fits are "
+                                                          "noisy and LiRA can score below the population attack", "pairs_positive": int(len(pos_all)), "pairs_negative": int(len(neg_all)),
             "leave_one_out": {"lira": lira, "loss_threshold": population},
             "target": {"lira": target_lira, "loss_threshold": target_population,
                        "note": f"{int(member.sum())} members vs {int((~member).sum())} non-members: FPRs below "

@@ -84,7 +84,7 @@ def lira(stats: Stats) -> dict:
     return {"lira_auc": {"value": metrics["auc"], "low": float(np.percentile(boots, 2.5)),
                          "high": float(np.percentile(boots, 97.5))},
             "lira_tpr_at_1pct_fpr": metrics["tpr_at_1pct_fpr"], "lira_tpr_at_0.1pct_fpr": metrics["tpr_at_0.1pct_fpr"],
-            "lira_roc_fpr": metrics["roc_fpr"], "lira_roc_tpr": metrics["roc_tpr"],
+            "lira_roc": {"roc_fpr": metrics["roc_fpr"], "roc_tpr": metrics["roc_tpr"]},
             "lira_per_example": exposure}
 
 

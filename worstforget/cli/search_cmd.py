@@ -31,6 +31,8 @@ from .basic import _params_option
 @click.option("--num-random", type=click.IntRange(min=1), default=5, show_default=True,
               help="Random forget sets of the same size.")
 @click.option("--eval-methods", default="", help="Comma-separated further methods evaluated on every set, or 'all'.")
+@click.option("--params-file", type=click.Path(dir_okay=False), default=None,
+              help='JSON {"method": {"param": value}} (e.g. from `tune --update-params`) for the audited and eval methods.')
 @click.option("--seeds", "num_seeds", type=click.IntRange(min=1), default=2, show_default=True,
               help="Unlearning seeds per forget set.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Search seed (and random-set seed).")
@@ -38,6 +40,10 @@ from .basic import _params_option
               help="Draws of the SVC attacker's training sample per evaluation.")
 @click.option("--stability/--no-stability", default=True, show_default=True,
               help="Search again with seed+1 and report the Jaccard overlap.")
+@click.option("--attacks", default="", help="Also run these attacks (loss,lira,epsilon,ks,tow) on every set; "
+              "writes evaluation.json (see `worstforget evaluate`).")
+@click.option("--num-models", type=click.IntRange(min=2), default=16, show_default=True,
+              help="Unlearned and retrained models per set for --attacks.")
 @_params_option
 @click.option("--resume", is_flag=True, help="Continue an interrupted search from its last outer step.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -45,8 +51,8 @@ from .basic import _params_option
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of tables.")
 @pass_app
 def search_command(app, method, forget_ratio, solver, outer_steps, inner_steps, inner_lr, upper_lr, raw_step, gamma,
-                   objective, granularity, init, num_random, eval_methods, num_seeds, seed, mia_resamples, stability,
-                   params, resume, out, as_json, **opts) -> None:
+                   objective, granularity, init, num_random, eval_methods, params_file, num_seeds, seed, mia_resamples,
+                   stability, attacks, num_models, params, resume, out, as_json, **opts) -> None:
     """Search the worst-case forget set for METHOD and report it against random sets of the same size."""
     import json
 
@@ -54,8 +60,11 @@ def search_command(app, method, forget_ratio, solver, outer_steps, inner_steps, 
     from ..unlearn import METHODS, make_method, parse_params
     from ..worst_case import AuditOptions, run_search_audit, write_outputs
 
+    from .basic import load_params_file
+
     name = METHODS.canonical(method)
-    hyper = parse_params(name, params)
+    tuned = load_params_file(params_file)
+    hyper = {**tuned.get(name, {}), **parse_params(name, params)}
     instance = make_method(name, hyper)
     cfg = SearchConfig(forget_ratio=forget_ratio, solver=solver.replace("-", "_"), outer_steps=outer_steps,
                        inner_steps=inner_steps, inner_lr=inner_lr, upper_lr=upper_lr, normalize_step=not raw_step,
@@ -66,14 +75,27 @@ def search_command(app, method, forget_ratio, solver, outer_steps, inner_steps, 
         raise ConfigError(f"method {name} cannot be differentiated through its training steps; use --solver first-order")
     extra = METHODS.names() if eval_methods.strip() == "all" else [m for m in eval_methods.split(",") if m.strip()]
     extra = [METHODS.canonical(m) for m in extra]
-    options = AuditOptions(num_random=num_random, eval_methods=extra, seeds=num_seeds, stability=stability)
+    options = AuditOptions(num_random=num_random, eval_methods=extra, eval_params=tuned, seeds=num_seeds,
+                           stability=stability)
     out_dir = Path(out) if out else Path("worstforget-out") / f"search-{opts['dataset'].replace(':', '_')}-{name}"
     with RichProgress(app.err) as progress:
         setting = setting_from_options(app, progress, opts)
         setting.mia_resamples = mia_resamples
         audit = run_search_audit(setting, name, hyper, cfg, seed=seed, options=options, resume=resume,
                                  progress=progress)
+        evaluation = None
+        if attacks.strip():
+            from ..evaluation import evaluate_sets
+            from .evaluate_cmd import parse_attacks
+
+            evaluation = evaluate_sets(setting, [(name, hyper)], audit["arrays"]["sets"], num_models=num_models,
+                                       attacks=parse_attacks(attacks), progress=progress)
     paths = write_outputs(out_dir, audit)
+    if evaluation is not None:
+        from ..evaluation import write_evaluation
+
+        write_evaluation(out_dir, evaluation, setting=setting,
+                         config={"method": name, "params": hyper, "attacks": attacks, "num_models": num_models})
     summary = audit["summary"]
     if as_json:
         click.echo(json.dumps(json.loads(paths["json"].read_text()), indent=2))
@@ -112,7 +134,10 @@ def render_summary(console, summary: dict) -> None:
         table.add_section()
     console.print(table)
     moved = 1 - s["search"]["overlap_with_initial"][-1]
-    line = (f"search: {s['search']['seconds']:.1f}s, {len(s['search']['objective'])} outer steps, "
+    cost = s["search"].get("cost_vs_training")
+    line = (f"search: {s['search']['seconds']:.1f}s"
+            + (f" ({cost:.2f}× training the original)" if cost else "")
+            + f", {len(s['search']['objective'])} outer steps, "
             f"set moved {moved:.0%} away from its start")
     if s.get("heuristic_overlap") is not None:
         line += f", overlap with lowest-{s['objective']} heuristic {s['heuristic_overlap']:.0%}"

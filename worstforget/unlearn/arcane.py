@@ -38,12 +38,13 @@ from torch import nn
 from ..cache import ModelCache
 from ..datasets import Dataset
 from ..errors import ConfigError
+from ..original import training_seconds
 from ..progress import Progress
 from ..train import TrainConfig
 from ..utils import Timer, derive_seed, generator, stable_hash
 from .base import UnlearningMethod, check_weights
 from .registry import register_method
-from .sisa import (GRID_VERSION, State, block_seeds, block_work, load_or_train_grid, recipe, single_model_seconds,
+from .sisa import (GRID_VERSION, State, block_seeds, block_work, load_or_train_grid, recipe,
                    sync_device, train_blocks, with_state)
 
 if TYPE_CHECKING:
@@ -250,7 +251,7 @@ class Arcane(UnlearningMethod):
         total = sum(block_work(orig.block_of[c], orig.blocks) for c in range(data.num_classes))
         self.last_report = {
             "original_train_seconds": orig.train_seconds,
-            "single_model_train_seconds": single_model_seconds(spec, data),
+            "single_model_train_seconds": training_seconds(spec, data),
             "retrained_fraction": redone / total,
             "unlearn_seconds": timer.seconds,
             "retrained_classes": touched,

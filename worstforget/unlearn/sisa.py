@@ -7,7 +7,7 @@ This file owns:
   unlearned constituent is, by construction, what training on the remaining data would have produced.
 * `CheckpointGrid` and `load_or_train_grid` — every checkpoint of a partitioned original in one on-disk
   `ModelCache` entry, so repeated audits reuse it.
-* `single_model_seconds` — the wall-clock cost of training one ordinary model (the overhead baseline).
+* `original.training_seconds` — the wall-clock cost of training one ordinary model (the overhead baseline).
 * `Ensemble`, `sisa_original` and the registered `sisa` method.
 
 SISA audits a different *original* from every other method: an ensemble of S constituents, one per shard,
@@ -38,6 +38,7 @@ from torch import nn
 from ..cache import ModelCache, RecordCache
 from ..datasets import Dataset
 from ..errors import ConfigError
+from ..original import training_seconds
 from ..progress import Progress
 from ..train import TrainConfig, fit
 from ..utils import Timer, derive_seed, generator, stable_hash
@@ -135,29 +136,6 @@ def load_or_train_grid(key: str, build: Callable[[int], nn.Module], groups: int,
     grid.train_seconds.fill_(timer.seconds)
     cache.save(key, grid, meta=meta)
     return grid
-
-
-def single_model_seconds(spec: ModelSpec, data: Dataset, *, cache: ModelCache | None = None,
-                         records: RecordCache | None = None) -> float:
-    """Seconds to train one ordinary model with `spec` on the full training set (measured once, cached).
-
-    The model trained for the measurement is the library's original (same recipe and seeds), so it is
-    also stored in the model cache when missing there.
-    """
-    key = stable_hash(spec.key(data))
-    cache = cache or ModelCache()
-    records = records or RecordCache(cache.root, enabled=cache.enabled)
-
-    def measure() -> dict:
-        model = spec.build(data)
-        with Timer() as timer:
-            fit(model, data, spec.train, seed=spec.seed, description="train single model (timing)")
-            sync_device(model)
-        if not cache.path(key).is_file():
-            cache.save(key, model, meta=spec.to_dict())
-        return {"seconds": timer.seconds}
-
-    return float(records.get_or_compute("train-seconds", key, measure)["seconds"])
 
 
 def sync_device(module: nn.Module) -> None:
@@ -372,7 +350,7 @@ class Sisa(UnlearningMethod):
         total = sum(block_work(orig.block_of(s), orig.slices) for s in range(orig.shards))
         self.last_report = {
             "original_train_seconds": orig.train_seconds,
-            "single_model_train_seconds": single_model_seconds(spec, data),
+            "single_model_train_seconds": training_seconds(spec, data),
             "retrained_fraction": redone / total,
             "unlearn_seconds": timer.seconds,
             "retrained_shards": sum(1 for s in range(orig.shards) if bool((deleted & (orig.shard_of == s)).any())),

@@ -1,0 +1,72 @@
+"""`report`: turn one or more `worstforget search` result folders into a report an auditor can hand over."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .app import cli, pass_app
+
+EXTENSIONS = {"md": "md", "html": "html", "json": "json"}
+
+
+def default_report_path(dirs: list[Path], fmt: str) -> Path:
+    """DIR/report.<ext> for one folder; ./report.<ext> for several (no folder owns the comparison)."""
+    name = f"report.{EXTENSIONS[fmt]}"
+    return dirs[0] / name if len(dirs) == 1 else Path.cwd() / name
+
+
+@cli.command("report")
+@click.argument("dirs", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="DIR...")
+@click.option("--format", "fmt", type=click.Choice(sorted(EXTENSIONS)), default="html", show_default=True,
+              help="html: one self-contained file with embedded figures; md: Markdown with PNGs beside it; "
+                   "json: OpenUnlearning-style agg_value/value_by_index document.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Report file [default: DIR/report.<ext> for one folder, ./report.<ext> for several].")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Where the dataset files are, for class composition and example grids "
+                   "[default: $WORSTFORGET_DATA or ~/.cache/worstforget/data].")
+@pass_app
+def report_command(app, dirs: tuple[Path, ...], fmt: str, out: Path | None, data_dir: str | None) -> None:
+    """Write a robustness report from search result folders (DIR is a `worstforget search --out` folder).
+
+    \b
+    Figures (PNG) go to <report name>_files/ beside the report; HTML also embeds them.
+    Several folders give one report with a section per folder and a comparison table.
+    """
+    import json
+
+    from ..errors import WorstforgetError
+    from ..report import load, plots, render
+    from ..utils import atomic_path, to_jsonable
+
+    folders = list(dirs)
+    # validate everything before drawing or writing anything, so a bad folder leaves no partial output
+    results = [load.load_result(d) for d in folders]
+    if fmt == "html":
+        plots.require_matplotlib("an HTML report")
+    path = (out or default_report_path(folders, fmt)).expanduser()
+    if path.is_dir():
+        raise WorstforgetError(f"--out {path} is a folder; give a file name such as {path / ('report.' + fmt)}")
+    for r in results:
+        load.attach_training_data(r, data_dir=data_dir)
+
+    images = None
+    if fmt in ("md", "html") and plots.matplotlib_available():
+        files = path.with_name(f"{path.stem}_files")
+        images = [plots.make_plots(r, files, prefix=f"{i}-" if len(results) > 1 else "")
+                  for i, r in enumerate(results, 1)]
+    for r in results:
+        if r.data_note:
+            app.err.print(f"note: {r.path}: {r.data_note}", highlight=False, soft_wrap=True)
+
+    if fmt == "md":
+        text = render.render_markdown(results, images, base_dir=path.parent)
+    elif fmt == "html":
+        text = render.render_html(results, images)
+    else:
+        text = json.dumps(to_jsonable(render.render_json(results)), indent=2, allow_nan=False) + "\n"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    click.echo(str(path))
