@@ -130,7 +130,8 @@ def code_version() -> str:
 
 def environment() -> dict[str, str]:
     """What ran the job: versions and hardware, stored beside every result."""
-    import click
+    from importlib.metadata import version
+
     import h5py
     import sklearn
 
@@ -141,7 +142,7 @@ def environment() -> dict[str, str]:
         "numpy": np.__version__,
         "sklearn": sklearn.__version__,
         "h5py": h5py.__version__,
-        "click": click.__version__,
+        "click": version("click"),
         "cpu_threads": str(torch.get_num_threads()),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
