@@ -58,12 +58,25 @@ def write_evaluation(out_dir: str | Path, evaluation: dict, *, setting: Setting,
     out = Path(out_dir)
     paths = {"json": out / "evaluation.json", "h5": out / "evaluation.h5"}
     out.mkdir(parents=True, exist_ok=True)
+    def fill(group) -> None:
+        for key, value in evaluation["arrays"].items():
+            group.create_dataset(key, data=value, compression="gzip" if value.size > 1000 else None)
+
     with atomic_path(paths["h5"]) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["schema_version"] = 1
             f.attrs["worstforget_version"] = code_version()
-            for key, value in evaluation["arrays"].items():
-                f.create_dataset(key, data=value, compression="gzip" if value.size > 1000 else None)
+            fill(f)
+    result = out / "result.h5"
+    if result.is_file():  # a search result also carries the per-example scores, under /evaluation
+        import shutil
+
+        with atomic_path(result) as tmp:
+            shutil.copyfile(result, tmp)
+            with h5py.File(tmp, "a") as f:
+                if "evaluation" in f:
+                    del f["evaluation"]
+                fill(f.create_group("evaluation"))
     write_json(paths["json"], {"scores": evaluation["scores"], "config": config, "setting": setting.describe(),
                                "code_version": code_version(), "environment": environment()})
     return paths

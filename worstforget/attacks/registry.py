@@ -7,7 +7,7 @@ from typing import Callable
 import numpy as np
 
 from ..privacy import (bootstrap_interval, final_score, forgetting_quality, ks_test, lira_attack_metrics,
-                       lira_online, loss_threshold_attack, mean_t_interval, per_example_epsilon, per_example_points,
+                       lira_offline, lira_online, loss_threshold_attack, mean_t_interval, per_example_epsilon, per_example_points,
                        resolution_note,
                        tug_of_war)
 from ..registry import Registry
@@ -55,13 +55,13 @@ def loss(stats: Stats) -> dict:
     return out
 
 
-@ATTACKS.register("lira")
-def lira(stats: Stats) -> dict:
+def _u_lira(stats: Stats, *, online: bool, fix_variance: bool) -> dict:
     """Per-example U-LiRA: half the models are shadows, half are targets (then the halves swap).
 
     For each forget example, Gaussians are fitted to its statistic under shadow unlearned ('in': the
     example was seen, then unlearned) and shadow retrained models ('out': never seen); every target
-    model is scored, and the attack separates unlearned from retrained targets.
+    model is scored, and the attack separates unlearned from retrained targets. Offline uses only the
+    retrained shadows (one-sided test).
     """
     n, ex = stats.lsc_u.shape
     half = n // 2
@@ -69,8 +69,11 @@ def lira(stats: Stats) -> dict:
         return {"lira_note": "LiRA needs at least 4 models of each kind"}
     pos, neg = [], []  # (targets, ex) scores of unlearned / retrained target models
     for shadow, target in ((slice(0, half), slice(half, n)), (slice(half, n), slice(0, half))):
-        pos.append(lira_online(stats.lsc_u[target], stats.lsc_u[shadow], stats.lsc_r[shadow]))
-        neg.append(lira_online(stats.lsc_r[target], stats.lsc_u[shadow], stats.lsc_r[shadow]))
+        for targets, out in ((stats.lsc_u[target], pos), (stats.lsc_r[target], neg)):
+            if online:
+                out.append(lira_online(targets, stats.lsc_u[shadow], stats.lsc_r[shadow], fix_variance=fix_variance))
+            else:
+                out.append(lira_offline(targets, stats.lsc_r[shadow], fix_variance=fix_variance))
     pos_m, neg_m = np.concatenate(pos), np.concatenate(neg)  # (n, ex) each
 
     def metrics_for(columns: np.ndarray) -> dict:
@@ -81,11 +84,30 @@ def lira(stats: Stats) -> dict:
     rng = np.random.default_rng(stats.seed)  # bootstrap over forget examples for the AUC interval
     boots = [metrics_for(rng.integers(0, ex, ex))["auc"] for _ in range(100)]
     exposure = np.nanmean(pos_m, 0) - np.nanmean(neg_m, 0)  # how far unlearned targets sit from retrained ones
-    return {"lira_auc": {"value": metrics["auc"], "low": float(np.percentile(boots, 2.5)),
+    return {"lira_mode": ("online" if online else "offline") + (", fixed variance" if fix_variance else ""),
+            "lira_auc": {"value": metrics["auc"], "low": float(np.percentile(boots, 2.5)),
                          "high": float(np.percentile(boots, 97.5))},
             "lira_tpr_at_1pct_fpr": metrics["tpr_at_1pct_fpr"], "lira_tpr_at_0.1pct_fpr": metrics["tpr_at_0.1pct_fpr"],
             "lira_roc": {"roc_fpr": metrics["roc_fpr"], "roc_tpr": metrics["roc_tpr"]},
             "lira_per_example": exposure}
+
+
+@ATTACKS.register("lira", aliases=("lira_online",))
+def lira(stats: Stats) -> dict:
+    """Per-example U-LiRA, online (Gaussians under unlearned and retrained shadow models)."""
+    return _u_lira(stats, online=True, fix_variance=False)
+
+
+@ATTACKS.register("lira_fixed")
+def lira_fixed(stats: Stats) -> dict:
+    """Per-example U-LiRA, online with one global variance (steadier with few models)."""
+    return _u_lira(stats, online=True, fix_variance=True)
+
+
+@ATTACKS.register("lira_offline")
+def lira_offline_attack(stats: Stats) -> dict:
+    """Per-example U-LiRA, offline: only retrained shadow models (no unlearned shadows needed)."""
+    return _u_lira(stats, online=False, fix_variance=False)
 
 
 @ATTACKS.register("epsilon")

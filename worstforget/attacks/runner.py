@@ -118,6 +118,8 @@ def evaluate_unlearning(setting: Setting, method: str, params: dict, forget_set:
     per_example: dict[str, np.ndarray] = {"lsc_unlearned": stats.lsc_u, "lsc_retrained": stats.lsc_r}
     for name in attacks:
         for k, v in ATTACKS.get(name)(stats).items():
+            if name != "lira" and k.startswith("lira_"):  # keep variants apart: lira_fixed_auc, lira_offline_auc
+                k = name + k[len("lira"):]
             if isinstance(v, np.ndarray) and v.ndim >= 1 and k.endswith("per_example"):
                 per_example[k] = v
             else:

@@ -43,7 +43,7 @@ class HigherStepper:
 
 
 def unrolled_lower_level(method: UnlearningMethod, original: nn.Module, data, w: torch.Tensor, *, seed: int,
-                         spec=None, max_steps: int, track_higher_grads: bool = True):
+                         spec=None, max_steps: int, track_higher_grads: bool = True, progress=None):
     """Run the method's loop K steps inside higher; returns (fmodel, ctx) with fmodel's weights at step K.
 
     With track_higher_grads=False this is ordinary training (the equivalence tests rely on that).
@@ -60,7 +60,7 @@ def unrolled_lower_level(method: UnlearningMethod, original: nn.Module, data, w:
     opt = make_optimizer("sgd", params, lr=method.lr, momentum=method.momentum, weight_decay=method.weight_decay)
     fmodel_ctx = higher.innerloop_ctx(model, opt, copy_initial_weights=True, track_higher_grads=track_higher_grads)
     fmodel, diffopt = fmodel_ctx.__enter__()
-    run_loop(method, HigherStepper(fmodel, diffopt), ctx, max_steps=max_steps)
+    run_loop(method, HigherStepper(fmodel, diffopt), ctx, max_steps=max_steps, progress=progress)
     return fmodel, ctx
 
 
@@ -71,7 +71,7 @@ def unrolled_hypergradient(problem: Problem, w_var: torch.Tensor, seed: int) -> 
     method = problem.lower(lr=cfg.inner_lr if cfg.inner_lr is not None else problem.method.lr,
                            batch_size=cfg.inner_batch_size or problem.method.batch_size)
     fmodel, _ = unrolled_lower_level(method, problem.setting.original, data, problem.expand(w_var), seed=seed,
-                                     spec=problem.setting.spec, max_steps=problem.inner_steps)
+                                     spec=problem.setting.spec, max_steps=problem.inner_steps, progress=problem.progress)
     fmodel.eval()
     logits = torch.cat([fmodel(chunk) for chunk in data.x_train.split(1024)])
     per_sample = per_sample_objective(logits, data.y_train, cfg.objective)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -19,6 +20,7 @@ class Problem:
     setting: Setting
     method: UnlearningMethod  # resolved (batch size set); the lower level's copy is derived per solver
     config: SearchConfig
+    progress: Any = None  # sink for the lower level's progress bars
 
     @property
     def data(self):

@@ -93,7 +93,7 @@ def search_worst_case(setting: Setting, method: str, params: dict | None, cfg: S
 
         raise ConfigError(f"method {instance.name} cannot be differentiated through its training steps; "
                           "use --solver first-order")
-    problem = Problem(setting=setting, method=instance, config=cfg)
+    problem = Problem(setting=setting, method=instance, config=cfg, progress=progress)
     key = search_key(setting, instance.name, params, cfg, seed)
     state_path = Path(state_dir or setting.records.root / "search") / f"search-{key}.pt"
     w0, initial = initial_weights(problem, seed)

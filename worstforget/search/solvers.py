@@ -40,9 +40,10 @@ def first_order(problem: Problem, w_var: torch.Tensor, seed: int) -> Hypergradie
         lower = problem.lower(optimizer="sign", lr=cfg.inner_lr if cfg.inner_lr is not None else 1e-3,
                               momentum=0.0, batch_size=cfg.inner_batch_size or method.batch_size)
         model = lower.apply(problem.setting.original, problem.data, w, seed=seed, spec=problem.setting.spec,
-                            max_steps=problem.inner_steps)
+                            max_steps=problem.inner_steps, progress=problem.progress)
     else:  # retrain, influence, plugins: run the method itself on the weighted set
-        model = method.apply(problem.setting.original, problem.data, w, seed=seed, spec=problem.setting.spec)
+        model = method.apply(problem.setting.original, problem.data, w, seed=seed, spec=problem.setting.spec,
+                             progress=problem.progress)
     per_sample = problem.values(model)
     reduced = problem.reduce(per_sample)
     value = float((reduced * w_var).sum() + cfg.gamma * (w_var**2).sum())
