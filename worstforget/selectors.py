@@ -7,7 +7,7 @@ classes; worst_case: the bi-level search (see `search`).
 """
 from __future__ import annotations
 
-from dataclasses import replace
+
 from typing import Callable
 
 import numpy as np

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,7 @@ from .datasets import Dataset, augment_batch
 from .errors import ConfigError
 from .optim import lr_factor, make_optimizer
 from .progress import NullProgress, Progress
-from .utils import Timer, generator
+from .utils import from_checked_dict, generator
 
 
 @dataclass(frozen=True)
@@ -31,11 +31,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ConfigError(f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        return cls(**values)
+        return from_checked_dict(cls, values, "training")
 
     def with_updates(self, **values) -> "TrainConfig":
         return replace(self, **{k: v for k, v in values.items() if v is not None})

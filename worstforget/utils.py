@@ -67,23 +67,35 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot hash {type(obj).__name__}")
 
 
-def to_jsonable(obj: Any) -> Any:
-    """Convert numpy/torch scalars and arrays inside nested containers into plain JSON types."""
+def to_jsonable(obj: Any, *, nan_to_none: bool = False) -> Any:
+    """Convert numpy/torch scalars and arrays inside nested containers into plain JSON types
+    (with `nan_to_none`, NaN and ±inf become None, for strict JSON)."""
     if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v, nan_to_none=nan_to_none) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
+        return [to_jsonable(v, nan_to_none=nan_to_none) for v in obj]
     if isinstance(obj, torch.Tensor):
-        return to_jsonable(obj.detach().cpu().numpy())
+        obj = obj.detach().cpu().numpy()
     if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
+        return to_jsonable(obj.tolist(), nan_to_none=nan_to_none)
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if nan_to_none and isinstance(obj, float) and not np.isfinite(obj):
+        return None
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def from_checked_dict(cls: type, values: dict, what: str):
+    """Build a dataclass from a dict, rejecting unknown keys with a message that lists the known ones."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**values)
 
 
 @contextmanager

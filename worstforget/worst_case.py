@@ -13,7 +13,6 @@ from .metrics import mean_std
 from .progress import NullProgress, Progress
 from .search import SearchConfig, jaccard, overlap, search_worst_case, top_m
 from .search.problem import Problem
-from .train import predict_logits
 from .unlearn import METHODS, make_method
 from .utils import code_version, environment, generator
 

@@ -43,7 +43,6 @@ def parse_attacks(text: str) -> list[str]:
 def evaluate_command(app, method, result_dir, forget_set, selector, forget_ratio, forget_seed, quantile, attacks,
                      num_models, lira_original, params, out, **opts) -> None:
     """Attack METHOD's unlearning with N unlearned vs N retrained models: U-LiRA, ε-score, KS, ToW, loss."""
-    import numpy as np
     import torch
 
     from ..audit import forget_size, load_forget_set

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .app import cli, pass_app
+from .app import cli
 
 
 @cli.command("run")

@@ -60,6 +60,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..utils import to_jsonable
+
 from .load import AuditResult
 from .tables import (Table, avg_gap_table, class_composition, class_composition_table, combined_table,
                      comparison_table, evaluated_methods, gap_stat, provenance_rows, roc_auc, set_kinds,
@@ -258,19 +260,7 @@ def render_html(results: Sequence[AuditResult], images: Sequence[Any] | None) ->
 
 def _clean(obj: Any) -> Any:
     """Plain JSON types, NaN/inf → None."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+    return to_jsonable(obj, nan_to_none=True)
 
 
 def _series(values: Any) -> dict:

@@ -1,9 +1,10 @@
 """Settings of the worst-case forget-set search (the upper and lower levels of the bi-level problem)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 from ..errors import ConfigError
+from ..utils import from_checked_dict
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,4 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "SearchConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown search option(s) {', '.join(unknown)}")
-        return cls(**values)
+        return from_checked_dict(cls, values, "search")

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cache import ModelCache, RecordCache
+from ..cache import ModelCache
 from ..datasets import Dataset
 from ..errors import ConfigError
 from ..original import training_seconds
