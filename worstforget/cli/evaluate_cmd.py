@@ -35,13 +35,15 @@ def parse_attacks(text: str) -> list[str]:
 @attacks_option
 @click.option("--num-models", type=click.IntRange(min=2), default=16, show_default=True,
               help="Unlearned and retrained models per set (512 in the NeurIPS'23 challenge).")
+@click.option("--params-file", type=click.Path(dir_okay=False), default=None,
+              help='JSON {"method": {"param": value}} of tuned hyper-parameters.')
 @click.option("--lira-original", is_flag=True, help="Also run classic LiRA (shadow models) on the trained model.")
 @_params_option
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output folder [default: the --result folder, else ./worstforget-out/evaluate].")
 @pass_app
 def evaluate_command(app, method, result_dir, forget_set, selector, forget_ratio, forget_seed, quantile, attacks,
-                     num_models, lira_original, params, out, **opts) -> None:
+                     num_models, params_file, lira_original, params, out, **opts) -> None:
     """Attack METHOD's unlearning with N unlearned vs N retrained models: U-LiRA, ε-score, KS, ToW, loss."""
     import torch
 
@@ -59,8 +61,11 @@ def evaluate_command(app, method, result_dir, forget_set, selector, forget_ratio
             raise WorstforgetError(f"{result_dir} has no summary.json; pass a folder written by `worstforget search`")
         summary = json.loads(path.read_text())
         method = method or summary["method"]
+    from .basic import load_params_file
+
     name = METHODS.canonical(method or "finetune")
-    hyper = parse_params(name, params) or (summary or {}).get("params", {})
+    base = (summary or {}).get("params", {}) if summary and summary["method"] == name else {}
+    hyper = {**base, **load_params_file(params_file).get(name, {}), **parse_params(name, params)}
     make_method(name, hyper)
     if not result_dir and not forget_set:
         SELECTORS.canonical(selector)
