@@ -214,7 +214,10 @@ def _load_row(model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[s
 def predict_logits_ensemble(models_or_stack: StackedModels | Sequence[nn.Module], x: torch.Tensor, *,
                             batch_size: int = 2048) -> torch.Tensor:
     """Eval-mode logits of every model on x (N, *input), batched over models with vmap: (M, N, C)."""
-    stack = models_or_stack if isinstance(models_or_stack, StackedModels) else StackedModels.from_models(models_or_stack)
+    if isinstance(models_or_stack, StackedModels):
+        stack = models_or_stack
+    else:
+        stack = StackedModels.from_models(models_or_stack)
     return stack.predict_logits(x, batch_size=batch_size)
 
 

@@ -89,7 +89,7 @@ def run_search_audit(setting: Setting, method: str, params: dict, cfg: SearchCon
                    "cost_vs_training": found.seconds / train_seconds if train_seconds > 0 else None,
                    "objective": found.history["objective"],
                    "overlap_with_initial": found.history["overlap_with_initial"],
-                   "overlap_with_random": [found.history[f"overlap_with_random_{r}"] for r in range(len(randoms))],
+                   "overlap_with_random": [found.history.get(f"overlap_with_random_{r}") for r in range(len(randoms))],
                    "overlap_with_heuristic": found.history.get("overlap_with_heuristic"),
                    "inner_steps": problem.inner_steps, "key": found.key},
         "stability": None if stability is None else {k: v for k, v in stability.items() if k != "units_b"},

@@ -128,7 +128,9 @@ def epsilon(stats: Stats) -> dict:
 def ks(stats: Stats) -> dict:
     """Two-sample KS test of the unlearned vs retrained distributions of the logit-scaled confidence."""
     statistic, p = ks_test(stats.lsc_u.ravel(), stats.lsc_r.ravel())
-    per_example = np.array([ks_test(stats.lsc_u[:, j], stats.lsc_r[:, j])[1] for j in range(stats.lsc_u.shape[1])])
+    from scipy.stats import ks_2samp
+
+    per_example = np.atleast_1d(ks_2samp(stats.lsc_u, stats.lsc_r, axis=0).pvalue)  # one test per forget example
     return {"ks_statistic": statistic, "ks_pvalue": p, "ks_fraction_rejected": float((per_example < 0.05).mean())}
 
 
