@@ -12,6 +12,7 @@ printed as a sanity check (expect float-rounding size, ~1e-6, growing slowly wit
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -76,21 +77,31 @@ def main() -> None:
     sizes = weights.sum(1)
 
     print(f"dataset {args.dataset}: {data.num_train} train samples, {args.models} models keeping "
-          f"{int(sizes.min())}–{int(sizes.max())} each; batch {cfg.batch_size}; torch threads {torch.get_num_threads()}")
+          f"{int(sizes.min())}–{int(sizes.max())} each; batch {cfg.batch_size}; "
+          f"torch threads {torch.get_num_threads()}")
     hidden = tuple(int(h) for h in args.hidden.split(","))
-    cases = [(f"mlp {args.hidden} × {cfg.epochs} ep", ModelSpec("mlp", cfg, norm="none", params={"hidden": hidden}), cfg)]
+    mlp = ModelSpec("mlp", cfg, norm="none", params={"hidden": hidden})
+    cases = [(f"mlp {args.hidden} × {cfg.epochs} ep", mlp, cfg)]
     if args.cnn_epochs > 0 and data.is_image:
         cnn_cfg = cfg.with_updates(epochs=args.cnn_epochs)
         cases.append((f"cnn w{args.cnn_width} none × {cnn_cfg.epochs} ep",
                       ModelSpec("cnn", cnn_cfg, norm="none", params={"width": args.cnn_width}), cnn_cfg))
+    load_before = os.getloadavg()[0]
     rows = [run_case(label, spec, data, c, weights, seeds, args.repeats) for label, spec, c in cases]
+    load_after = os.getloadavg()[0]
 
-    header = f"{'case':<28} {'sequential s (best/median)':>27} {'vmapped s (best/median)':>25} {'seq/vmap':>9} {'max |Δθ|':>9}"
+    header = (f"{'case':<28} {'sequential s (best/median)':>27} {'vmapped s (best/median)':>25} "
+              f"{'seq/vmap':>9} {'max |Δθ|':>9}")
     print(header)
     print("-" * len(header))
     for r in rows:
         print(f"{r['case']:<28} {r['seq_best']:>13.2f} / {r['seq_median']:<11.2f} {r['vmap_best']:>11.2f} / "
               f"{r['vmap_median']:<11.2f} {r['ratio']:>8.2f}× {r['max_param_diff']:>9.1e}")
+    # other processes on the cores distort the ratio (each parallel kernel waits for a descheduled
+    # thread, and sequential training runs 16× more of them): say how busy the machine was
+    print(f"1-minute load average {load_before:.2f} before, {load_after:.2f} after "
+          f"({os.cpu_count()} CPUs; this benchmark itself adds up to {args.threads}; trust the ratios when the "
+          "load before is well below 1)")
 
 
 if __name__ == "__main__":

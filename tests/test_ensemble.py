@@ -125,9 +125,25 @@ def test_batchnorm_needs_equal_active_set_sizes(tiny_digits):
         fit_ensemble(spec, tiny_digits, seeds=SEEDS, sample_weights=_masks(n), cfg=cfg)
 
 
+def test_retrain_style_call_with_init_seeds_and_shared_weights(synthetic):
+    # attacks.runner passes one retain mask expanded to every model and separate init/order seeds;
+    # equal active sets also let a BatchNorm MLP through
+    cfg = TrainConfig(epochs=2, lr=0.05, batch_size=32)
+    spec = ModelSpec("mlp", cfg, norm="batch", params={"hidden": (16,)})
+    retain = torch.ones(synthetic.num_train)
+    retain[:30] = 0
+    init_seeds = [7, 8, 9]
+    ensemble = fit_ensemble(spec, synthetic, seeds=SEEDS, init_seeds=init_seeds,
+                            sample_weights=retain.expand(len(SEEDS), -1), cfg=cfg)
+    reference = [fit(spec.build(synthetic, seed=i), synthetic, cfg, seed=s, sample_weights=retain)
+                 for s, i in zip(SEEDS, init_seeds)]
+    _assert_same(ensemble, reference)
+
+
 def test_predict_logits_ensemble_matches_per_model(tiny_digits):
     cfg = TrainConfig(epochs=1, lr=0.05, batch_size=64)
-    for spec in (ModelSpec("mlp", cfg, params={"hidden": (32, 16)}), ModelSpec("cnn", cfg, norm="none", params={"width": 4})):
+    specs = (ModelSpec("mlp", cfg, params={"hidden": (32, 16)}), ModelSpec("cnn", cfg, norm="none", params={"width": 4}))
+    for spec in specs:
         models = [spec.build(tiny_digits, seed=s) for s in SEEDS]
         logits = predict_logits_ensemble(models, tiny_digits.x_test, batch_size=37)  # (M, N, C)
         assert logits.shape == (len(SEEDS), len(tiny_digits.y_test), tiny_digits.num_classes)
