@@ -143,3 +143,19 @@ def test_forget_size_rejects_ratios_outside_open_unit_interval(ratio):
 def test_forget_size_rounds_and_keeps_at_least_one_sample():
     assert forget_size(216, 0.1) == 22
     assert forget_size(10, 0.01) == 1
+
+
+def test_class_wise_forgetting_measures_test_accuracy_on_remaining_classes(synthetic, trained):
+    """Forgetting a whole class: TA counts only test samples of the other classes."""
+    from worstforget.metrics import evaluate, forgotten_classes
+    from worstforget.train import accuracy
+
+    forget = torch.nonzero(synthetic.y_train == 0).flatten()
+    mask = torch.zeros(synthetic.num_train, dtype=torch.bool)
+    mask[forget] = True
+    assert forgotten_classes(synthetic, mask).tolist() == [0]
+    keep = synthetic.y_test != 0
+    expected = accuracy(trained, synthetic.x_test[keep], synthetic.y_test[keep])
+    assert evaluate(trained, synthetic, forget)["TA"] == pytest.approx(expected)
+    partial = forget[:-1]  # one sample of the class stays: ordinary sample-wise protocol
+    assert evaluate(trained, synthetic, partial)["TA"] == pytest.approx(accuracy(trained, synthetic.x_test, synthetic.y_test))

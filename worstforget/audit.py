@@ -18,7 +18,7 @@ from torch import nn
 from .cache import ModelCache, RecordCache
 from .datasets import Dataset, dataset_info, load_dataset
 from .errors import ConfigError, WorstforgetError
-from .metrics import avg_gap, evaluate, mean_std, random_forget_set
+from .metrics import avg_gap, evaluate, forgotten_classes, mean_std, random_forget_set
 from .original import ModelSpec, original_model
 from .progress import NullProgress, Progress
 from .train import TrainConfig
@@ -108,10 +108,15 @@ def run_unit(setting: Setting, method: str, params: dict, forget_set: torch.Tens
     """Unlearn `forget_set` with `method` and evaluate: {UA, RA, TA, MIA, RTE} (cached)."""
     data = setting.data
     instance = make_method(method, params).resolved(setting.spec.train.batch_size)
-    key = stable_hash({"v": RECORD_VERSION, "original": setting.original_key, "method": instance.name,
-                       "params": instance.hyperparameters(), "spec": setting.spec.to_dict(),
-                       "forget": forget_set, "seed": seed, "mia_seed": setting.mia_seed,
-                       "mia_resamples": setting.mia_resamples})
+    key_fields = {"v": RECORD_VERSION, "original": setting.original_key, "method": instance.name,
+                  "params": instance.hyperparameters(), "spec": setting.spec.to_dict(),
+                  "forget": forget_set, "seed": seed, "mia_seed": setting.mia_seed,
+                  "mia_resamples": setting.mia_resamples}
+    mask = torch.zeros(data.num_train, dtype=torch.bool, device=data.device)
+    mask[forget_set.to(data.device)] = True
+    if len(forgotten_classes(data, mask)):  # class-wise protocol: TA and MIA on the remaining classes
+        key_fields["class_protocol"] = 1
+    key = stable_hash(key_fields)
 
     def compute() -> dict:
         if hasattr(instance, "partitioned_original"):  # sisa/arcane: build their sharded original outside the timing

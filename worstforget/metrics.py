@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -55,10 +56,17 @@ def evaluate(model: nn.Module, data: Dataset, forget_set: torch.Tensor, *, mia_s
 
     MIA is the mean over `mia_resamples` draws of the attacker's training sample (MIA_std their spread):
     a 1-D SVC on saturated confidences can flip on a small change of what it was trained on.
+    When the forget set holds whole classes (class-wise forgetting), TA and the attacker's non-members
+    use only test samples of the remaining classes, as in the class-wise protocol.
     """
     out = model_outputs(model, data)
     forget = torch.zeros(data.num_train, dtype=torch.bool, device=data.device)
     forget[forget_set.to(data.device)] = True
+    gone = forgotten_classes(data, forget)
+    if len(gone):
+        keep = ~torch.isin(data.y_test, gone)
+        out["test"] = out["test"][keep]
+        data = replace(data, x_test=data.x_test[keep], y_test=data.y_test[keep])
     correct = out["train"].argmax(1) == data.y_train
     test_correct = out["test"].argmax(1) == data.y_test
     conf_train = true_label_confidence(out["train"], data.y_train)
@@ -72,6 +80,13 @@ def evaluate(model: nn.Module, data: Dataset, forget_set: torch.Tensor, *, mia_s
         "MIA": float(np.mean(mia)),
         "MIA_std": float(np.std(mia, ddof=1)) if len(mia) > 1 else 0.0,
     }
+
+
+def forgotten_classes(data: Dataset, forget: torch.Tensor) -> torch.Tensor:
+    """Classes all of whose training samples are in the forget set (boolean mask over the train split)."""
+    total = torch.bincount(data.y_train, minlength=data.num_classes)
+    removed = torch.bincount(data.y_train[forget], minlength=data.num_classes)
+    return torch.nonzero((removed == total) & (total > 0)).flatten()
 
 
 def avg_gap(metrics: dict[str, float], reference: dict[str, float]) -> float:

@@ -9,6 +9,7 @@ from torch import nn
 from ..audit import Setting, forget_weights
 from ..cache import ArrayCache
 from ..errors import ConfigError
+from ..metrics import forgotten_classes
 from ..progress import NullProgress, Progress
 from ..search.objective import logit_scaled_confidence
 from ..train import predict_logits
@@ -16,7 +17,7 @@ from ..unlearn import make_method
 from ..utils import Timer, derive_seed, stable_hash
 from .registry import ATTACKS, Stats
 
-STATS_VERSION = 1
+STATS_VERSION = 2  # 2: class-wise forget sets measure the test split on the remaining classes
 RETRAIN_SEED_OFFSET = 100_000
 CHALLENGE_TIME_RULE = 0.2  # the NeurIPS'23 challenge rejected unlearning slower than ~20% of retraining
 
@@ -30,12 +31,14 @@ def per_model_arrays(model: nn.Module, setting: Setting, forget_set: torch.Tenso
     forget[forget_set.to(data.device)] = True
     correct = logits.argmax(1) == data.y_train
     y_f = data.y_train[forget]
+    keep = ~torch.isin(data.y_test, forgotten_classes(data, forget))  # class-wise: remaining classes only
+    test_logits, y_test = test_logits[keep], data.y_test[keep]
     return {
         "lsc": logit_scaled_confidence(logits[forget], y_f).cpu().numpy(),
         "loss": F.cross_entropy(logits[forget], y_f, reduction="none").cpu().numpy(),
-        "test_loss": F.cross_entropy(test_logits, data.y_test, reduction="none").cpu().numpy(),
+        "test_loss": F.cross_entropy(test_logits, y_test, reduction="none").cpu().numpy(),
         "acc": np.array([correct[forget].float().mean().item() * 100, correct[~forget].float().mean().item() * 100,
-                         (test_logits.argmax(1) == data.y_test).float().mean().item() * 100]),
+                         (test_logits.argmax(1) == y_test).float().mean().item() * 100]),
     }
 
 
