@@ -18,7 +18,7 @@ from torch import nn
 from .cache import ModelCache, RecordCache
 from .datasets import Dataset, dataset_info, load_dataset
 from .errors import ConfigError, WorstforgetError
-from .metrics import avg_gap, evaluate, forgotten_classes, mean_std, random_forget_set
+from .metrics import avg_gap, evaluate, forget_mask, forgotten_classes, mean_std, random_forget_set
 from .original import ModelSpec, original_model
 from .progress import NullProgress, Progress
 from .train import TrainConfig
@@ -64,9 +64,8 @@ def prepare_setting(*, dataset: str = "digits", model: str | None = None, norm: 
 
 
 def forget_weights(data: Dataset, forget_set: torch.Tensor) -> torch.Tensor:
-    w = torch.zeros(data.num_train, device=data.device)
-    w[forget_set.to(data.device)] = 1.0
-    return w
+    """0/1 forget weights of a forget set (the ordinary method on that set). (num_train,)"""
+    return forget_mask(data, forget_set).float()
 
 
 def check_forget_set(indices: Any, num_train: int, *, source: str = "forget set") -> torch.Tensor:
@@ -112,9 +111,7 @@ def run_unit(setting: Setting, method: str, params: dict, forget_set: torch.Tens
                   "params": instance.hyperparameters(), "spec": setting.spec.to_dict(),
                   "forget": forget_set, "seed": seed, "mia_seed": setting.mia_seed,
                   "mia_resamples": setting.mia_resamples}
-    mask = torch.zeros(data.num_train, dtype=torch.bool, device=data.device)
-    mask[forget_set.to(data.device)] = True
-    if len(forgotten_classes(data, mask)):  # class-wise protocol: TA and MIA on the remaining classes
+    if len(forgotten_classes(data, forget_mask(data, forget_set))):  # class-wise protocol: TA and MIA on the remaining classes
         key_fields["class_protocol"] = 1
     key = stable_hash(key_fields)
 
@@ -153,9 +150,6 @@ def summarize_runs(runs: list[dict]) -> dict:
     return {k: mean_std([r[k] for r in runs]) for k in keys}
 
 
-__all__ = ["Setting", "prepare_setting", "run_unit", "compare_on_set", "summarize_runs", "check_forget_set",
-           "load_forget_set", "forget_size", "forget_weights", "random_forget_set"]
-
 
 def compare_methods(setting: Setting, methods: list[tuple[str, dict]], *, forget_ratio: float, num_sets: int,
                     seeds: list[int], set_seed: int = 0, progress: Progress | None = None) -> dict:
@@ -170,3 +164,7 @@ def compare_methods(setting: Setting, methods: list[tuple[str, dict]], *, forget
             table[who]["avg_gap"] = mean_std([g for res in per_set for g in res["avg_gap"][who]])
     return {"forget_size": m, "set_seeds": [set_seed + r for r in range(num_sets)], "seeds": seeds,
             "table": table, "runs": per_set}
+
+
+__all__ = ["Setting", "prepare_setting", "run_unit", "compare_on_set", "compare_methods", "summarize_runs",
+           "check_forget_set", "load_forget_set", "forget_size", "forget_weights", "random_forget_set"]

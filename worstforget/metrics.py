@@ -60,8 +60,7 @@ def evaluate(model: nn.Module, data: Dataset, forget_set: torch.Tensor, *, mia_s
     use only test samples of the remaining classes, as in the class-wise protocol.
     """
     out = model_outputs(model, data)
-    forget = torch.zeros(data.num_train, dtype=torch.bool, device=data.device)
-    forget[forget_set.to(data.device)] = True
+    forget = forget_mask(data, forget_set)
     gone = forgotten_classes(data, forget)
     if len(gone):
         keep = ~torch.isin(data.y_test, gone)
@@ -80,6 +79,13 @@ def evaluate(model: nn.Module, data: Dataset, forget_set: torch.Tensor, *, mia_s
         "MIA": float(np.mean(mia)),
         "MIA_std": float(np.std(mia, ddof=1)) if len(mia) > 1 else 0.0,
     }
+
+
+def forget_mask(data: Dataset, forget_set: torch.Tensor) -> torch.Tensor:
+    """Boolean (num_train,) mask of a forget set given as training indices."""
+    mask = torch.zeros(data.num_train, dtype=torch.bool, device=data.device)
+    mask[forget_set.to(data.device)] = True
+    return mask
 
 
 def forgotten_classes(data: Dataset, forget: torch.Tensor) -> torch.Tensor:

@@ -128,3 +128,9 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     if len(y) == 0:
         return float("nan")
     return float((predict_logits(model, x).argmax(1) == y).float().mean() * 100)
+
+
+def split_accuracies(model: nn.Module, data: Dataset) -> dict[str, float]:
+    """Accuracy (percent) on the train, validation and test splits."""
+    return {"train": accuracy(model, data.x_train, data.y_train), "val": accuracy(model, data.x_val, data.y_val),
+            "test": accuracy(model, data.x_test, data.y_test)}

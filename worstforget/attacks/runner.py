@@ -9,7 +9,7 @@ from torch import nn
 from ..audit import Setting, forget_weights
 from ..cache import ArrayCache
 from ..errors import ConfigError
-from ..metrics import forgotten_classes
+from ..metrics import forget_mask, forgotten_classes
 from ..progress import NullProgress, Progress
 from ..search.objective import logit_scaled_confidence
 from ..train import predict_logits
@@ -27,8 +27,7 @@ def per_model_arrays(model: nn.Module, setting: Setting, forget_set: torch.Tenso
     data = setting.data
     logits = predict_logits(model, data.x_train).double()
     test_logits = predict_logits(model, data.x_test).double()
-    forget = torch.zeros(data.num_train, dtype=torch.bool, device=data.device)
-    forget[forget_set.to(data.device)] = True
+    forget = forget_mask(data, forget_set)
     correct = logits.argmax(1) == data.y_train
     y_f = data.y_train[forget]
     keep = ~torch.isin(data.y_test, forgotten_classes(data, forget))  # class-wise: remaining classes only

@@ -58,7 +58,7 @@ def _params_option(fn):
 def train_command(app, architecture: str, params: tuple[str, ...], out: str | None, **opts) -> None:
     """Train (or fetch from the cache) the original model and report its accuracy."""
     from ..original import training_seconds
-    from ..train import accuracy
+    from ..train import split_accuracies
     from ..unlearn import make_method, parse_params
     from ..utils import write_json
 
@@ -73,10 +73,7 @@ def train_command(app, architecture: str, params: tuple[str, ...], out: str | No
             model = getattr(built, "ensemble", None) or getattr(built, "scorers")
             record.update(params=hyper, train_seconds=built.train_seconds,
                           overhead_vs_single=built.train_seconds / record["single_model_train_seconds"])
-    single = {split: accuracy(setting.original, x, y) for split, (x, y) in
-              {"train": (data.x_train, data.y_train), "val": (data.x_val, data.y_val), "test": (data.x_test, data.y_test)}.items()}
-    accs = {split: accuracy(model, x, y) for split, (x, y) in
-            {"train": (data.x_train, data.y_train), "val": (data.x_val, data.y_val), "test": (data.x_test, data.y_test)}.items()}
+    single, accs = split_accuracies(setting.original, data), split_accuracies(model, data)
     record.update(accuracy=accs, single_model_accuracy=single)
     if out:
         write_json(out, record)
