@@ -57,6 +57,7 @@ def search_command(app, method, forget_ratio, solver, outer_steps, inner_steps, 
     import json
 
     from ..search import SearchConfig
+    from ..search.solvers import check_solver
     from ..unlearn import METHODS, make_method, parse_params
     from ..worst_case import AuditOptions, run_search_audit, write_outputs
 
@@ -69,10 +70,7 @@ def search_command(app, method, forget_ratio, solver, outer_steps, inner_steps, 
     cfg = SearchConfig(forget_ratio=forget_ratio, solver=solver.replace("-", "_"), outer_steps=outer_steps,
                        inner_steps=inner_steps, inner_lr=inner_lr, upper_lr=upper_lr, normalize_step=not raw_step,
                        gamma=gamma, objective=objective, granularity=granularity, init=init).validate()
-    if cfg.solver == "unrolled" and not instance.differentiable:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"method {name} cannot be differentiated through its training steps; use --solver first-order")
+    check_solver(cfg.solver, instance)
     extra = METHODS.names() if eval_methods.strip() == "all" else [m for m in eval_methods.split(",") if m.strip()]
     extra = [METHODS.canonical(m) for m in extra]
     options = AuditOptions(num_random=num_random, eval_methods=extra, eval_params=tuned, seeds=num_seeds,

@@ -14,12 +14,11 @@ import higher
 import torch
 from torch import nn
 
-from ..errors import ConfigError
 from ..optim import make_optimizer
 from ..unlearn import Context, UnlearningMethod, run_loop
 from .objective import per_sample_objective
 from .problem import Problem
-from .solvers import Hypergradient
+from .solvers import Hypergradient, check_solver
 
 
 class HigherStepper:
@@ -48,9 +47,7 @@ def unrolled_lower_level(method: UnlearningMethod, original: nn.Module, data, w:
 
     With track_higher_grads=False this is ordinary training (the equivalence tests rely on that).
     """
-    if not method.differentiable or method.optimizer != "sgd":
-        raise ConfigError(f"method {method.name} cannot be differentiated through its training steps; "
-                          "use --solver first-order")
+    check_solver("unrolled", method)
     ctx = method.context(original, data, w, seed=seed, spec=spec)
     model = copy.deepcopy(original).to(data.device).train()
     model = method.prepare(model, ctx)

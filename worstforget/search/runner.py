@@ -18,7 +18,7 @@ from ..utils import Timer, atomic_path, derive_seed, generator, stable_hash
 from .config import SearchConfig
 from .problem import Problem
 from .projection import project_capped_simplex, top_m
-from .solvers import SOLVERS
+from .solvers import SOLVERS, check_solver
 
 STATE_VERSION = 1
 
@@ -88,11 +88,7 @@ def search_worst_case(setting: Setting, method: str, params: dict | None, cfg: S
     params = dict(params or {})
     instance = make_method(method, params).resolved(setting.spec.train.batch_size)
     solve = SOLVERS.get(cfg.solver)
-    if cfg.solver == "unrolled" and not instance.differentiable:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"method {instance.name} cannot be differentiated through its training steps; "
-                          "use --solver first-order")
+    check_solver(cfg.solver, instance)
     problem = Problem(setting=setting, method=instance, config=cfg, progress=progress)
     key = search_key(setting, instance.name, params, cfg, seed)
     state_path = Path(state_dir or setting.records.root / "search") / f"search-{key}.pt"
@@ -104,8 +100,8 @@ def search_worst_case(setting: Setting, method: str, params: dict | None, cfg: S
     weights = [w0.clone()]
     elapsed = 0.0
     last_grad = torch.zeros_like(w0)
-    if state_path.is_file() and (resume or _completed(state_path, cfg)) and setting.records.enabled:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    state = _load_state(state_path) if setting.records.enabled else None
+    if state is not None and (resume or state.get("done")):
         if state.get("key") != key:
             raise WorstforgetError(f"checkpoint {state_path} belongs to another search; delete it or drop --resume")
         w, start, history, elapsed = state["w"], state["step"], state["history"], state["seconds"]
@@ -140,8 +136,11 @@ def search_worst_case(setting: Setting, method: str, params: dict | None, cfg: S
                         weight_history=torch.stack(weights), history=history, seconds=elapsed, key=key)
 
 
-def _completed(path: Path, cfg: SearchConfig) -> bool:
+def _load_state(path: Path) -> dict | None:
+    """The search checkpoint, or None when there is none or it cannot be read (then it is recomputed)."""
+    if not path.is_file():
+        return None
     try:
-        return bool(torch.load(path, map_location="cpu", weights_only=True).get("done"))
-    except Exception:  # unreadable checkpoint: recompute
-        return False
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a truncated or foreign file is never trusted
+        return None

@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 
+from ..errors import ConfigError
 from ..registry import Registry
 from .problem import Problem
 
@@ -22,6 +23,13 @@ class Hypergradient:
 
 
 Solver = Callable[[Problem, torch.Tensor, int], Hypergradient]
+
+
+def check_solver(solver: str, method) -> None:
+    """The unrolled solver needs a method whose SGD steps can be differentiated; say so before any work."""
+    if SOLVERS.canonical(solver) == "unrolled" and (not method.differentiable or method.optimizer != "sgd"):
+        raise ConfigError(f"method {method.name} cannot be differentiated through its training steps; "
+                          "use --solver first-order")
 SOLVERS: Registry[Solver] = Registry("search solver")
 
 
