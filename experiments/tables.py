@@ -56,8 +56,8 @@ def worst_case_table(path: Path) -> None:
 
 
 def attacks_table(folder: Path) -> None:
-    keys = ("forget_quality", "epsilon_score", "lira_auc", "lira_tpr_at_1pct_fpr", "lira_tpr_at_0.1pct_fpr",
-            "ks_pvalue", "tow", "rte_fraction")
+    keys = ("forget_quality", "forget_quality_bounded", "epsilon_score", "epsilon_score_bounded", "lira_auc",
+            "lira_tpr_at_1pct_fpr", "lira_tpr_at_0.1pct_fpr", "ks_pvalue", "tow", "rte_fraction")
     print("| run | set | " + " | ".join(keys) + " |\n|---|---|" + "---:|" * len(keys))
     for path in sorted(folder.glob("*/evaluation.json")):
         scores = json.loads(path.read_text())["scores"]

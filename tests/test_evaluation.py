@@ -33,6 +33,18 @@ def test_noop_is_exposed_and_retrain_is_not(setting):
     assert 0 <= c["forget_quality"]["low"] <= c["forget_quality"]["value"] <= c["forget_quality"]["high"] <= 1
 
 
+def test_bounded_quality_calls_retrain_a_perfect_unlearner(setting):
+    # 16 models per side resolve ε up to 1.35 with bounded rates; the released rules' finite-sample floor
+    # leaves Retrain-vs-Retrain far below 1, the bounded score does not
+    forget = random_forget_set(setting.data.num_train, 24, 2)
+    calib = evaluate_unlearning(setting, "retrain", {}, forget, num_models=16, attacks=["epsilon"])["scores"]
+    noop = evaluate_unlearning(setting, "noop", {}, forget, num_models=16, attacks=["epsilon"])["scores"]
+    assert calib["forget_quality_bounded"]["value"] >= 0.9
+    assert calib["forget_quality"]["value"] < 0.5
+    assert noop["forget_quality_bounded"]["value"] == 0.0  # identical outputs: the peaky guard
+    assert calib["epsilon_score_bounded"] > 0.8
+
+
 def test_model_statistics_are_cached(setting, monkeypatch):
     forget = random_forget_set(setting.data.num_train, 24, 1)
     first = evaluate_unlearning(setting, "finetune", {"epochs": 2}, forget, num_models=4, attacks=["ks"])

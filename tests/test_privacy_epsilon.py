@@ -11,10 +11,12 @@ from hypothesis import strategies as st
 
 from worstforget.privacy import epsilon as eps_mod
 from worstforget.privacy import (
+    BOUND_ALPHA,
     DELTA,
     EPSILON_CAP,
     PrivacyInputError,
     bucket_epsilon_limit,
+    clopper_pearson_upper,
     final_score,
     forget_score,
     forgetting_quality,
@@ -36,14 +38,16 @@ def _torch_linspace(lo: float, hi: float, n: int) -> np.ndarray:
     return np.where(k < n // 2, lo + step * k, hi - step * (n - 1 - k))
 
 
-def _brute_force(retrain: np.ndarray, unlearn: np.ndarray, families=("single", "band")) -> float:
-    """One example, written straight from the released algorithm: every threshold against every value."""
+def _brute_force(retrain: np.ndarray, unlearn: np.ndarray, families=("single", "band"), alpha=None) -> float:
+    """One example, written straight from the released algorithm: every threshold against every value.
+    With alpha, each rate is replaced by its Clopper–Pearson upper bound (scipy's beta quantile) and the
+    zero-rate special cases do not apply."""
     pos, neg = (retrain, unlearn) if np.median(retrain) > np.median(unlearn) else (unlearn, retrain)
     pd, nd = np.ptp(pos), np.ptp(neg)
     with np.errstate(invalid="ignore", divide="ignore"):
         if min(pd, nd) / max(pd, nd) < 0.01:
             return EPSILON_CAP
-    fprs, fnrs = [], []
+    fprs, fnrs, trials = [], [], []  # trials: (negatives, positives) of each family's rates
     if "band" in families:
         p, n = (neg, pos) if pd >= nd else (pos, neg)  # band positive = the peakier set
         w = min(pd, nd)
@@ -54,12 +58,28 @@ def _brute_force(retrain: np.ndarray, unlearn: np.ndarray, families=("single", "
         inside = lambda v: (left[None] <= v[:, None]) & (v[:, None] <= right[None])  # noqa: E731
         fprs.append(inside(n).mean(0))
         fnrs.append(1 - inside(p).mean(0))
+        trials.append((len(n), len(p)))
     if "single" in families:
         pooled = np.concatenate([pos, neg])
         t = _torch_linspace(pooled.min(), pooled.max(), int(np.ceil(np.ptp(pooled) * 100)))
         fprs.append((neg[:, None] >= t[None]).mean(0))
         fnrs.append((pos[:, None] < t[None]).mean(0))
+        trials.append((len(neg), len(pos)))
     fpr, fnr = np.concatenate(fprs), np.concatenate(fnrs)
+    if alpha is not None:
+        from scipy.stats import beta
+
+        def upper(rate, n):
+            k = np.round(rate * n)
+            return np.where(k >= n, 1.0, beta.ppf(1 - alpha / 2, k + 1, np.maximum(n - k, 1)))
+
+        n_neg = np.concatenate([np.full(len(f), t[0]) for f, t in zip(fprs, trials)])
+        n_pos = np.concatenate([np.full(len(f), t[1]) for f, t in zip(fprs, trials)])
+        fpr, fnr = upper(fpr, n_neg), upper(fnr, n_pos)
+        with np.errstate(invalid="ignore"):
+            terms = np.stack([np.log(1 - DELTA - fpr) - np.log(fnr), np.log(1 - DELTA - fnr) - np.log(fpr)])
+        terms = terms[np.isfinite(terms)]
+        return max(0.0, terms.max()) if terms.size else 0.0
     if np.any((fpr == 0) & (fnr == 0)):
         return EPSILON_CAP
     keep = (fpr > 0) & (fnr > 0)  # exactly one rate 0: discarded
@@ -192,6 +212,55 @@ def test_matches_brute_force_on_random_small_cases():
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+# ----------------------------------------------------------------------------- confidence-bounded rates
+
+
+def test_clopper_pearson_upper_closed_forms():
+    n, alpha = 8, 0.05
+    # 0 errors: P(X = 0) = (1 − p)^n = α at the bound; n − 1 errors: P(X ≤ n − 1) = 1 − p^n = α
+    np.testing.assert_allclose(clopper_pearson_upper(0, n, alpha), 1 - alpha ** (1 / n), rtol=1e-10)
+    np.testing.assert_allclose(clopper_pearson_upper(n - 1, n, alpha), (1 - alpha) ** (1 / n), rtol=1e-10)
+    assert clopper_pearson_upper(n, n, alpha) == 1.0
+    bounds = clopper_pearson_upper(np.arange(n + 1), n, alpha)
+    assert np.all(np.diff(bounds) > 0) and np.all(bounds > np.arange(n + 1) / n - 1e-12)
+
+
+def test_bounded_perfect_separation_is_what_the_model_count_can_prove():
+    rng = np.random.default_rng(2)
+    retrain, unlearn = rng.normal(0.0, 1.0, size=(8, 5)), rng.normal(20.0, 1.0, size=(8, 5))
+    # the best rule has 0 errors on both sides; each rate is bounded by 1 − (α/2)^(1/8) ≈ 0.369
+    u = 1 - (BOUND_ALPHA / 2) ** (1 / 8)
+    expected = math.log((1 - DELTA - u) / u)
+    eps = per_example_epsilon(retrain, unlearn, confidence_alpha=BOUND_ALPHA)
+    np.testing.assert_allclose(eps, expected, rtol=1e-9)
+    assert 0.5 < expected < 0.6  # eight models per side cannot prove more than this
+
+
+def test_bounded_rates_give_full_quality_to_iid_samples_and_still_rank_shifts():
+    rng = np.random.default_rng(1)
+    retrain = rng.normal(size=(32, 40))
+    same = rng.normal(size=(32, 40))
+    bounded = per_example_epsilon(retrain, same, confidence_alpha=BOUND_ALPHA)
+    official = per_example_epsilon(retrain, same)
+    assert forgetting_quality(bounded, 32) >= 0.95 > 0.5 > forgetting_quality(official, 32)
+    shifted = per_example_epsilon(retrain, rng.normal(2.0, 1.0, size=(32, 40)), confidence_alpha=BOUND_ALPHA)
+    assert forgetting_quality(shifted, 32) < forgetting_quality(bounded, 32) - 0.4
+    # the peaky guard is part of the rules in both modes: a deterministic unlearner scores 0
+    constant = np.full((32, 40), 0.25)
+    assert forgetting_quality(per_example_epsilon(retrain, constant, confidence_alpha=BOUND_ALPHA), 32) == 0.0
+
+
+def test_bounded_matches_brute_force_on_random_small_cases():
+    rng = np.random.default_rng(6)
+    for _ in range(10):
+        m_r, m_u = rng.integers(2, 9), rng.integers(2, 9)
+        retrain = rng.normal(0, 1.0, size=(m_r, 2))
+        unlearn = rng.normal(rng.normal(0, 2.0), rng.choice([0.3, 1.0, 3.0]), size=(m_u, 2))
+        got = per_example_epsilon(retrain, unlearn, confidence_alpha=0.1)
+        want = [_brute_force(retrain[:, i], unlearn[:, i], alpha=0.1) for i in range(2)]
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
 def test_chunking_does_not_change_results(monkeypatch):
     rng = np.random.default_rng(5)
     retrain, unlearn = rng.normal(size=(6, 30)), rng.normal(0.5, 1.0, size=(6, 30))
@@ -200,6 +269,10 @@ def test_chunking_does_not_change_results(monkeypatch):
     np.testing.assert_array_equal(per_example_epsilon(retrain, unlearn), full)
     monkeypatch.setattr(eps_mod._EpsLookup, "MAX_TABLE", 0)  # direct formula instead of the lookup table
     np.testing.assert_allclose(per_example_epsilon(retrain, unlearn), full, rtol=1e-12)
+    bounded = per_example_epsilon(retrain, unlearn, confidence_alpha=BOUND_ALPHA)  # formula path
+    monkeypatch.setattr(eps_mod._EpsLookup, "MAX_TABLE", 1 << 23)
+    np.testing.assert_allclose(per_example_epsilon(retrain, unlearn, confidence_alpha=BOUND_ALPHA), bounded,
+                               rtol=1e-12)
 
 
 @settings(max_examples=40, deadline=None)
@@ -252,6 +325,8 @@ def test_resolution_note_states_the_limits():
     small = resolution_note(8)
     assert "1.95" in small and "4 buckets" in small
     assert "no scoring buckets" in resolution_note(2)
+    # what 16 models can prove with the bounded rates: ε = 1.35, so complete separation scores ¼
+    assert "at most ε = 1.35" in resolution_note(16) and "still scores 0.25" in resolution_note(16)
 
 
 def test_input_validation():
@@ -264,5 +339,7 @@ def test_input_validation():
         per_example_epsilon(good, np.full((4, 3), np.nan))
     with pytest.raises(PrivacyInputError):
         per_example_epsilon(good, good, families=("triple",))
+    with pytest.raises(PrivacyInputError):
+        per_example_epsilon(good, good, confidence_alpha=1.5)
     with pytest.raises(ValueError):  # PrivacyInputError is a ValueError for library callers
         bucket_epsilon_limit(1)

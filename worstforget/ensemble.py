@@ -30,7 +30,9 @@ narrower ones are padded with weight-0 entries (they add nothing to the loss or 
 is still divided by the real batch size, as in `weighted_mean`). A model that has finished its epoch
 is masked out of the update: its parameters *and* momentum buffers stay bit for bit unchanged (no
 momentum drift, no weight decay) and its step counter, which drives its learning-rate schedule, does
-not advance. Models with equal active-set sizes never see padding or masking at all.
+not advance. Models with equal active-set sizes never see padding or masking at all. Models are
+trained in rows sorted by their number of steps per epoch (and returned in the caller's order), so the
+models that share a learning rate at a step form one block of rows for the optimiser.
 
 BatchNorm is supported (running statistics live in stacked buffers that `functional_call` updates
 under vmap) only when every model trains on the same number of samples — the plain seed ensemble and
@@ -120,7 +122,9 @@ def _mlp_forward(plan: list[object], params: dict[str, torch.Tensor], x: torch.T
             else:
                 h = torch.baddbmm(params[step.bias].unsqueeze(1), h, w)  # (M, B, out)
         elif step is nn.ReLU:
-            h = torch.relu(h)
+            # in place when h is this function's own fresh matmul output (the bmm backward does not
+            # read it; ReLU's backward reads its result), saving an allocation and a pass per layer
+            h = torch.relu(h) if h.data_ptr() == x.data_ptr() else torch.relu_(h)
         # Flatten happened on entry and Identity is a no-op
     return h  # (M, B, C)
 
@@ -133,10 +137,14 @@ class StackedModels:
     ordinary `nn.Module`s.
     """
 
-    def __init__(self, template: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]):
+    def __init__(self, template: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                 *, spare_modules: Sequence[nn.Module] = ()):
         self.template = template  # architecture only; its own tensors are never read
         self.params = params
         self.buffers = buffers
+        # modules of this architecture nobody else holds (the ones an ensemble was built from): the
+        # first `models()` call loads the rows into them instead of deep-copying the template M times
+        self._spare = list(spare_modules)
         sizes = {t.shape[0] for t in [*params.values(), *buffers.values()]}
         if len(sizes) != 1:
             raise ConfigError(f"stacked tensors disagree on the number of models: {sorted(sizes)}")
@@ -192,11 +200,19 @@ class StackedModels:
         finally:
             self.template.train(was_training)
 
+    def reordered(self, rows: Sequence[int]) -> "StackedModels":
+        """The same models with row i of the result taken from row rows[i] of this stack."""
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=next(iter(self.params.values())).device)
+        spare = [self._spare[i] for i in rows] if len(self._spare) == self.num_models else []
+        return StackedModels(self.template, {k: v[index] for k, v in self.params.items()},
+                             {k: v[index] for k, v in self.buffers.items()}, spare_modules=spare)
+
     def models(self) -> list[nn.Module]:
         """Unstack into M independent modules in eval mode (fresh copies of the template)."""
         out = []
+        spare, self._spare = self._spare, []
         for i in range(self.num_models):
-            model = copy.deepcopy(self.template)
+            model = spare[i] if len(spare) == self.num_models else copy.deepcopy(self.template)
             _load_row(model, self.params, self.buffers, i)
             out.append(model.eval())
         return out
@@ -253,6 +269,19 @@ def fit_stacked(spec: ModelSpec, data: Dataset, *, seeds: Sequence[int], sample_
         if sample_weights.shape != (m, n):
             raise ConfigError(f"sample_weights must have shape (models, num_train) = ({m}, {n}), "
                               f"got {tuple(sample_weights.shape)}")
+        # Models that take the same number of steps per epoch share their learning rate at every step.
+        # Training them in adjacent rows makes each lr group a contiguous block of the stacked tensors,
+        # which the optimiser updates in one pass instead of row by row; rows are put back at the end.
+        counts = (sample_weights > 0).sum(1).tolist()
+        if 0 in counts:
+            raise ConfigError(f"nothing to train on for model {counts.index(0)}: every training sample has weight 0")
+        steps_per_epoch = [math.ceil(c / bsz) for c in counts]
+        order = sorted(range(m), key=steps_per_epoch.__getitem__)
+        if order != list(range(m)):
+            stack = fit_stacked(spec, data, seeds=[seeds[i] for i in order], sample_weights=sample_weights[order],
+                                cfg=cfg, init_seeds=[init_seeds[i] for i in order], progress=progress,
+                                description=description)
+            return stack.reordered([order.index(i) for i in range(m)])
 
     # per-model active sets, loss weights and normalisers, exactly as fit computes them
     actives, weights, norms = [], [], []
@@ -261,9 +290,7 @@ def fit_stacked(spec: ModelSpec, data: Dataset, *, seeds: Sequence[int], sample_
             active, w, norm = torch.arange(n, device=device), None, torch.tensor(1.0, device=device)
         else:
             w = sample_weights[i]
-            active = torch.nonzero(w > 0).flatten()
-            if len(active) == 0:
-                raise ConfigError(f"nothing to train on for model {i}: every training sample has weight 0")
+            active = torch.nonzero(w > 0).flatten()  # not empty: checked above
             norm = w[active].mean()
         actives.append(active)
         weights.append(w)
@@ -337,13 +364,18 @@ def fit_stacked(spec: ModelSpec, data: Dataset, *, seeds: Sequence[int], sample_
             logits = stack.predict_logits(data.x_val)  # (M, N_val, C)
             val_acc = [float(v) for v in (logits.argmax(2) == data.y_val).float().mean(1) * 100]
             better = [v > b for v, b in zip(val_acc, best_acc)]
-            if any(better):
+            if all(better):  # the usual case early in training: one straight copy per tensor
+                for k in names:
+                    best[k].copy_(leaves[k].detach())
+                for k in buffers:
+                    best_buffers[k].copy_(buffers[k])
+            elif any(better):
                 rows = torch.tensor(better, device=device)
                 for k in names:
                     best[k][rows] = leaves[k].detach()[rows]
                 for k in buffers:
                     best_buffers[k][rows] = buffers[k][rows]
-                best_acc = [max(v, b) for v, b in zip(val_acc, best_acc)]
+            best_acc = [max(v, b) for v, b in zip(val_acc, best_acc)]
         task.advance(1, loss=float(last_loss.mean()),
                      val_acc=None if val_acc is None else sum(val_acc) / len(val_acc))
     task.close()
@@ -354,7 +386,8 @@ def fit_stacked(spec: ModelSpec, data: Dataset, *, seeds: Sequence[int], sample_
             for k in buffers:
                 buffers[k].copy_(best_buffers[k])
     final = {k: v.detach().contiguous() for k, v in module_layout().items()}  # (M, *shape), untracked
-    return StackedModels(stack.template.eval(), final, buffers)
+    # the built modules' own tensors were copied into the stack and are no longer read: reuse them
+    return StackedModels(stack.template.eval(), final, buffers, spare_modules=models)
 
 
 def _epoch_plan(actives: list[torch.Tensor], weights: list[torch.Tensor | None], norms: list[torch.Tensor],
@@ -385,8 +418,9 @@ class _SGD:
     buffer gives exactly torch's first-step `buf = d`. Models with live[i] False take no step: their
     parameters and momentum buffers stay bit for bit as they are.
 
-    Fast path: torch's fused SGD kernel (one pass over p, g and buf) called once per distinct lr on
-    the per-model rows of the stacked tensors — idle models are simply left out. The stacked tensors
+    Fast path: torch's fused SGD kernel (one pass over p, g and buf) called once per run of adjacent
+    live rows with one lr, on those row blocks of the stacked tensors — idle models are simply left
+    out (`fit_stacked` orders the models so that such runs are few). The stacked tensors
     are several MB and do not stay in cache, so one pass instead of four matters more than the
     arithmetic. Fallback (no fused kernel for the device or torch version, or a non-contiguous
     gradient): the same update written as in-place stacked tensor operations.
@@ -394,10 +428,8 @@ class _SGD:
 
     def __init__(self, params: list[torch.Tensor], bufs: list[torch.Tensor], *, momentum: float,
                  weight_decay: float):
-        self.params, self.bufs = params, bufs
+        self.params, self.bufs = [p.detach() for p in params], bufs  # updated in place, outside autograd
         self.momentum, self.weight_decay = momentum, weight_decay
-        self.param_rows = [list(rows) for rows in zip(*(p.detach().unbind(0) for p in params))]  # [M][P] views
-        self.buf_rows = [list(rows) for rows in zip(*(b.unbind(0) for b in bufs))]  # [M][P] views
         self.fused = _has_fused_sgd(params[0].device)
 
     @torch.no_grad()
@@ -408,17 +440,22 @@ class _SGD:
             self._stacked_step(grads, lrs, live)
 
     def _fused_step(self, grads: Sequence[torch.Tensor], lrs: list[float], live: list[bool]) -> None:
-        grad_rows = list(zip(*(g.unbind(0) for g in grads)))  # [M][P] views of this step's gradients
-        groups: dict[float, list[int]] = {}
-        for i, (lr, on) in enumerate(zip(lrs, live)):
-            if on:
-                groups.setdefault(lr, []).append(i)
-        for lr, rows in groups.items():
+        # one kernel call per run of adjacent live rows sharing an lr, on contiguous row blocks of the
+        # stacked tensors: a few large tensors per call keep both cores busy, many row views do not
+        start = 0
+        while start < len(lrs):
+            if not live[start]:
+                start += 1
+                continue
+            stop = start + 1
+            while stop < len(lrs) and live[stop] and lrs[stop] == lrs[start]:
+                stop += 1
             torch._fused_sgd_(
-                [p for i in rows for p in self.param_rows[i]], [g for i in rows for g in grad_rows[i]],
-                [b for i in rows for b in self.buf_rows[i]] if self.momentum else [],
-                weight_decay=self.weight_decay, momentum=self.momentum, lr=lr, dampening=0.0,
+                [p[start:stop] for p in self.params], [g[start:stop] for g in grads],
+                [b[start:stop] for b in self.bufs] if self.momentum else [],
+                weight_decay=self.weight_decay, momentum=self.momentum, lr=lrs[start], dampening=0.0,
                 nesterov=False, maximize=False, is_first_step=False)
+            start = stop
 
     def _stacked_step(self, grads: Sequence[torch.Tensor], lrs: list[float], live: list[bool]) -> None:
         momentum, weight_decay = self.momentum, self.weight_decay

@@ -14,8 +14,9 @@ from .metrics import mean_std
 from .progress import Progress
 from .utils import atomic_path, code_version, environment, write_json
 
-SCALARS = ("forget_quality", "epsilon_score", "lira_auc", "lira_tpr_at_1pct_fpr", "lira_tpr_at_0.1pct_fpr",
-           "ks_pvalue", "ks_statistic", "tow", "loss_auc", "rte_fraction")
+SCALARS = ("forget_quality", "epsilon_score", "forget_quality_bounded", "epsilon_score_bounded", "lira_auc",
+           "lira_tpr_at_1pct_fpr", "lira_tpr_at_0.1pct_fpr", "ks_pvalue", "ks_statistic", "tow", "loss_auc",
+           "rte_fraction")
 
 
 def _scalar(v: Any) -> float | None:

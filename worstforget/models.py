@@ -170,9 +170,10 @@ def build_model(name: str, num_classes: int, input_shape: Sequence[int], *, norm
         if norm not in NORMS:
             raise ConfigError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}")
         params["norm"] = norm
-    fork = torch.random.fork_rng(devices=[])
-    with fork:
-        torch.manual_seed(seed)
+    # models are built on the CPU and moved afterwards, so only the CPU generator matters: seeding it
+    # alone (not torch.manual_seed, which also reseeds every accelerator) leaves no trace elsewhere
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
         try:
             return builder(num_classes, tuple(input_shape), **params)
         except TypeError as exc:

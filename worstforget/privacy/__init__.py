@@ -10,9 +10,11 @@
 from __future__ import annotations
 
 from .epsilon import (
+    BOUND_ALPHA,
     DELTA,
     EPSILON_CAP,
     bucket_epsilon_limit,
+    clopper_pearson_upper,
     final_score,
     forget_score,
     forgetting_quality,
@@ -28,6 +30,7 @@ from .roc import auc, balanced_accuracy, curve_area, downsample_roc, roc_curve, 
 from .scores import CHALLENGE_FLOOR, PrivacyInputError, logit_scaled_confidence
 
 __all__ = [
+    "BOUND_ALPHA",
     "CHALLENGE_FLOOR",
     "DELTA",
     "EPSILON_CAP",
@@ -36,6 +39,7 @@ __all__ = [
     "balanced_accuracy",
     "bootstrap_interval",
     "bucket_epsilon_limit",
+    "clopper_pearson_upper",
     "curve_area",
     "downsample_roc",
     "final_score",

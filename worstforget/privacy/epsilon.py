@@ -46,6 +46,8 @@ NUM_THRESHOLDS_PER_UNIT = 100
 BAND_BUFFER = 2.0
 PEAKY_RATIO = 0.01
 BUCKET_WIDTH = 0.5
+#: Level of the Clopper–Pearson bounds of the bounded forgetting quality (both rates jointly at 1 − α).
+BOUND_ALPHA = 0.05
 FAMILIES = ("single", "band")
 #: Left ends per right end of the band family: ceil(2 · buffer · 100) = 400.
 BAND_LEFT_THRESHOLDS = int(math.ceil(2 * BAND_BUFFER * NUM_THRESHOLDS_PER_UNIT))
@@ -56,17 +58,41 @@ _CHUNK_ELEMENTS = 1 << 19
 # ----------------------------------------------------------------------------- per-threshold ε
 
 
-def _eps_from_counts(fp, fn, n_neg, n_pos, delta: float) -> np.ndarray:
-    """ε per threshold from false-positive / false-negative counts; −inf marks a discarded threshold."""
+def clopper_pearson_upper(errors, trials, alpha: float) -> np.ndarray:
+    """One-sided Clopper–Pearson upper confidence bound, at level 1 − alpha, on a rate errors/trials.
+
+    The exact binomial bound: the largest rate under which seeing at most `errors` errors in `trials`
+    still has probability ≥ alpha; 1 when every trial was an error. Never 0, even for 0 errors.
+    """
+    from scipy.special import betaincinv
+
+    k = np.asarray(errors, dtype=np.float64)
+    n = np.broadcast_to(np.asarray(trials, dtype=np.float64), k.shape)
+    with np.errstate(invalid="ignore"):
+        bound = betaincinv(k + 1.0, np.maximum(n - k, 1.0), 1.0 - alpha)
+    return np.where(k >= n, 1.0, bound)
+
+
+def _eps_from_counts(fp, fn, n_neg, n_pos, delta: float, alpha: float | None = None) -> np.ndarray:
+    """ε per threshold from false-positive / false-negative counts; −inf marks a discarded threshold.
+
+    alpha None: the challenge's empirical rates and special cases. Otherwise both rates are replaced by
+    Clopper–Pearson upper bounds at level 1 − alpha/2 each (jointly ≥ 1 − alpha), which are never 0, so
+    neither "perfect separation = ∞" nor "one rate 0 = discard" arises: ε is what the counts prove.
+    """
     fp = np.asarray(fp)
     fn = np.asarray(fn)
-    fpr = fp / n_neg
-    fnr = fn / n_pos
+    if alpha is None:
+        fpr, fnr = fp / n_neg, fn / n_pos
+    else:
+        fpr, fnr = clopper_pearson_upper(fp, n_neg, alpha / 2), clopper_pearson_upper(fn, n_pos, alpha / 2)
     with np.errstate(divide="ignore", invalid="ignore"):
         # log of a negative argument (FPR or FNR above 1 − δ) is NaN; fmax then keeps the other term,
         # exactly like the original's np.nanmax over the two.
         eps = np.fmax(np.log(1.0 - delta - fpr) - np.log(fnr), np.log(1.0 - delta - fnr) - np.log(fpr))
     eps = np.clip(eps, 0.0, None)  # NaN stays NaN
+    if alpha is not None:
+        return np.where(np.isnan(eps), -np.inf, eps)
     both_zero = (fp == 0) & (fn == 0)
     one_zero = (fp == 0) ^ (fn == 0)  # attributed to too few samples, so the threshold is dropped
     eps = np.where(one_zero | np.isnan(eps), -np.inf, eps)
@@ -200,15 +226,15 @@ class _EpsLookup:
 
     MAX_TABLE = 1 << 23
 
-    def __init__(self, n_r: int, n_u: int, delta: float):
-        self.n_r, self.n_u, self.delta = n_r, n_u, delta
+    def __init__(self, n_r: int, n_u: int, delta: float, alpha: float | None = None):
+        self.n_r, self.n_u, self.delta, self.alpha = n_r, n_u, delta, alpha
         self.block = (n_r + 1) * (n_u + 1)
         self.table = None
         if 2 * self.block <= self.MAX_TABLE:
             a = np.arange(n_r + 1)[:, None]  # (n_r+1, 1) retrained values predicted positive
             b = np.arange(n_u + 1)[None, :]  # (1, n_u+1) unlearned values predicted positive
-            r_pos = _eps_from_counts(b, n_r - a, n_u, n_r, delta)  # retrained side is the positive class
-            u_pos = _eps_from_counts(a, n_u - b, n_r, n_u, delta)  # unlearned side is the positive class
+            r_pos = _eps_from_counts(b, n_r - a, n_u, n_r, delta, alpha)  # retrained side is the positive class
+            u_pos = _eps_from_counts(a, n_u - b, n_r, n_u, delta, alpha)  # unlearned side is the positive class
             self.table = np.concatenate([r_pos.ravel(), u_pos.ravel()])
 
     def of_differences(self, a_hi, b_hi, a_lo, b_lo, r_is_pos) -> np.ndarray:
@@ -223,7 +249,7 @@ class _EpsLookup:
         tp, fp = np.where(r_is_pos, a, b), np.where(r_is_pos, b, a)
         n_pos = np.where(r_is_pos, self.n_r, self.n_u)
         n_neg = np.where(r_is_pos, self.n_u, self.n_r)
-        return _eps_from_counts(fp, n_pos - tp, n_neg, n_pos, self.delta)
+        return _eps_from_counts(fp, n_pos - tp, n_neg, n_pos, self.delta, self.alpha)
 
 
 # ----------------------------------------------------------------------------- the two attack families
@@ -285,7 +311,7 @@ def _band_family(pool: _Pooled, r: np.ndarray, u: np.ndarray, lookup: _EpsLookup
 
 
 def per_example_epsilon(stats_retrain, stats_unlearn, delta: float = DELTA, *,
-                        families: Sequence[str] = FAMILIES) -> np.ndarray:
+                        families: Sequence[str] = FAMILIES, confidence_alpha: float | None = None) -> np.ndarray:
     """Per-example ε of the strongest threshold attack telling retrained from unlearned models.
 
     Args:
@@ -296,11 +322,18 @@ def per_example_epsilon(stats_retrain, stats_unlearn, delta: float = DELTA, *,
         delta: δ of (ε, δ)-unlearning.
         families: Attack families to maximise over, a subset of ``("single", "band")``; the challenge
             uses both. The peaky guard applies regardless.
+        confidence_alpha: None (the challenge's rule) scores each threshold by its empirical FPR/FNR.
+            A value in (0, 1) scores it by Clopper–Pearson upper bounds on both rates instead (level
+            1 − alpha/2 each) — the "high-probability bounds" option the challenge describes but did
+            not run. Empirical rates of finitely many models make two samples of one distribution look
+            different somewhere among ~10^5 thresholds; the bounds only credit differences the counts
+            support, so a retrain-vs-retrain comparison scores near 0 instead of ln 4 … ln 6. (They bound
+            each threshold's ε, not the maximum over thresholds.)
 
     Returns:
-        (n_examples,) float64 ε in [0, 50]. 50 means perfect separation or the peaky guard; 0 means no
-        attack showed a difference, including the degenerate case where every threshold was discarded
-        (the released code stops on an assertion there instead).
+        (n_examples,) float64 ε in [0, 50]. 50 means perfect separation (empirical rates) or the peaky
+        guard; 0 means no attack showed a difference, including the degenerate case where every
+        threshold was discarded (the released code stops on an assertion there instead).
 
     Raises:
         PrivacyInputError: wrong shapes, fewer than 2 models per side, non-finite values, a bad δ or
@@ -316,6 +349,8 @@ def per_example_epsilon(stats_retrain, stats_unlearn, delta: float = DELTA, *,
                                 f"{u.shape[0]} unlearned")
     if not 0.0 < delta < 1.0:
         raise PrivacyInputError(f"delta must lie in (0, 1), got {delta}")
+    if confidence_alpha is not None and not 0.0 < confidence_alpha < 1.0:
+        raise PrivacyInputError(f"confidence_alpha must lie in (0, 1) or be None, got {confidence_alpha}")
     unknown = set(families) - set(FAMILIES)
     if unknown or not families:
         raise PrivacyInputError(f"families must be a non-empty subset of {FAMILIES}, got {tuple(families)}")
@@ -339,7 +374,7 @@ def per_example_epsilon(stats_retrain, stats_unlearn, delta: float = DELTA, *,
     # Band work per example is (≈401 right ends) × (Mr + Mu + 1) cuts; the single family is far smaller.
     per_example = (BAND_LEFT_THRESHOLDS + 1) * (r.shape[1] + u.shape[1] + 1)
     chunk = max(1, _CHUNK_ELEMENTS // per_example)
-    lookup = _EpsLookup(r.shape[1], u.shape[1], delta)
+    lookup = _EpsLookup(r.shape[1], u.shape[1], delta, confidence_alpha)
     for start in range(0, todo.size, chunk):
         idx = todo[start:start + chunk]
         best = np.full(idx.size, -np.inf)
@@ -433,6 +468,10 @@ def resolution_note(num_models: int, delta: float = DELTA) -> str:
     n = int(num_models)
     largest = max(math.log(n * (1 - delta) - 1), 0.0) if n * (1 - delta) > 1 else 0.0
     n_buckets = int(limit / BUCKET_WIDTH)
+    # the bounded score's strongest provable ε: zero errors on both sides, each rate bounded above
+    zero = float(clopper_pearson_upper(0, n, BOUND_ALPHA / 2))
+    proven = max(math.log((1 - delta - zero) / zero), 0.0) if zero < 1 - delta else 0.0
+    floor = float(per_example_points(np.array([proven]), n)[0])
     if n_buckets == 0:
         buckets = (f"max_ε = ceil(ln(N−1)) = {limit:g}, so there are no scoring buckets and the forgetting "
                    "quality is 0 whatever the data; use at least 3 models (realistically dozens).")
@@ -448,5 +487,11 @@ def resolution_note(num_models: int, delta: float = DELTA) -> str:
             f"is reported as the cap {EPSILON_CAP:g}. " + buckets +
             " Finite samples also set a floor: because ε is the best of ~10^5 thresholds, two samples from one "
             "distribution typically already show ε ≈ ln 4 … ln 6 (a tail where one side outnumbers the other), "
-            "so a perfect unlearner scores F ≈ 0.12–0.21 in Gaussian simulations (N = 16–512), not 1; "
-            "calibrate against a retrain-vs-retrain split of the same size.")
+            "so a perfect unlearner scores F ≈ 0.17–0.19 in Gaussian simulations (N = 16–256), not 1. "
+            f"forget_quality_bounded scores thresholds by Clopper–Pearson upper bounds on FPR and FNR "
+            f"(α = {BOUND_ALPHA:g}) instead: a perfect unlearner scores ≈ 1 whenever there are buckets, and N "
+            f"sets how large a difference it can prove — at N = {n} at most ε = {proven:.2f}"
+            + (f", so an example whose unlearned and retrained outputs separate completely still scores "
+               f"{floor:.3g} (only the peaky guard scores 0)" if floor > 0 else "") +
+            "; simulated F for two Gaussians one standard deviation apart: 0.94 at N = 16, 0.57 at N = 64, "
+            "0.23 at N = 256.")
