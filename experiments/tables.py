@@ -84,7 +84,8 @@ if __name__ == "__main__":
         methods_table(ROOT / "digits_methods/methods")
         print()
     if which in ("all", "worst"):
-        for folder in ("digits_worst_case", "digits_exact_systems", "digits_forget_ratios", "digits_classwise"):
+        for folder in ("digits_worst_case", "digits_exact_systems", "digits_forget_ratios", "digits_classwise",
+                       "fashion_mnist_worst_case"):
             for path in sorted((ROOT / folder).glob("*/summary.json")):
                 print(f"### {folder}\n")
                 worst_case_table(path.parent)
