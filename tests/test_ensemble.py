@@ -164,3 +164,15 @@ def test_invalid_inputs(synthetic):
         fit_ensemble(spec, synthetic, seeds=[0, 1], sample_weights=empty)
     with pytest.raises(ConfigError, match="init seeds"):
         fit_ensemble(spec, synthetic, seeds=[0, 1], init_seeds=[0])
+
+
+def test_models_can_be_unstacked_twice_into_independent_modules(synthetic):
+    cfg = TrainConfig(epochs=1, lr=0.05, batch_size=32)
+    spec = ModelSpec("mlp", cfg, params={"hidden": (8,)})
+    stack = fit_stacked(spec, synthetic, seeds=SEEDS, sample_weights=_masks(synthetic.num_train), cfg=cfg)
+    first, second = stack.models(), stack.models()  # the first call reuses the built modules, the second copies
+    _assert_same(second, first)
+    with torch.no_grad():
+        first[0].classifier.weight.add_(1.0)
+    assert not torch.equal(first[0].classifier.weight, second[0].classifier.weight)
+    torch.testing.assert_close(second[0].classifier.weight, stack.params["classifier.weight"][0])

@@ -114,6 +114,7 @@ def _mlp_forward(plan: list[object], params: dict[str, torch.Tensor], x: torch.T
     m = next(iter(params.values())).shape[0]
     b = x.shape[0] if shared else x.shape[1]
     h = x.reshape(b, -1).expand(m, b, -1) if shared else x.reshape(m, b, -1)  # (M, B, D)
+    fresh = False  # whether h is this function's own matmul output rather than a view of the input
     for step in plan:
         if isinstance(step, _LinearStep):
             w = params[step.weight]  # (M, in, out)
@@ -121,10 +122,11 @@ def _mlp_forward(plan: list[object], params: dict[str, torch.Tensor], x: torch.T
                 h = torch.bmm(h, w)  # (M, B, out)
             else:
                 h = torch.baddbmm(params[step.bias].unsqueeze(1), h, w)  # (M, B, out)
+            fresh = True
         elif step is nn.ReLU:
-            # in place when h is this function's own fresh matmul output (the bmm backward does not
-            # read it; ReLU's backward reads its result), saving an allocation and a pass per layer
-            h = torch.relu(h) if h.data_ptr() == x.data_ptr() else torch.relu_(h)
+            # in place on a fresh matmul output (the bmm backward does not read it; ReLU's backward
+            # reads its result), saving an allocation and a pass per layer; never on the caller's input
+            h = torch.relu_(h) if fresh else torch.relu(h)
         # Flatten happened on entry and Identity is a no-op
     return h  # (M, B, C)
 
