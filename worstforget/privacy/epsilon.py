@@ -487,7 +487,8 @@ def resolution_note(num_models: int, delta: float = DELTA) -> str:
             f"is reported as the cap {EPSILON_CAP:g}. " + buckets +
             " Finite samples also set a floor: because ε is the best of ~10^5 thresholds, two samples from one "
             "distribution typically already show ε ≈ ln 4 … ln 6 (a tail where one side outnumbers the other), "
-            "so a perfect unlearner scores F ≈ 0.17–0.19 in Gaussian simulations (N = 16–256), not 1. "
+            "so a perfect unlearner scores F ≈ 0.17–0.19 in Gaussian simulations (N = 16–256, "
+            "experiments/simulate_epsilon.py), not 1. "
             f"forget_quality_bounded scores thresholds by Clopper–Pearson upper bounds on FPR and FNR "
             f"(α = {BOUND_ALPHA:g}) instead: a perfect unlearner scores ≈ 1 whenever there are buckets, and N "
             f"sets how large a difference it can prove — at N = {n} at most ε = {proven:.2f}"
