@@ -23,11 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
+from worstforget.core.seeds import generator  # noqa: E402
 from worstforget.datasets import dataset_info, load_dataset  # noqa: E402
-from worstforget.ensemble import fit_stacked  # noqa: E402
-from worstforget.original import ModelSpec  # noqa: E402
-from worstforget.train import TrainConfig, fit  # noqa: E402
-from worstforget.utils import generator  # noqa: E402
+from worstforget.training.ensemble import fit_stacked  # noqa: E402
+from worstforget.training.loop import TrainConfig, fit  # noqa: E402
+from worstforget.training.original import ModelSpec  # noqa: E402
 
 
 def run_case(label: str, spec: ModelSpec, data, cfg: TrainConfig, weights: torch.Tensor, seeds: list[int],

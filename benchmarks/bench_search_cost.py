@@ -14,10 +14,10 @@ import time
 
 import torch
 
-from worstforget.audit import prepare_setting
-from worstforget.original import original_model
-from worstforget.cache import ModelCache
+from worstforget.core.cache import ModelCache
 from worstforget.search import SearchConfig, search_worst_case
+from worstforget.setting import prepare_setting
+from worstforget.training.original import original_model
 
 
 def main() -> None:

@@ -16,7 +16,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from worstforget.privacy import BOUND_ALPHA, forgetting_quality, per_example_epsilon  # noqa: E402
+from worstforget.scoring.privacy import (  # noqa: E402
+    BOUND_ALPHA,
+    forgetting_quality,
+    per_example_epsilon,
+)
 
 
 def main() -> None:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from worstforget.datasets import Dataset, load_dataset
-from worstforget.original import ModelSpec
-from worstforget.train import TrainConfig, fit
+from worstforget.training.loop import TrainConfig, fit
+from worstforget.training.original import ModelSpec
 
 # Every tensor here is tiny: intra-op threads only add contention (several-fold slower on a busy CPU).
 torch.set_num_threads(1)
@@ -57,7 +57,7 @@ def cli_runner():
 @pytest.fixture
 def isolated_registry():
     """Registrations made during the test (plugins, temporary methods) are undone afterwards."""
-    from worstforget.unlearn import METHODS
+    from worstforget.methods import METHODS
 
     state = METHODS.snapshot()
     try:

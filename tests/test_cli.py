@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from worstforget.cli import cli
-from worstforget.models import build_model
+from worstforget.training.models import build_model
 
 FAST = ["--dataset", "synthetic", "--epochs", "3"]
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -5,8 +5,8 @@ import json
 
 from click.testing import CliRunner
 
+from worstforget.audit.tune import parse_grid
 from worstforget.cli import cli
-from worstforget.tuning import parse_grid
 
 FAST = ["--dataset", "synthetic", "--epochs", "4"]
 

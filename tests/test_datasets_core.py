@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from worstforget.core.errors import ConfigError
 from worstforget.datasets import Augment, augment_batch, load_dataset
 from worstforget.datasets.bundle import stratified_holdout
-from worstforget.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,16 @@ from dataclasses import replace
 import pytest
 import torch
 
+from worstforget.core.errors import ConfigError
 from worstforget.datasets import Augment, load_dataset
-from worstforget.ensemble import StackedModels, fit_ensemble, fit_stacked, predict_logits_ensemble
-from worstforget.errors import ConfigError
-from worstforget.original import ModelSpec
-from worstforget.train import TrainConfig, fit, predict_logits
+from worstforget.training.ensemble import (
+    StackedModels,
+    fit_ensemble,
+    fit_stacked,
+    predict_logits_ensemble,
+)
+from worstforget.training.loop import TrainConfig, fit, predict_logits
+from worstforget.training.original import ModelSpec
 
 TOL = {"rtol": 1e-4, "atol": 1e-5}
 SEEDS = [3, 11, 42]
@@ -74,7 +79,7 @@ def test_mlp_ensemble_matches_sequential_fit(synthetic, weighted):
 
 def test_stacked_sgd_fallback_matches_sequential_fit(synthetic, monkeypatch):
     # without torch's fused SGD kernel the update runs as masked in-place stacked tensor operations
-    import worstforget.ensemble as ensemble
+    import worstforget.training.ensemble as ensemble
 
     monkeypatch.setattr(ensemble, "_has_fused_sgd", lambda device: False)
     cfg = TrainConfig(epochs=3, lr=0.05, batch_size=32)

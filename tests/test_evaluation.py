@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from worstforget.attacks import evaluate_unlearning, lira_on_original
-from worstforget.audit import prepare_setting
+from worstforget.audit.attack_eval import evaluate_unlearning
+from worstforget.audit.membership import lira_on_original
 from worstforget.cli import cli
-from worstforget.metrics import random_forget_set
-from worstforget.selectors import SELECTORS, memorization_scores
+from worstforget.forget_sets import SELECTORS, memorization_scores, random_forget_set
+from worstforget.setting import prepare_setting
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_bounded_quality_calls_retrain_a_perfect_unlearner(setting):
 def test_model_statistics_are_cached(setting, monkeypatch):
     forget = random_forget_set(setting.data.num_train, 24, 1)
     first = evaluate_unlearning(setting, "finetune", {"epochs": 2}, forget, num_models=4, attacks=["ks"])
-    import worstforget.unlearn.finetune as ft
+    import worstforget.methods.finetune as ft
 
     monkeypatch.setattr(ft.Finetune, "apply", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
     again = evaluate_unlearning(setting, "finetune", {"epochs": 2}, forget, num_models=4, attacks=["ks"])

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from worstforget.core.errors import DataNotFoundError, WorstforgetError
 from worstforget.datasets import download as dl
 from worstforget.datasets import formats
-from worstforget.errors import DataNotFoundError, WorstforgetError
 
 # ----------------------------------------------------------------------------- CIFAR writers
 

@@ -13,14 +13,14 @@ from dataclasses import fields
 import pytest
 import torch
 import torch.nn.functional as F
+import worstforget.methods.finetune as finetune_module
 
-import worstforget.unlearn.finetune as finetune_module
-from worstforget.errors import ConfigError
-from worstforget.metrics import random_forget_set
-from worstforget.train import per_sample_loss
-from worstforget.unlearn import METHODS, make_method, parse_params
-from worstforget.unlearn.relabel import random_other_labels, saliency_mask
-from worstforget.utils import generator
+from worstforget.core.errors import ConfigError
+from worstforget.core.seeds import generator
+from worstforget.forget_sets import random_forget_set
+from worstforget.methods import METHODS, make_method, parse_params
+from worstforget.methods.relabel import random_other_labels, saliency_mask
+from worstforget.training.loop import per_sample_loss
 
 ALL_METHODS = METHODS.names()
 FORGET_SIZE = 30

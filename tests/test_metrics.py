@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from worstforget.audit import check_forget_set, forget_size
-from worstforget.errors import ConfigError, WorstforgetError
-from worstforget.metrics import avg_gap, evaluate, random_forget_set, svc_mia_efficacy
+from worstforget.core.errors import ConfigError, WorstforgetError
+from worstforget.forget_sets import random_forget_set
+from worstforget.scoring.metrics import avg_gap, evaluate, svc_mia_efficacy
+from worstforget.setting import check_forget_set, forget_size
 
 # ----------------------------------------------------------------------------- MIA-Efficacy
 
@@ -147,8 +148,8 @@ def test_forget_size_rounds_and_keeps_at_least_one_sample():
 
 def test_class_wise_forgetting_measures_test_accuracy_on_remaining_classes(synthetic, trained):
     """Forgetting a whole class: TA counts only test samples of the other classes."""
-    from worstforget.metrics import evaluate, forgotten_classes
-    from worstforget.train import accuracy
+    from worstforget.scoring.metrics import evaluate, forgotten_classes
+    from worstforget.training.loop import accuracy
 
     forget = torch.nonzero(synthetic.y_train == 0).flatten()
     mask = torch.zeros(synthetic.num_train, dtype=torch.bool)

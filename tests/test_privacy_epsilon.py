@@ -9,8 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from worstforget.privacy import epsilon as eps_mod
-from worstforget.privacy import (
+from worstforget.scoring.privacy import (
     BOUND_ALPHA,
     DELTA,
     EPSILON_CAP,
@@ -25,6 +24,7 @@ from worstforget.privacy import (
     resolution_note,
     threshold_epsilon,
 )
+from worstforget.scoring.privacy import epsilon as eps_mod
 
 # ----------------------------------------------------------------------------- brute-force reference
 

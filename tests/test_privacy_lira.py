@@ -6,7 +6,7 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
-from worstforget.privacy import (
+from worstforget.scoring.privacy import (
     PrivacyInputError,
     auc,
     curve_area,

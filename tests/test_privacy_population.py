@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from worstforget.privacy import (
+from worstforget.scoring.privacy import (
     PrivacyInputError,
     bootstrap_interval,
     ks_test,

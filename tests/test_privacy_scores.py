@@ -6,7 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from worstforget.privacy import CHALLENGE_FLOOR, PrivacyInputError, logit_scaled_confidence
+from worstforget.scoring.privacy import (
+    CHALLENGE_FLOOR,
+    PrivacyInputError,
+    logit_scaled_confidence,
+)
 
 
 def _direct(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -20,15 +20,24 @@ import pytest
 from worstforget.cli import cli
 from worstforget.report import load_result, render_markdown
 from worstforget.report.plots import PIXELS
-from worstforget.report.tables import class_composition, comparison_table, hardest_examples, roc_auc
+from worstforget.report.tables import (
+    class_composition,
+    comparison_table,
+    hardest_examples,
+    roc_auc,
+)
 
 
 @pytest.fixture(scope="module")
 def result_dir(tmp_path_factory) -> Path:
     """A real search result folder (digits, finetune), built once: ~10 s on one CPU thread."""
-    from worstforget.audit import prepare_setting
+    from worstforget.audit.worst_case import (
+        AuditOptions,
+        run_search_audit,
+        write_outputs,
+    )
     from worstforget.search import SearchConfig
-    from worstforget.worst_case import AuditOptions, run_search_audit, write_outputs
+    from worstforget.setting import prepare_setting
 
     root = tmp_path_factory.mktemp("report-result")
     with pytest.MonkeyPatch.context() as mp:

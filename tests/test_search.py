@@ -11,14 +11,19 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worstforget.audit import prepare_setting
-from worstforget.cache import ModelCache
-from worstforget.original import original_model
-from worstforget.search import SearchConfig, project_capped_simplex, search_worst_case, top_m
-from worstforget.search.bilevel import unrolled_lower_level
+from worstforget.core.cache import ModelCache
+from worstforget.methods import make_method
+from worstforget.search import (
+    SearchConfig,
+    project_capped_simplex,
+    search_worst_case,
+    top_m,
+)
 from worstforget.search.problem import Problem
 from worstforget.search.solvers import SOLVERS
-from worstforget.unlearn import make_method
+from worstforget.search.solvers.unrolled import unrolled_lower_level
+from worstforget.setting import prepare_setting
+from worstforget.training.original import original_model
 
 
 def brute_force_projection(a: np.ndarray, m: float) -> np.ndarray:
@@ -150,7 +155,7 @@ def test_planted_prototypes_are_found(tmp_path):
 
 
 def test_unrolled_refuses_non_differentiable_methods(setting):
-    from worstforget.errors import ConfigError
+    from worstforget.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="first-order"):
         search_worst_case(setting, "boundary_shrink", {}, SearchConfig(solver="unrolled", outer_steps=1), seed=0)

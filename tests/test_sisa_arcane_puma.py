@@ -12,12 +12,17 @@ import pytest
 import torch
 
 from worstforget.datasets import load_dataset
-from worstforget.original import ModelSpec, original_model
-from worstforget.train import TrainConfig, accuracy, fit, per_sample_loss
-from worstforget.unlearn import METHODS, make_method
-from worstforget.unlearn import sisa as sisa_mod
-from worstforget.unlearn.arcane import arcane_scorer, binary_view
-from worstforget.unlearn.sisa import Ensemble, block_seeds, sisa_constituent, train_blocks
+from worstforget.methods import METHODS, make_method
+from worstforget.methods import sisa as sisa_mod
+from worstforget.methods.arcane import arcane_scorer, binary_view
+from worstforget.methods.sisa import (
+    Ensemble,
+    block_seeds,
+    sisa_constituent,
+    train_blocks,
+)
+from worstforget.training.loop import TrainConfig, accuracy, fit, per_sample_loss
+from worstforget.training.original import ModelSpec, original_model
 
 SPEC = ModelSpec("mlp", TrainConfig(epochs=3, lr=0.05, batch_size=32), params={"hidden": (16,)})
 SISA = {"shards": 3, "slices": 2}

@@ -15,15 +15,15 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "prepare_setting": "audit", "run_unit": "audit", "compare_on_set": "audit", "compare_methods": "audit",
-    "Setting": "audit",
+    "prepare_setting": "setting", "Setting": "setting", "ModelSpec": "training.original",
+    "run_unit": "audit.units", "compare_on_set": "audit.units", "compare_methods": "audit.units",
     "SearchConfig": "search", "search_worst_case": "search", "project_capped_simplex": "search", "SOLVERS": "search",
-    "run_search_audit": "worst_case", "AuditOptions": "worst_case", "write_outputs": "worst_case",
-    "METHODS": "unlearn", "UnlearningMethod": "unlearn", "register_method": "unlearn", "make_method": "unlearn",
-    "DATASETS": "datasets", "load_dataset": "datasets", "MODELS": "models", "build_model": "models",
-    "ATTACKS": "attacks", "evaluate_unlearning": "attacks", "lira_on_original": "attacks",
-    "SELECTORS": "selectors", "evaluate": "metrics", "TrainConfig": "train", "fit": "train",
-    "ModelSpec": "original", "Registry": "registry", "WorstforgetError": "errors", "ConfigError": "errors",
+    "run_search_audit": "audit.worst_case", "AuditOptions": "audit.worst_case", "write_outputs": "audit.worst_case",
+    "METHODS": "methods", "UnlearningMethod": "methods", "register_method": "methods", "make_method": "methods",
+    "DATASETS": "datasets", "load_dataset": "datasets", "MODELS": "training.models", "build_model": "training.models",
+    "ATTACKS": "scoring.attacks", "evaluate_unlearning": "audit.attack_eval", "lira_on_original": "audit.membership",
+    "SELECTORS": "forget_sets", "evaluate": "scoring.metrics", "TrainConfig": "training.loop", "fit": "training.loop",
+    "Registry": "core.registry", "WorstforgetError": "core.errors", "ConfigError": "core.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]

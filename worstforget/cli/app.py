@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import click
 
-from ..errors import ConfigError, WorstforgetError
+from ..core.errors import ConfigError, WorstforgetError
 
 
 class WorstforgetGroup(click.Group):
@@ -53,7 +53,7 @@ def cli(ctx: click.Context, plugins: tuple[str, ...], quiet: bool) -> None:
     if ctx.obj is None:
         ctx.obj = AppContext(quiet=quiet)
     if plugins:
-        from ..unlearn import load_plugin
+        from ..methods import load_plugin
 
         for target in plugins:
             load_plugin(target)
@@ -89,7 +89,7 @@ def data_options(fn: Callable) -> Callable:
 
 
 def setting_from_options(app: AppContext, progress, opts: dict):
-    from ..audit import prepare_setting
+    from ..setting import prepare_setting
 
     return prepare_setting(
         dataset=opts["dataset"], model=opts["model"], norm=opts["norm"], data_dir=opts["data_dir"],
@@ -103,7 +103,14 @@ class RichProgress:
     """Adapts the library's progress sink to rich bars on stderr."""
 
     def __init__(self, console):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                              TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),

@@ -17,14 +17,14 @@ def list_command(app, kind: str) -> None:
     """List registered methods, datasets, models or search solvers."""
     from rich.table import Table
 
-    from ..registry import describe
+    from ..core.registry import describe
 
     if kind == "methods":
-        from ..unlearn import METHODS as reg
+        from ..methods import METHODS as reg
     elif kind == "datasets":
         from ..datasets import DATASETS as reg
     elif kind == "models":
-        from ..models import MODELS as reg
+        from ..training.models import MODELS as reg
     else:
         from ..search import SOLVERS as reg
     table = Table(box=None)
@@ -57,10 +57,10 @@ def _params_option(fn):
 @pass_app
 def train_command(app, architecture: str, params: tuple[str, ...], out: str | None, **opts) -> None:
     """Train (or fetch from the cache) the original model and report its accuracy."""
-    from ..original import training_seconds
-    from ..train import split_accuracies
-    from ..unlearn import make_method, parse_params
-    from ..utils import write_json
+    from ..core.io import write_json
+    from ..methods import make_method, parse_params
+    from ..training.loop import split_accuracies
+    from ..training.original import training_seconds
 
     hyper = parse_params(architecture, params) if architecture != "single" else {}
     with RichProgress(app.err) as progress:
@@ -104,10 +104,13 @@ def unlearn_command(app, method: str, forget_ratio: float, forget_seed: int, for
     """Run METHOD and exact Retrain on one forget set; print UA, MIA, RA, TA, RTE and Avg. Gap."""
     import json
 
-    from ..audit import compare_on_set, forget_size, load_forget_set, random_forget_set, summarize_runs
-    from ..metrics import mean_std
-    from ..unlearn import METHODS, make_method, parse_params
-    from ..utils import code_version, environment, write_json
+    from ..audit.units import compare_on_set, summarize_runs
+    from ..core.io import write_json
+    from ..core.provenance import code_version, environment
+    from ..forget_sets import random_forget_set
+    from ..methods import METHODS, make_method, parse_params
+    from ..scoring.metrics import mean_std
+    from ..setting import forget_size, load_forget_set
 
     name = METHODS.canonical(method)
     hyper = parse_params(name, params)
@@ -169,10 +172,11 @@ def tune_command(app, method, grid_specs, params, forget_ratio, num_sets, seed, 
     """Pick METHOD's hyper-parameters by minimum Avg. Gap to Retrain on random forget sets (the paper's protocol)."""
     from rich.table import Table
 
-    from ..audit import forget_size
-    from ..tuning import parse_grid, tune
-    from ..unlearn import METHODS, parse_params
-    from ..utils import code_version, write_json
+    from ..audit.tune import parse_grid, tune
+    from ..core.io import write_json
+    from ..core.provenance import code_version
+    from ..methods import METHODS, parse_params
+    from ..setting import forget_size
 
     name = METHODS.canonical(method)
     grid = parse_grid(name, grid_specs)
@@ -203,8 +207,8 @@ def load_params_file(path: str | None) -> dict[str, dict]:
     """{method: {param: value}} from a JSON file (e.g. merged `tune --out` records' `best`)."""
     import json
 
-    from ..errors import WorstforgetError
-    from ..unlearn import METHODS
+    from ..core.errors import WorstforgetError
+    from ..methods import METHODS
 
     if not path:
         return {}
@@ -234,9 +238,11 @@ def compare_command(app, methods, params_file, forget_ratio, num_sets, num_seeds
     """Every method vs Retrain on random forget sets: UA, MIA, RA, TA, RTE and Avg. Gap, mean ± std."""
     from rich.table import Table
 
-    from ..audit import compare_methods, forget_size
-    from ..unlearn import METHODS, make_method
-    from ..utils import code_version, environment, write_json
+    from ..audit.units import compare_methods
+    from ..core.io import write_json
+    from ..core.provenance import code_version, environment
+    from ..methods import METHODS, make_method
+    from ..setting import forget_size
 
     names = [n for n in METHODS.names() if n not in ("retrain",)] if methods.strip() == "all" else \
         [METHODS.canonical(m) for m in methods.split(",") if m.strip()]

@@ -16,7 +16,7 @@ def attacks_option(fn):
 
 
 def parse_attacks(text: str) -> list[str]:
-    from ..attacks import ATTACKS
+    from ..scoring.attacks import ATTACKS
 
     return [ATTACKS.canonical(a) for a in text.split(",") if a.strip()]
 
@@ -47,11 +47,11 @@ def evaluate_command(app, method, result_dir, forget_set, selector, forget_ratio
     """Attack METHOD's unlearning with N unlearned vs N retrained models: U-LiRA, ε-score, KS, ToW, loss."""
     import torch
 
-    from ..audit import forget_size, load_forget_set
-    from ..errors import WorstforgetError
-    from ..evaluation import evaluate_sets, write_evaluation
-    from ..selectors import SELECTORS
-    from ..unlearn import METHODS, make_method, parse_params
+    from ..audit.attack_eval import evaluate_sets, write_evaluation
+    from ..core.errors import WorstforgetError
+    from ..forget_sets import SELECTORS
+    from ..methods import METHODS, make_method, parse_params
+    from ..setting import forget_size, load_forget_set
 
     attack_names = parse_attacks(attacks)
     summary = None
@@ -94,7 +94,7 @@ def evaluate_command(app, method, result_dir, forget_set, selector, forget_ratio
         evaluation = evaluate_sets(setting, [(name, hyper)], sets, num_models=num_models, attacks=attack_names,
                                    progress=progress)
         if lira_original:
-            from ..attacks import lira_on_original
+            from ..audit.membership import lira_on_original
 
             evaluation["scores"]["lira_original"] = lira_on_original(setting, num_shadows=num_models, progress=progress)
     out_dir = Path(out or result_dir or Path("worstforget-out") / "evaluate")
@@ -109,7 +109,7 @@ def evaluate_command(app, method, result_dir, forget_set, selector, forget_ratio
 def render_evaluation(console, scores: dict, method: str) -> None:
     from rich.table import Table
 
-    from ..evaluation import SCALARS
+    from ..audit.attack_eval import SCALARS
 
     kinds = [k for k, per_method in scores.items() if k != "lira_original" and method in per_method]
     table = Table(title=f"{method}: attacks on N unlearned vs N retrained models")

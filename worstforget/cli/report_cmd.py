@@ -37,9 +37,9 @@ def report_command(app, dirs: tuple[Path, ...], fmt: str, out: Path | None, data
     """
     import json
 
-    from ..errors import WorstforgetError
+    from ..core.errors import WorstforgetError
+    from ..core.io import atomic_path, to_jsonable
     from ..report import load, plots, render
-    from ..utils import atomic_path, to_jsonable
 
     folders = list(dirs)
     # validate everything before drawing or writing anything, so a bad folder leaves no partial output

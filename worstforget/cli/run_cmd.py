@@ -19,8 +19,9 @@ from .app import cli
 def run_command(ctx: click.Context, config: str, out: str | None, only: tuple[int, ...], dry_run: bool) -> None:
     """Run the experiment in CONFIG: its `steps` are worstforget command lines; `{out}` expands to the
     results folder. Each step's command line is recorded in OUT/commands.txt as it runs."""
-    from ..errors import WorstforgetError
-    from ..utils import code_version, environment, write_json
+    from ..core.errors import WorstforgetError
+    from ..core.io import write_json
+    from ..core.provenance import code_version, environment
 
     try:
         spec = json.loads(Path(config).read_text())

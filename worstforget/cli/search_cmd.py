@@ -56,11 +56,10 @@ def search_command(app, method, forget_ratio, solver, outer_steps, inner_steps, 
     """Search the worst-case forget set for METHOD and report it against random sets of the same size."""
     import json
 
+    from ..audit.worst_case import AuditOptions, run_search_audit, write_outputs
+    from ..methods import METHODS, make_method, parse_params
     from ..search import SearchConfig
     from ..search.solvers import check_solver
-    from ..unlearn import METHODS, make_method, parse_params
-    from ..worst_case import AuditOptions, run_search_audit, write_outputs
-
     from .basic import load_params_file
 
     name = METHODS.canonical(method)
@@ -83,14 +82,14 @@ def search_command(app, method, forget_ratio, solver, outer_steps, inner_steps, 
                                  progress=progress)
         evaluation = None
         if attacks.strip():
-            from ..evaluation import evaluate_sets
+            from ..audit.attack_eval import evaluate_sets
             from .evaluate_cmd import parse_attacks
 
             evaluation = evaluate_sets(setting, [(name, hyper)], audit["arrays"]["sets"], num_models=num_models,
                                        attacks=parse_attacks(attacks), progress=progress)
     paths = write_outputs(out_dir, audit)
     if evaluation is not None:
-        from ..evaluation import write_evaluation
+        from ..audit.attack_eval import write_evaluation
 
         write_evaluation(out_dir, evaluation, setting=setting,
                          config={"method": name, "params": hyper, "attacks": attacks, "num_models": num_models})

@@ -11,9 +11,10 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..registry import Registry
-from ..utils import cache_root, generator
+from ..core.errors import ConfigError
+from ..core.registry import Registry
+from ..core.runtime import cache_root
+from ..core.seeds import generator
 from .bundle import Augment, Dataset, augment_batch, build_dataset
 from .raw import RawSplits
 

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from ..errors import WorstforgetError
-from ..utils import generator, stable_hash
+from ..core.errors import WorstforgetError
+from ..core.hashing import stable_hash
+from ..core.seeds import generator
 from .raw import RawSplits
 
 

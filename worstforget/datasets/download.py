@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from ..errors import ConfigError, DataNotFoundError, WorstforgetError
+from ..core.errors import ConfigError, DataNotFoundError, WorstforgetError
 
 __all__ = ["SOURCES", "download"]
 

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..errors import DataNotFoundError, WorstforgetError
+from ..core.errors import DataNotFoundError, WorstforgetError
 from .raw import RawSplits
 
 __all__ = [
@@ -249,7 +249,9 @@ def load_cifar100(root: Path) -> RawSplits:
 
 def _read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(images (N, 3, 32, 32) uint8, labels (N,) int64 with the file's 10 mapped to digit 0)."""
-    from scipy.io import loadmat  # imported here: scipy is slow to import and only SVHN needs it
+    from scipy.io import (
+        loadmat,  # imported here: scipy is slow to import and only SVHN needs it
+    )
 
     try:
         mat = loadmat(path)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import WorstforgetError
+from ..core.errors import WorstforgetError
 
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 REQUIRED_FILES = ("summary.json", "result.h5")

@@ -19,8 +19,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import WorstforgetError
-from .tables import KIND_LABELS, class_composition, evaluated_methods, gap_stat, roc_auc, set_kinds
+from ..core.errors import WorstforgetError
+from .tables import (
+    KIND_LABELS,
+    class_composition,
+    evaluated_methods,
+    gap_stat,
+    roc_auc,
+    set_kinds,
+)
 
 FIGSIZE = (6.4, 4.0)  # inches
 DPI = 100
@@ -70,7 +77,7 @@ def _new_figure():
 
 
 def _save(fig, path: Path) -> Path:
-    from ..utils import atomic_path
+    from ..core.io import atomic_path
 
     with atomic_path(path) as tmp:
         # no bbox_inches="tight": it would crop to content and break the fixed pixel size

@@ -60,12 +60,23 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..utils import to_jsonable
-
+from ..core.io import to_jsonable
 from .load import AuditResult
-from .tables import (Table, avg_gap_table, class_composition, class_composition_table, combined_table,
-                     comparison_table, evaluated_methods, gap_stat, provenance_rows, roc_auc, set_kinds,
-                     trace_table, transfer_table)
+from .tables import (
+    Table,
+    avg_gap_table,
+    class_composition,
+    class_composition_table,
+    combined_table,
+    comparison_table,
+    evaluated_methods,
+    gap_stat,
+    provenance_rows,
+    roc_auc,
+    set_kinds,
+    trace_table,
+    transfer_table,
+)
 
 JSON_SCHEMA = "worstforget-report/1"
 TITLE = "Worst-case forget-set audit"

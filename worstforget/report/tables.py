@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import WorstforgetError
+from ..core.errors import WorstforgetError
 
 KIND_LABELS = {"worst_case": "worst-case", "heuristic": "heuristic", "random": "random"}
 SET_KINDS = tuple(KIND_LABELS)

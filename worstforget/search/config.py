@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ..errors import ConfigError
-from ..utils import from_checked_dict
+from ..core.errors import ConfigError
+from ..core.io import from_checked_dict
 
 
 @dataclass(frozen=True)

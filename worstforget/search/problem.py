@@ -6,11 +6,11 @@ from typing import Any
 
 import torch
 
-from ..audit import Setting
-from ..train import predict_logits
-from ..unlearn import UnlearningMethod
+from ..methods import UnlearningMethod
+from ..setting import Setting
+from ..training.loop import predict_logits
 from .config import SearchConfig
-from .objective import class_means, per_sample_objective
+from .objectives import class_means, per_sample_objective
 
 
 @dataclass

@@ -1,0 +1,270 @@
+"""The unlearning-method contract and the one loop every iterative method runs.
+
+A method is written once against per-sample forget weights w ∈ [0, 1]^N: sample i contributes with
+weight w_i to forget-side terms and 1 − w_i to retain-side terms. 0/1 weights give the ordinary
+method on that forget set; fractional weights are what the bi-level search differentiates or ranks.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, ClassVar, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.errors import ConfigError
+from ..core.progress import NullProgress, Progress
+from ..core.seeds import generator
+from ..datasets import Dataset, augment_batch
+from ..training.optim import lr_factor, make_optimizer
+
+STREAMS = ("retain", "forget", "all")
+
+
+@dataclass
+class Batch:
+    """One minibatch of a stream: inputs, labels and the forget weight of every sample."""
+
+    idx: torch.Tensor  # (B,) training-set indices
+    x: torch.Tensor  # (B, ...) augmented inputs
+    y: torch.Tensor  # (B,)
+    w: torch.Tensor  # (B,) forget weights (differentiable when the search unrolls)
+    norm: torch.Tensor  # mean stream weight: Σ v ℓ / (B · norm) is the subset mean for 0/1 weights
+
+    @property
+    def retain_weight(self) -> torch.Tensor:
+        return 1.0 - self.w
+
+    def retain_mean(self, per_sample: torch.Tensor) -> torch.Tensor:
+        return (per_sample * (1.0 - self.w)).sum() / (len(self.w) * self.norm)
+
+    def forget_mean(self, per_sample: torch.Tensor) -> torch.Tensor:
+        return (per_sample * self.w).sum() / (len(self.w) * self.norm)
+
+
+@dataclass
+class Phase:
+    """A pass of the loop: the lead stream sets its length, the others cycle beside it."""
+
+    streams: tuple[str, ...]
+    loss: Callable[[nn.Module, dict[str, Batch], "Context"], torch.Tensor]
+
+
+@dataclass
+class Context:
+    """What a method's hooks may read or keep during one unlearning run."""
+
+    data: Dataset
+    weights: torch.Tensor  # (N,) forget weights
+    seed: int
+    epochs: int
+    original: nn.Module  # frozen copy of the trained model (teacher, reference)
+    spec: Any = None  # ModelSpec of the original, for methods that retrain
+    epoch: int = 0
+    step: int = 0
+    total_steps: int = 1
+    grad_mask: dict[str, torch.Tensor] | None = None  # SalUn: parameters allowed to change
+    extra: dict[str, Any] = field(default_factory=dict)
+    rng: torch.Generator | None = None
+
+
+class Stepper:
+    """Applies one optimisation step from a loss; the unrolled search swaps in a differentiable one."""
+
+    def __init__(self, model: nn.Module, params: list[nn.Parameter], method: "UnlearningMethod"):
+        self.model = model
+        self.params = params
+        self.opt = make_optimizer(method.optimizer, params, lr=method.lr, momentum=method.momentum,
+                                  weight_decay=method.weight_decay)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+
+    def step(self, loss: torch.Tensor, ctx: Context) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if ctx.grad_mask is None:
+            self.opt.step()
+            return
+        # SalUn: masked parameters must not move at all, so momentum and weight decay are undone too.
+        named = dict(self.model.named_parameters())
+        frozen = {n: named[n].detach().clone() for n in ctx.grad_mask}
+        for n, mask in ctx.grad_mask.items():
+            if named[n].grad is not None:
+                named[n].grad.mul_(mask)
+        self.opt.step()
+        with torch.no_grad():
+            for n, mask in ctx.grad_mask.items():
+                named[n].copy_(torch.where(mask.bool(), named[n], frozen[n]))
+
+
+@dataclass(kw_only=True)
+class UnlearningMethod:
+    """Base class: hyper-parameters are dataclass fields (typed, settable with --param key=value).
+
+    Subclasses implement `phases(epoch, ctx)` (and optionally `prepare`, `finish`, `trainable`), or
+    override `apply` entirely when the method is not an iterative loop (retrain, influence).
+
+    Example:
+        >>> method = METHODS.get("finetune")(epochs=5, lr=0.01)
+        >>> unlearned = method.apply(original, data, forget_weights, seed=0)
+    """
+
+    epochs: int = 10  # passes over the lead stream
+    lr: float = 0.01
+    batch_size: int | None = None  # None: the dataset's training batch size
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "constant"  # constant | cosine | step
+    optimizer: str = "sgd"  # sgd | sign (the search's lower level) | adam
+    augment: bool = True
+
+    name: ClassVar[str] = ""
+    differentiable: ClassVar[bool] = True  # usable inside the unrolled search
+    iterative: ClassVar[bool] = True
+
+    # --- hooks ---------------------------------------------------------------------------------
+    def phases(self, epoch: int, ctx: Context) -> list[Phase]:
+        raise NotImplementedError
+
+    def prepare(self, model: nn.Module, ctx: Context) -> nn.Module:
+        """Change the model before the loop (re-initialise layers, add a neuron, compute a mask)."""
+        return model
+
+    def trainable(self, model: nn.Module, ctx: Context) -> list[nn.Parameter]:
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def finish(self, model: nn.Module, ctx: Context) -> nn.Module:
+        return model
+
+    def lr_scale(self, ctx: Context) -> float:
+        return lr_factor(self.schedule, ctx.step, ctx.total_steps)
+
+    # --- driver --------------------------------------------------------------------------------
+    def resolved(self, default_batch_size: int) -> "UnlearningMethod":
+        return self if self.batch_size is not None else replace(self, batch_size=default_batch_size)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def context(self, original: nn.Module, data: Dataset, forget_weights: torch.Tensor, *, seed: int,
+                spec: Any = None) -> Context:
+        teacher = copy.deepcopy(original).to(data.device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        return Context(data=data, weights=forget_weights, seed=seed, epochs=self.epochs, original=teacher,
+                       spec=spec, rng=generator(seed, f"unlearn-{self.name}"))
+
+    def apply(self, original: nn.Module, data: Dataset, forget_weights: torch.Tensor, *, seed: int = 0,
+              spec: Any = None, progress: Progress | None = None, max_steps: int | None = None) -> nn.Module:
+        """Unlearn: return a new model; `original` is left untouched.
+
+        Args:
+            original: the trained model.
+            data: the dataset the model was trained on.
+            forget_weights: (num_train,) weights in [0, 1]; 1 = forget, 0 = retain.
+            seed: seeds batch order, augmentation and any random choice of the method.
+            spec: the original's ModelSpec (needed by methods that retrain).
+            progress: optional progress sink.
+            max_steps: stop after this many optimisation steps (the search's lower level).
+        """
+        w = check_weights(forget_weights, data).detach()
+        ctx = self.context(original, data, w, seed=seed, spec=spec)
+        model = copy.deepcopy(original).to(data.device).train()
+        model = self.prepare(model, ctx)
+        stepper = Stepper(model, self.trainable(model, ctx), self)
+        run_loop(self, stepper, ctx, progress=progress, max_steps=max_steps)
+        return self.finish(model, ctx).eval()
+
+
+def check_weights(w: torch.Tensor, data: Dataset) -> torch.Tensor:
+    w = torch.as_tensor(w, dtype=torch.float32, device=data.device)
+    if w.shape != (data.num_train,):
+        raise ConfigError(f"forget weights must have shape ({data.num_train},), got {tuple(w.shape)}")
+    if not bool(torch.isfinite(w).all()) or bool(((w < 0) | (w > 1)).any()):
+        raise ConfigError("forget weights must be finite and lie in [0, 1]")
+    return w
+
+
+class StreamSampler:
+    """Endless shuffled batches over the samples a stream covers (retain: w<1, forget: w>0, all)."""
+
+    def __init__(self, kind: str, w: torch.Tensor, batch_size: int, g: torch.Generator):
+        if kind not in STREAMS:
+            raise ValueError(kind)
+        wd = w.detach()
+        mask = {"retain": wd < 1, "forget": wd > 0, "all": torch.ones_like(wd, dtype=torch.bool)}[kind]
+        self.active = torch.nonzero(mask).flatten()
+        stream_w = {"retain": 1.0 - w, "forget": w, "all": torch.ones_like(w)}[kind]
+        self.norm = stream_w[self.active].mean() if len(self.active) else torch.ones((), device=w.device)
+        self.batch_size = batch_size
+        self.g = g
+        self._queue: Iterator[torch.Tensor] = iter(())
+
+    def __len__(self) -> int:
+        return len(self.active)
+
+    def steps_per_pass(self) -> int:
+        return math.ceil(len(self.active) / self.batch_size)
+
+    def next(self) -> torch.Tensor:
+        try:
+            return next(self._queue)
+        except StopIteration:
+            perm = self.active[torch.randperm(len(self.active), generator=self.g).to(self.active.device)]
+            self._queue = iter(perm.split(self.batch_size))
+            return next(self._queue)
+
+
+def run_loop(method: UnlearningMethod, stepper: Any, ctx: Context, *, progress: Progress | None = None,
+             max_steps: int | None = None) -> None:
+    """The shared epoch/phase/stream loop; `stepper.model` is the (possibly functional) model.
+
+    With `max_steps`, epochs repeat (the method's epoch plan cycling) until exactly that many steps ran.
+    """
+    data, w = ctx.data, ctx.weights
+    bs = method.batch_size or 128
+    order_g, aug_g = generator(ctx.seed, "unlearn-order"), generator(ctx.seed, "unlearn-augment")
+    samplers = {k: StreamSampler(k, w, bs, order_g) for k in STREAMS}
+    plan = [method.phases(e, ctx) for e in range(method.epochs)]
+
+    def runnable(phase: Phase) -> bool:  # e.g. a forget-only phase with an empty forget set has nothing to do
+        return all(len(samplers[s]) > 0 for s in phase.streams)
+
+    per_plan = sum(samplers[p.streams[0]].steps_per_pass() for ph in plan for p in ph if runnable(p))
+    if max_steps is not None:
+        if per_plan == 0:
+            return
+        plan = plan * math.ceil(max_steps / per_plan)
+    ctx.total_steps = max(1, max_steps if max_steps is not None else per_plan)
+    task = (progress or NullProgress()).task(f"unlearn {method.name}", len(plan))
+    for epoch, phases in enumerate(plan):
+        ctx.epoch = epoch % method.epochs
+        for phase in phases:
+            if not runnable(phase):
+                continue
+            for _ in range(samplers[phase.streams[0]].steps_per_pass()):
+                if max_steps is not None and ctx.step >= max_steps:
+                    break
+                batches = {}
+                for s in phase.streams:
+                    idx = samplers[s].next()
+                    x = data.x_train[idx]
+                    if method.augment:
+                        x = augment_batch(x, data.augment, aug_g)
+                    batches[s] = Batch(idx=idx, x=x, y=data.y_train[idx], w=w[idx], norm=samplers[s].norm)
+                stepper.set_lr(method.lr * method.lr_scale(ctx))
+                loss = phase.loss(stepper.model, batches, ctx)
+                stepper.step(loss, ctx)
+                ctx.step += 1
+        task.advance(1)
+    task.close()
+
+
+def ce(model: nn.Module, batch: Batch, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample cross-entropy of a batch (against its own labels unless others are given)."""
+    return F.cross_entropy(model(batch.x), batch.y if labels is None else labels, reduction="none")

@@ -1,0 +1,163 @@
+"""The attack registry: each attack turns the per-model statistics of one forget set into scores."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..core.registry import Registry
+from .privacy import (
+    BOUND_ALPHA,
+    bootstrap_interval,
+    final_score,
+    forgetting_quality,
+    ks_test,
+    lira_attack_metrics,
+    lira_offline,
+    lira_online,
+    loss_threshold_attack,
+    mean_t_interval,
+    per_example_epsilon,
+    per_example_points,
+    resolution_note,
+    tug_of_war,
+)
+
+
+@dataclass
+class Stats:
+    """Per-model statistics of N unlearned (U) and N retrained (R) models on one forget set.
+
+    Arrays are (num_models, n_examples) for per-example values, (num_models,) for accuracies (percent).
+    """
+
+    lsc_u: np.ndarray  # logit-scaled confidence of each forget example under each unlearned model
+    lsc_r: np.ndarray
+    loss_u: np.ndarray  # forget-example losses
+    loss_r: np.ndarray
+    test_loss_u: np.ndarray  # (num_models, n_test)
+    test_loss_r: np.ndarray
+    acc_u: dict  # {"forget", "retain", "test"} → (num_models,)
+    acc_r: dict
+    seconds_u: np.ndarray
+    seconds_r: np.ndarray
+    seed: int = 0
+
+
+Attack = Callable[[Stats], dict]
+ATTACKS: Registry[Attack] = Registry("attack")
+
+
+@ATTACKS.register("svc")
+def svc(stats: Stats) -> dict:
+    """Population SVC on confidence (MIA-Efficacy) is computed per model by the metrics module."""
+    return {}
+
+
+@ATTACKS.register("loss")
+def loss(stats: Stats) -> dict:
+    """Loss-threshold attack, forget vs test, on each unlearned model and each retrained model."""
+    per_u = [loss_threshold_attack(stats.loss_u[i], stats.test_loss_u[i]) for i in range(len(stats.loss_u))]
+    per_r = [loss_threshold_attack(stats.loss_r[i], stats.test_loss_r[i]) for i in range(len(stats.loss_r))]
+    out = {}
+    for key in ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"):
+        out[f"loss_{key}"] = _interval([p[key] for p in per_u])
+        out[f"loss_{key}_retrain"] = _interval([p[key] for p in per_r])
+    return out
+
+
+def _u_lira(stats: Stats, *, online: bool, fix_variance: bool) -> dict:
+    """Per-example U-LiRA: half the models are shadows, half are targets (then the halves swap).
+
+    For each forget example, Gaussians are fitted to its statistic under shadow unlearned ('in': the
+    example was seen, then unlearned) and shadow retrained models ('out': never seen); every target
+    model is scored, and the attack separates unlearned from retrained targets. Offline uses only the
+    retrained shadows (one-sided test).
+    """
+    n, ex = stats.lsc_u.shape
+    half = n // 2
+    if half < 2:
+        return {"lira_note": "LiRA needs at least 4 models of each kind"}
+    pos, neg = [], []  # (targets, ex) scores of unlearned / retrained target models
+    for shadow, target in ((slice(0, half), slice(half, n)), (slice(half, n), slice(0, half))):
+        for targets, out in ((stats.lsc_u[target], pos), (stats.lsc_r[target], neg)):
+            if online:
+                out.append(lira_online(targets, stats.lsc_u[shadow], stats.lsc_r[shadow], fix_variance=fix_variance))
+            else:
+                out.append(lira_offline(targets, stats.lsc_r[shadow], fix_variance=fix_variance))
+    pos_m, neg_m = np.concatenate(pos), np.concatenate(neg)  # (n, ex) each
+
+    def metrics_for(columns: np.ndarray) -> dict:
+        a, b = pos_m[:, columns].ravel(), neg_m[:, columns].ravel()
+        return lira_attack_metrics(a[np.isfinite(a)], b[np.isfinite(b)])
+
+    metrics = metrics_for(np.arange(ex))
+    rng = np.random.default_rng(stats.seed)  # bootstrap over forget examples for the AUC interval
+    boots = [metrics_for(rng.integers(0, ex, ex))["auc"] for _ in range(100)]
+    exposure = np.nanmean(pos_m, 0) - np.nanmean(neg_m, 0)  # how far unlearned targets sit from retrained ones
+    return {"lira_mode": ("online" if online else "offline") + (", fixed variance" if fix_variance else ""),
+            "lira_auc": {"value": metrics["auc"], "low": float(np.percentile(boots, 2.5)),
+                         "high": float(np.percentile(boots, 97.5))},
+            "lira_tpr_at_1pct_fpr": metrics["tpr_at_1pct_fpr"], "lira_tpr_at_0.1pct_fpr": metrics["tpr_at_0.1pct_fpr"],
+            "lira_roc": {"roc_fpr": metrics["roc_fpr"], "roc_tpr": metrics["roc_tpr"]},
+            "lira_per_example": exposure}
+
+
+@ATTACKS.register("lira", aliases=("lira_online",))
+def lira(stats: Stats) -> dict:
+    """Per-example U-LiRA, online (Gaussians under unlearned and retrained shadow models)."""
+    return _u_lira(stats, online=True, fix_variance=False)
+
+
+@ATTACKS.register("lira_fixed")
+def lira_fixed(stats: Stats) -> dict:
+    """Per-example U-LiRA, online with one global variance (steadier with few models)."""
+    return _u_lira(stats, online=True, fix_variance=True)
+
+
+@ATTACKS.register("lira_offline")
+def lira_offline_attack(stats: Stats) -> dict:
+    """Per-example U-LiRA, offline: only retrained shadow models (no unlearned shadows needed)."""
+    return _u_lira(stats, online=False, fix_variance=False)
+
+
+@ATTACKS.register("epsilon")
+def epsilon(stats: Stats) -> dict:
+    """The NeurIPS'23 forgetting quality F and final score F·(RA_U/RA_R)·(TA_U/TA_R), as released
+    (empirical rates) and with Clopper–Pearson-bounded rates (`*_bounded`, see `per_example_epsilon`)."""
+    n = min(len(stats.lsc_u), len(stats.lsc_r))
+    out = {"epsilon_resolution": resolution_note(n)}
+    for suffix, alpha in (("", None), ("_bounded", BOUND_ALPHA)):
+        eps = per_example_epsilon(stats.lsc_r[:n], stats.lsc_u[:n], confidence_alpha=alpha)
+        quality = forgetting_quality(eps, n)
+        points = per_example_points(eps, n)  # F is the mean of these, so the bootstrap resamples examples
+        boot = bootstrap_interval(points, np.mean, n_resamples=1000, seed=stats.seed)
+        score = final_score(quality, stats.acc_u["retain"].mean(), stats.acc_r["retain"].mean(),
+                            stats.acc_u["test"].mean(), stats.acc_r["test"].mean())
+        out.update({f"forget_quality{suffix}": {"value": quality, "low": boot[1], "high": boot[2]},
+                    f"epsilon_score{suffix}": score, f"epsilon{suffix}_per_example": eps})
+    return out
+
+
+@ATTACKS.register("ks")
+def ks(stats: Stats) -> dict:
+    """Two-sample KS test of the unlearned vs retrained distributions of the logit-scaled confidence."""
+    statistic, p = ks_test(stats.lsc_u.ravel(), stats.lsc_r.ravel())
+    from scipy.stats import ks_2samp
+
+    per_example = np.atleast_1d(ks_2samp(stats.lsc_u, stats.lsc_r, axis=0).pvalue)  # one test per forget example
+    return {"ks_statistic": statistic, "ks_pvalue": p, "ks_fraction_rejected": float((per_example < 0.05).mean())}
+
+
+@ATTACKS.register("tow")
+def tow(stats: Stats) -> dict:
+    """Tug-of-war (RUM): Π over forget/retain/test of (1 − |Acc_U − Acc_R|/100), per model pair, with a t-interval."""
+    values = [tug_of_war({k: stats.acc_u[k][i] for k in stats.acc_u}, {k: stats.acc_r[k][i] for k in stats.acc_r})
+              for i in range(min(len(stats.seconds_u), len(stats.seconds_r)))]
+    return {"tow": _interval(values)}
+
+
+def _interval(values) -> dict:
+    mean, low, high = mean_t_interval(np.asarray(values, dtype=float))
+    return {"value": float(mean), "low": float(low), "high": float(high)}

@@ -1,0 +1,35 @@
+"""What a hypergradient solver is, and the registry of solvers.
+
+A solver maps the upper variable w to (f(w), ∇_w f, per-sample values ℓ_i(θ_u(w))), where
+f(w) = Σ w_i ℓ_i(θ_u(w)) + γ‖w‖² and θ_u(w) is the method's weighted unlearning run from the trained model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ...core.errors import ConfigError
+from ...core.registry import Registry
+from ..problem import Problem
+
+
+@dataclass
+class Hypergradient:
+    value: float  # f(w)
+    grad: torch.Tensor  # ∇_w f, float64, shape of w
+    per_sample: torch.Tensor  # ℓ_i(θ_u(w)), float64, (N,)
+
+
+Solver = Callable[[Problem, torch.Tensor, int], Hypergradient]
+
+
+def check_solver(solver: str, method) -> None:
+    """The unrolled solver needs a method whose SGD steps can be differentiated; say so before any work."""
+    if SOLVERS.canonical(solver) == "unrolled" and (not method.differentiable or method.optimizer != "sgd"):
+        raise ConfigError(f"method {method.name} cannot be differentiated through its training steps; "
+                          "use --solver first-order")
+
+
+SOLVERS: Registry[Solver] = Registry("search solver")

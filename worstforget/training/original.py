@@ -1,0 +1,106 @@
+"""The original (trained) model: its recipe, training with an on-disk cache, or a user checkpoint."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..core.cache import ModelCache, RecordCache
+from ..core.errors import WorstforgetError
+from ..core.hashing import stable_hash
+from ..core.progress import Progress
+from ..core.runtime import Timer
+from ..datasets import Dataset
+from .loop import TrainConfig, fit
+from .models import build_model
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture plus the recipe that trains it; also the recipe exact Retrain follows."""
+
+    name: str
+    train: TrainConfig
+    seed: int = 0  # initialisation and batch-order seed of the original model
+    norm: str | None = None  # None = the architecture's default
+    params: dict = field(default_factory=dict)
+
+    def build(self, data: Dataset, *, seed: int | None = None) -> nn.Module:
+        model = build_model(self.name, data.num_classes, data.input_shape, norm=self.norm,
+                            seed=self.seed if seed is None else seed, **self.params)
+        return model.to(data.device)
+
+    def key(self, data: Dataset) -> dict:
+        return {"data": data.fingerprint, "model": self.name, "norm": self.norm, "params": self.params,
+                "train": self.train.to_dict(), "seed": self.seed}
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "norm": self.norm, "params": self.params, "seed": self.seed,
+                "train": self.train.to_dict()}
+
+
+def original_model(spec: ModelSpec, data: Dataset, *, checkpoint: str | Path | None = None,
+                   progress: Progress | None = None, cache: ModelCache | None = None) -> tuple[nn.Module, str]:
+    """Return (model, key): the user's checkpoint, or the cached/trained model of `spec`."""
+    if checkpoint is not None:
+        model = spec.build(data)
+        load_checkpoint(model, checkpoint)
+        return model.eval(), stable_hash({"checkpoint": stable_hash(Path(checkpoint).read_bytes()), **spec.key(data)})
+    key = stable_hash(spec.key(data))
+    cache = cache or ModelCache()
+    model = spec.build(data)
+    if cache.load(key, model):
+        return model.eval(), key
+    fit(model, data, spec.train, seed=spec.seed, progress=progress, description="train original")
+    cache.save(key, model, meta=spec.to_dict())
+    return model.eval(), key
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load a state dict (or {'state_dict': ...}) saved by torch.save, never executing pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise WorstforgetError(f"checkpoint {path} does not exist; pass the path of a saved state_dict")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for foreign files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WorstforgetError(f"cannot read checkpoint {path} as weights-only tensors ({first[:160]}); "
+                               "save it with torch.save(model.state_dict(), PATH)") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WorstforgetError(f"checkpoint {path} holds a {type(state).__name__}, not a state_dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise WorstforgetError(f"checkpoint {path} does not match the chosen architecture ({detail}); "
+                               "pick the --model (and --norm) it was trained with") from None
+
+
+def training_seconds(spec: ModelSpec, data: Dataset, *, cache: ModelCache | None = None,
+                         records: RecordCache | None = None) -> float:
+    """Seconds to train one ordinary model with `spec` on the full training set (measured once, cached).
+
+    The model trained for the measurement is the library's original (same recipe and seeds), so it is
+    also stored in the model cache when missing there.
+    """
+    key = stable_hash(spec.key(data))
+    cache = cache or ModelCache(records.root if records else None)
+    records = records or RecordCache(cache.root, enabled=cache.enabled)
+
+    def measure() -> dict:
+        model = spec.build(data)
+        with Timer() as timer:
+            fit(model, data, spec.train, seed=spec.seed, description="train single model (timing)")
+            if next(model.parameters()).device.type == "cuda":
+                torch.cuda.synchronize()
+        if not cache.path(key).is_file():
+            cache.save(key, model, meta=spec.to_dict())
+        return {"seconds": timer.seconds}
+
+    return float(records.get_or_compute("train-seconds", key, measure)["seconds"])
