@@ -41,7 +41,7 @@ def run_unit(setting: Setting, method: str, params: dict, forget_set: torch.Tens
     key = stable_hash(key_fields)
 
     def compute() -> dict:
-        if hasattr(instance, "partitioned_original"):  # sisa/arcane: build their sharded original outside the timing
+        if instance.partitioned:  # sisa/arcane: build their sharded original outside the timing
             instance.partitioned_original(data, setting.spec, progress=progress)
         with Timer() as timer:
             model = instance.apply(setting.original, data, forget_weights(data, forget_set), seed=seed,

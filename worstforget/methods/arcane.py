@@ -210,6 +210,7 @@ class Arcane(UnlearningMethod):
 
     differentiable = False
     iterative = False
+    partitioned = True
     blocks: int = 5  # blocks per class, a saved state after each
     representative_fraction: float = 0.5  # share of each class (closest to its mean) used as positives
     negative_ratio: float = 1.0  # negatives per positive, drawn from the other classes

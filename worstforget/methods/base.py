@@ -124,8 +124,11 @@ class UnlearningMethod:
     augment: bool = True
 
     name: ClassVar[str] = ""
-    differentiable: ClassVar[bool] = True  # usable inside the unrolled search
-    iterative: ClassVar[bool] = True
+    # Capabilities, declared by each method; pipelines read these and never probe with hasattr.
+    differentiable: ClassVar[bool] = True  # its SGD steps can be unrolled by the search
+    iterative: ClassVar[bool] = True  # runs the shared loop (the first-order search cuts it to K sign steps)
+    partitioned: ClassVar[bool] = False  # audits its own partitioned original (`partitioned_original`)
+    report_keys: ClassVar[tuple[str, ...]] = ()  # numbers in `last_report` after `apply`, kept in the unit record
 
     # --- hooks ---------------------------------------------------------------------------------
     def phases(self, epoch: int, ctx: Context) -> list[Phase]:

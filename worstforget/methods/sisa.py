@@ -296,6 +296,7 @@ class Sisa(UnlearningMethod):
 
     differentiable = False
     iterative = False
+    partitioned = True
     shards: int = 5  # S disjoint shards, one constituent each
     slices: int = 4  # R slices per shard, a checkpoint after each
     aggregation: str = "mean_softmax"  # mean_softmax | vote
