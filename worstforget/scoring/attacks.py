@@ -9,6 +9,8 @@ import numpy as np
 from ..core.registry import Registry
 from .privacy import (
     BOUND_ALPHA,
+    RMIA_GAMMA,
+    RMIA_OFFLINE_A,
     bootstrap_interval,
     final_score,
     forgetting_quality,
@@ -21,6 +23,8 @@ from .privacy import (
     per_example_epsilon,
     per_example_points,
     resolution_note,
+    rmia_scores,
+    true_label_probability,
     tug_of_war,
 )
 
@@ -75,7 +79,7 @@ def _u_lira(stats: Stats, *, online: bool, fix_variance: bool) -> dict:
     model is scored, and the attack separates unlearned from retrained targets. Offline uses only the
     retrained shadows (one-sided test).
     """
-    n, ex = stats.lsc_u.shape
+    n = len(stats.lsc_u)
     half = n // 2
     if half < 2:
         return {"lira_note": "LiRA needs at least 4 models of each kind"}
@@ -86,22 +90,29 @@ def _u_lira(stats: Stats, *, online: bool, fix_variance: bool) -> dict:
                 out.append(lira_online(targets, stats.lsc_u[shadow], stats.lsc_r[shadow], fix_variance=fix_variance))
             else:
                 out.append(lira_offline(targets, stats.lsc_r[shadow], fix_variance=fix_variance))
-    pos_m, neg_m = np.concatenate(pos), np.concatenate(neg)  # (n, ex) each
+    mode = ("online" if online else "offline") + (", fixed variance" if fix_variance else "")
+    return {"lira_mode": mode, **_target_summary("lira", np.concatenate(pos), np.concatenate(neg), stats.seed)}
+
+
+def _target_summary(prefix: str, pos_m: np.ndarray, neg_m: np.ndarray, seed: int) -> dict:
+    """AUC (with a bootstrap interval over forget examples), TPR at 1 % / 0.1 % FPR, ROC and per-example
+    exposure of scores (targets, examples) of unlearned (pos) and retrained (neg) target models."""
+    ex = pos_m.shape[1]
 
     def metrics_for(columns: np.ndarray) -> dict:
         a, b = pos_m[:, columns].ravel(), neg_m[:, columns].ravel()
         return lira_attack_metrics(a[np.isfinite(a)], b[np.isfinite(b)])
 
     metrics = metrics_for(np.arange(ex))
-    rng = np.random.default_rng(stats.seed)  # bootstrap over forget examples for the AUC interval
+    rng = np.random.default_rng(seed)  # bootstrap over forget examples for the AUC interval
     boots = [metrics_for(rng.integers(0, ex, ex))["auc"] for _ in range(100)]
     exposure = np.nanmean(pos_m, 0) - np.nanmean(neg_m, 0)  # how far unlearned targets sit from retrained ones
-    return {"lira_mode": ("online" if online else "offline") + (", fixed variance" if fix_variance else ""),
-            "lira_auc": {"value": metrics["auc"], "low": float(np.percentile(boots, 2.5)),
-                         "high": float(np.percentile(boots, 97.5))},
-            "lira_tpr_at_1pct_fpr": metrics["tpr_at_1pct_fpr"], "lira_tpr_at_0.1pct_fpr": metrics["tpr_at_0.1pct_fpr"],
-            "lira_roc": {"roc_fpr": metrics["roc_fpr"], "roc_tpr": metrics["roc_tpr"]},
-            "lira_per_example": exposure}
+    return {f"{prefix}_auc": {"value": metrics["auc"], "low": float(np.percentile(boots, 2.5)),
+                              "high": float(np.percentile(boots, 97.5))},
+            f"{prefix}_tpr_at_1pct_fpr": metrics["tpr_at_1pct_fpr"],
+            f"{prefix}_tpr_at_0.1pct_fpr": metrics["tpr_at_0.1pct_fpr"],
+            f"{prefix}_roc": {"roc_fpr": metrics["roc_fpr"], "roc_tpr": metrics["roc_tpr"]},
+            f"{prefix}_per_example": exposure}
 
 
 @ATTACKS.register("lira", aliases=("lira_online",))
@@ -120,6 +131,26 @@ def lira_fixed(stats: Stats) -> dict:
 def lira_offline_attack(stats: Stats) -> dict:
     """Per-example U-LiRA, offline: only retrained shadow models (no unlearned shadows needed)."""
     return _u_lira(stats, online=False, fix_variance=False)
+
+
+@ATTACKS.register("rmia")
+def rmia(stats: Stats) -> dict:
+    """Offline RMIA (Zarifzadeh et al., ICML'24) with retrained models as references and test examples as
+    the population: half the retrained models are references, the other unlearned and retrained models
+    targets (then the halves swap), as in U-LiRA. A forget example scores high under a target whose
+    probability of its label, relative to the references, beats that of most test examples."""
+    n = min(len(stats.loss_u), len(stats.loss_r))
+    half = n // 2
+    if half < 1:
+        return {"rmia_note": "RMIA needs at least 2 models of each kind"}
+    p_x_u, p_x_r = true_label_probability(stats.loss_u[:n]), true_label_probability(stats.loss_r[:n])
+    p_z_u, p_z_r = true_label_probability(stats.test_loss_u[:n]), true_label_probability(stats.test_loss_r[:n])
+    pos, neg = [], []  # (targets, ex) scores of unlearned / retrained target models
+    for refs, target in ((slice(0, half), slice(half, n)), (slice(half, n), slice(0, half))):
+        for p_x, p_z, out in ((p_x_u, p_z_u, pos), (p_x_r, p_z_r, neg)):
+            out.append(rmia_scores(p_x[target], p_x_r[refs], p_z[target], p_z_r[refs]))
+    return {"rmia_params": {"offline_a": RMIA_OFFLINE_A, "gamma": RMIA_GAMMA, "references": half},
+            **_target_summary("rmia", np.concatenate(pos), np.concatenate(neg), stats.seed)}
 
 
 @ATTACKS.register("epsilon")

@@ -3,6 +3,7 @@
 * `scores`: LiRA's logit-scaled confidence from logits.
 * `epsilon`: the NeurIPS'23 unlearning-challenge per-example ε, forgetting quality F and final score.
 * `lira`: per-example (U-)LiRA likelihood-ratio scores, online/offline, fixed variance, attack summary.
+* `rmia`: offline RMIA (relative likelihood ratios against population samples), attack summary.
 * `roc`: ROC curve, AUC, TPR at fixed FPR, ROC downsampling.
 * `population`: loss-threshold attack, two-sample KS test, tug-of-war (ToW).
 * `intervals`: Student-t and bootstrap intervals.
@@ -26,6 +27,15 @@ from .epsilon import (
 from .intervals import bootstrap_interval, mean_t_interval
 from .lira import lira_attack_metrics, lira_offline, lira_online, lira_scores
 from .population import ks_test, loss_threshold_attack, tug_of_war
+from .rmia import (
+    RMIA_GAMMA,
+    RMIA_OFFLINE_A,
+    offline_marginal,
+    relative_scores,
+    rmia_attack_metrics,
+    rmia_scores,
+    true_label_probability,
+)
 from .roc import (
     auc,
     balanced_accuracy,
@@ -42,6 +52,8 @@ __all__ = [
     "DELTA",
     "EPSILON_CAP",
     "PrivacyInputError",
+    "RMIA_GAMMA",
+    "RMIA_OFFLINE_A",
     "auc",
     "balanced_accuracy",
     "bootstrap_interval",
@@ -60,11 +72,16 @@ __all__ = [
     "logit_scaled_confidence",
     "loss_threshold_attack",
     "mean_t_interval",
+    "offline_marginal",
     "per_example_epsilon",
     "per_example_points",
+    "relative_scores",
     "resolution_note",
+    "rmia_attack_metrics",
+    "rmia_scores",
     "roc_curve",
     "threshold_epsilon",
     "tpr_at_fpr",
+    "true_label_probability",
     "tug_of_war",
 ]
