@@ -1,8 +1,7 @@
-"""The worst-case search: exact projection, hypergradients, equivalence with plain unlearning, movement,
-planted hard examples, determinism and resume."""
+"""The worst-case search: exact projection, the first-order hypergradient, movement, planted hard examples,
+determinism and resume (the unrolled solver is tested in test_unrolled.py)."""
 from __future__ import annotations
 
-import copy
 from dataclasses import replace
 
 import numpy as np
@@ -21,7 +20,6 @@ from worstforget.search import (
 )
 from worstforget.search.problem import Problem
 from worstforget.search.solvers import SOLVERS
-from worstforget.search.solvers.unrolled import unrolled_lower_level
 from worstforget.setting import prepare_setting
 from worstforget.training.original import original_model
 
@@ -67,39 +65,6 @@ def test_top_m_breaks_ties_and_returns_unique_sorted_indices():
 def setting(tmp_path):
     return prepare_setting(dataset="synthetic", device="cpu", cache_dir=str(tmp_path),
                            train_overrides={"epochs": 15})
-
-
-def test_unrolled_without_tracking_equals_plain_unlearning(setting):
-    """With graph tracking off, the higher path must be ordinary training, step for step."""
-    method = make_method("finetune", {"lr": 0.05}).resolved(32)
-    w = torch.zeros(setting.data.num_train)
-    w[:20] = 1.0
-    plain = method.apply(setting.original, setting.data, w, seed=3, max_steps=7)
-    fmodel, _ = unrolled_lower_level(method, setting.original, setting.data, w, seed=3, max_steps=7,
-                                     track_higher_grads=False)
-    for p, q in zip(plain.parameters(), fmodel.parameters()):
-        torch.testing.assert_close(p, q)
-
-
-def test_unrolled_hypergradient_matches_finite_differences(setting):
-    data = setting.data
-    small = replace(data, x_train=data.x_train[:40].double(), y_train=data.y_train[:40],
-                    x_val=data.x_val.double(), x_test=data.x_test.double())
-    original = copy.deepcopy(setting.original).double()
-    local = replace(setting, data=small, original=original)
-    cfg = SearchConfig(solver="unrolled", inner_steps=3, gamma=1e-3)
-    method = make_method("neggrad_plus", {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}).resolved(16)
-    problem = Problem(setting=local, method=method, config=cfg)
-    w = torch.full((40,), 0.25, dtype=torch.float64)
-    w[::3] = 0.6
-    hg = SOLVERS.get("unrolled")(problem, w, 5)
-    eps = 1e-6
-    for i in (0, 1, 7, 30):
-        e = torch.zeros(40, dtype=torch.float64)
-        e[i] = eps
-        up = SOLVERS.get("unrolled")(problem, w + e, 5).value
-        down = SOLVERS.get("unrolled")(problem, w - e, 5).value
-        assert hg.grad[i].item() == pytest.approx((up - down) / (2 * eps), rel=1e-4, abs=1e-7)
 
 
 def test_first_order_gradient_is_loss_plus_ridge(setting):
@@ -152,10 +117,3 @@ def test_planted_prototypes_are_found(tmp_path):
     recall = float(torch.isin(planted, found.indices).float().mean())
     chance = len(found.indices) / len(y)
     assert recall > 3 * chance
-
-
-def test_unrolled_refuses_non_differentiable_methods(setting):
-    from worstforget.core.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="first-order"):
-        search_worst_case(setting, "boundary_shrink", {}, SearchConfig(solver="unrolled", outer_steps=1), seed=0)

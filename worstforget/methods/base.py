@@ -72,7 +72,19 @@ class Context:
 
 
 class Stepper:
-    """Applies one optimisation step from a loss; the unrolled search swaps in a differentiable one."""
+    """Applies one optimisation step from a loss, in place on the model's parameters.
+
+    A stepper is built by a factory `(model, trainable params, method) -> stepper` that `apply` calls after
+    `prepare`; it exposes `model` (what the loss hooks call, and what `apply` returns after `finish`),
+    `set_lr` and `step`. The factory's `differentiable` flag says whether the run keeps the autograd graph
+    from the forget weights to the returned model (the unrolled search's steppers) or not (this one).
+
+    SalUn's saliency mask (`ctx.grad_mask`) means masked parameters never move: their gradient is
+    zeroed and, after the step, their old values are restored, so momentum and weight decay cannot
+    move them either. Differentiable steppers must keep exactly these semantics.
+    """
+
+    differentiable: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, params: list[nn.Parameter], method: "UnlearningMethod"):
         self.model = model
@@ -100,6 +112,9 @@ class Stepper:
         with torch.no_grad():
             for n, mask in ctx.grad_mask.items():
                 named[n].copy_(torch.where(mask.bool(), named[n], frozen[n]))
+
+
+StepperFactory = Callable[[nn.Module, list, "UnlearningMethod"], Any]  # with a `differentiable` attribute
 
 
 @dataclass(kw_only=True)
@@ -163,7 +178,8 @@ class UnlearningMethod:
                        spec=spec, rng=generator(seed, f"unlearn-{self.name}"))
 
     def apply(self, original: nn.Module, data: Dataset, forget_weights: torch.Tensor, *, seed: int = 0,
-              spec: Any = None, progress: Progress | None = None, max_steps: int | None = None) -> nn.Module:
+              spec: Any = None, progress: Progress | None = None, max_steps: int | None = None,
+              stepper: StepperFactory | None = None) -> nn.Module:
         """Unlearn: return a new model; `original` is left untouched.
 
         Args:
@@ -174,18 +190,26 @@ class UnlearningMethod:
             spec: the original's ModelSpec (needed by methods that retrain).
             progress: optional progress sink.
             max_steps: stop after this many optimisation steps (the search's lower level).
+            stepper: stepper factory (default: `Stepper`, in-place optimiser steps). A differentiable one
+                (the unrolled search's) runs this very loop and returns a model whose forward is a
+                differentiable function of `forget_weights`.
         """
-        w = check_weights(forget_weights, data).detach()
+        make_stepper = stepper or Stepper
+        w = check_weights(forget_weights, data)
+        if not make_stepper.differentiable:
+            w = w.detach()  # in-place steps must never backpropagate into the caller's weights
         ctx = self.context(original, data, w, seed=seed, spec=spec)
         model = copy.deepcopy(original).to(data.device).train()
         model = self.prepare(model, ctx)
-        stepper = Stepper(model, self.trainable(model, ctx), self)
-        run_loop(self, stepper, ctx, progress=progress, max_steps=max_steps)
-        return self.finish(model, ctx).eval()
+        steps = make_stepper(model, self.trainable(model, ctx), self)
+        run_loop(self, steps, ctx, progress=progress, max_steps=max_steps)
+        return self.finish(steps.model, ctx).eval()
 
 
 def check_weights(w: torch.Tensor, data: Dataset) -> torch.Tensor:
-    w = torch.as_tensor(w, dtype=torch.float32, device=data.device)
+    """Validated forget weights on the data's device, in its floating dtype (float64 data: float64 weights)."""
+    dtype = data.x_train.dtype if data.x_train.is_floating_point() else torch.float32
+    w = torch.as_tensor(w, dtype=dtype, device=data.device)
     if w.shape != (data.num_train,):
         raise ConfigError(f"forget weights must have shape ({data.num_train},), got {tuple(w.shape)}")
     if not bool(torch.isfinite(w).all()) or bool(((w < 0) | (w > 1)).any()):

@@ -6,11 +6,15 @@ from dataclasses import asdict, dataclass
 from ..core.errors import ConfigError
 from ..core.io import from_checked_dict
 
+# How the unrolled solver differentiates through the lower level (search/solvers/unrolled.py); same steps.
+UNROLL_BACKENDS: tuple[str, ...] = ("higher", "torch.func")
+
 
 @dataclass(frozen=True)
 class SearchConfig:
     forget_ratio: float = 0.1  # m = ratio · N samples (or ratio · C classes)
-    solver: str = "first_order"  # first_order (sign-SGD lower level, the paper's) | unrolled (through higher)
+    solver: str = "first_order"  # first_order (sign-SGD lower level, the paper's) | unrolled (exact, through K steps)
+    unroll_backend: str = "higher"  # the unrolled solver's autodiff: higher | torch.func (UNROLL_BACKENDS)
     outer_steps: int = 20  # upper-level projected-gradient steps
     inner_steps: int | None = None  # lower-level optimisation steps; None: 2 epochs (first_order) / 10 (unrolled)
     inner_lr: float | None = None  # lower-level lr; None: 1e-3 for sign steps, the method's lr when unrolled
@@ -35,7 +39,8 @@ class SearchConfig:
             raise ConfigError("--gamma must be non-negative")
         for name, value, allowed in (("objective", self.objective, ("loss", "margin")),
                                      ("granularity", self.granularity, ("sample", "class")),
-                                     ("init", self.init, ("uniform", "random"))):
+                                     ("init", self.init, ("uniform", "random")),
+                                     ("unroll-backend", self.unroll_backend, UNROLL_BACKENDS)):
             if value not in allowed:
                 raise ConfigError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
         return self

@@ -10,8 +10,8 @@ from .base import SOLVERS, Hypergradient, Solver, check_solver
 
 @SOLVERS.register("unrolled")
 def unrolled(problem: Problem, w_var: torch.Tensor, seed: int) -> Hypergradient:
-    """Differentiate through K SGD steps of the weighted method: keeps the implicit term."""
-    from .unrolled import unrolled_hypergradient  # imported on use: `higher` is only loaded when needed
+    """Differentiate through K SGD steps of the weighted method (higher or torch.func): keeps the implicit term."""
+    from .unrolled import unrolled_hypergradient  # imported on use: autodiff backends load only when needed
 
     return unrolled_hypergradient(problem, w_var, seed)
 
