@@ -1,7 +1,7 @@
 """ARCANE (Yan et al., IJCAI 2022): exact unlearning with one model per class and block-wise saved states.
 
-This file owns the ARCANE original (`arcane_original`, `ClassScorers`) and the registered `arcane` method;
-the checkpointed block training and caching come from `sisa.py`.
+The checkpointed training, deletion and report are `partitioned.py`'s; this file defines only ARCANE's
+partition (classes, representative data, negatives, blocks) and its aggregation (`ClassScorers`).
 
 What ARCANE does, and how it is simplified here (honestly):
 
@@ -30,80 +30,34 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from ..core.cache import ModelCache
 from ..core.errors import ConfigError
-from ..core.hashing import stable_hash
-from ..core.progress import Progress
-from ..core.runtime import Timer
-from ..core.seeds import derive_seed, generator
+from ..core.seeds import generator
 from ..datasets import Dataset
 from ..training.loop import TrainConfig
-from ..training.original import training_seconds
-from .base import UnlearningMethod, check_weights
+from .partitioned import GroupAggregate, Partition, PartitionedMethod, recipe
 from .registry import register_method
-from .sisa import (
-    GRID_VERSION,
-    State,
-    block_seeds,
-    block_work,
-    load_or_train_grid,
-    recipe,
-    sync_device,
-    train_blocks,
-    with_state,
-)
 
 if TYPE_CHECKING:
     from ..training.original import ModelSpec
 
-
 INACTIVE_SCORE = -30.0  # log-odds of a class whose scorer lost all its training data: never predicted, finite CE
 
 
-class ClassScorers(nn.Module):
+class ClassScorers(GroupAggregate):
     """One binary scorer per class; forward returns (N, C) scores (log-odds of 'this class'), used as logits.
 
     A scorer left with no training data after deletions is inactive: its class scores INACTIVE_SCORE.
     """
 
-    def __init__(self, scorers: list[nn.Module], active: torch.Tensor | None = None):
-        super().__init__()
-        self.scorers = nn.ModuleList(scorers)
-        if active is None:
-            active = torch.ones(len(scorers), dtype=torch.bool)
-        self.register_buffer("active", active.to(torch.bool).cpu().clone())
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = torch.stack([m(x) for m in self.scorers], dim=1)  # (B, C, 2)
+        z = torch.stack([m(x) for m in self.members], dim=1)  # (B, C, 2)
         scores = z[..., 1] - z[..., 0]
         return torch.where(self.active.to(scores.device), scores, torch.full_like(scores, INACTIVE_SCORE))
-
-
-@dataclass
-class ArcaneOriginal:
-    """The class-partitioned original: its scorers, every saved state and each sample's block per scorer."""
-
-    scorers: ClassScorers
-    checkpoints: list[list[State]]  # [class][b]: b = 0 the initialisation, b ≥ 1 the state after block b
-    block_of: torch.Tensor  # (C, num_train) long: block of sample i in scorer c, −1 = not used by c
-    representative: torch.Tensor  # (num_train,) bool: a positive of its own class's scorer
-    cfg: TrainConfig  # per-block recipe
-    train_seconds: float
-    key: str
-    seed: int
-
-    @property
-    def blocks(self) -> int:
-        return len(self.checkpoints[0]) - 1
-
-    def member_block(self, c: int, deleted: torch.Tensor | None = None) -> torch.Tensor:
-        row = self.block_of[c]
-        return row if deleted is None else torch.where(deleted, torch.full_like(row, -1), row)
 
 
 def binary_view(data: Dataset, c: int) -> Dataset:
@@ -127,8 +81,8 @@ def representatives(data: Dataset, fraction: float) -> torch.Tensor:
 
 
 def arcane_assignment(data: Dataset, *, blocks: int, representative_fraction: float, negative_ratio: float,
-                      seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(block_of (C, N), representative (N,)): which scorer uses which sample, in which block."""
+                      seed: int) -> torch.Tensor:
+    """(C, num_train) long: the block of each sample in each class's scorer, −1 = not used by that scorer."""
     if not 0 < representative_fraction <= 1 or negative_ratio <= 0 or blocks < 1:
         raise ConfigError("arcane needs 0 < representative_fraction ≤ 1, negative_ratio > 0 and blocks ≥ 1")
     n, c_count, dev = data.num_train, data.num_classes, data.device
@@ -152,120 +106,35 @@ def arcane_assignment(data: Dataset, *, blocks: int, representative_fraction: fl
         idx = torch.nonzero(member[c]).flatten()
         order = idx[torch.randperm(len(idx), generator=generator(seed, f"arcane-blocks-{c}")).to(dev)]
         block_of[c, order] = torch.arange(len(order), device=dev) * blocks // max(1, len(order))
-    return block_of, rep
-
-
-def arcane_key(spec: ModelSpec, data: Dataset, cfg: TrainConfig, *, blocks: int, representative_fraction: float,
-               negative_ratio: float, seed: int) -> str:
-    model = {k: v for k, v in spec.key(data).items() if k not in ("train", "seed")}
-    return stable_hash({"kind": "arcane-grid", "v": GRID_VERSION, **model, "block_train": cfg.to_dict(),
-                        "blocks": blocks, "representative_fraction": representative_fraction,
-                        "negative_ratio": negative_ratio, "seed": seed})
-
-
-def arcane_scorer(spec: ModelSpec, data: Dataset, seed: int, c: int) -> nn.Module:
-    """A freshly initialised binary scorer for class c (architecture of `spec`, two outputs)."""
-    return spec.build(binary_view(data, c), seed=derive_seed(seed, "arcane-init", c))
-
-
-def arcane_original(spec: ModelSpec, data: Dataset, *, blocks: int, representative_fraction: float,
-                    negative_ratio: float, seed: int, epochs_per_block: int | None = None,
-                    cfg: TrainConfig | None = None, cache: ModelCache | None = None,
-                    progress: Progress | None = None) -> ArcaneOriginal:
-    """Train (or load from the cache) the per-class scorers of `spec` on `data`, with a state after every block."""
-    cfg = cfg or recipe(spec, epochs=None, lr=None, batch_size=None, blocks=blocks,
-                        epochs_per_block=epochs_per_block, select_best=False)
-    block_of, rep = arcane_assignment(data, blocks=blocks, representative_fraction=representative_fraction,
-                                      negative_ratio=negative_ratio, seed=seed)
-    key = arcane_key(spec, data, cfg, blocks=blocks, representative_fraction=representative_fraction,
-                     negative_ratio=negative_ratio, seed=seed)
-    classes = data.num_classes
-
-    def train_class(c: int, model: nn.Module) -> list[State]:
-        return train_blocks(model, binary_view(data, c), block_of[c], cfg, start=0,
-                            seeds=block_seeds(seed, "arcane-train", c, blocks), progress=progress,
-                            description=f"arcane class {c} block")
-
-    meta = {"kind": "arcane", "model": spec.to_dict(), "block_train": cfg.to_dict(), "blocks": blocks,
-            "representative_fraction": representative_fraction, "negative_ratio": negative_ratio, "seed": seed}
-    grid = load_or_train_grid(key, lambda c: arcane_scorer(spec, data, seed, c), classes, blocks, train_class,
-                              cache=cache, meta=meta)
-    states = grid.states()
-    scorers = ClassScorers([with_state(arcane_scorer(spec, data, seed, c), states[c][blocks])
-                            for c in range(classes)]).eval()
-    return ArcaneOriginal(scorers=scorers, checkpoints=states, block_of=block_of, representative=rep, cfg=cfg,
-                          train_seconds=float(grid.train_seconds), key=key, seed=seed)
+    return block_of
 
 
 @register_method("arcane")
 @dataclass(kw_only=True)
-class Arcane(UnlearningMethod):
+class Arcane(PartitionedMethod):
     """ARCANE: exact unlearning of per-class scorers with block-wise saved states (see the module docstring).
 
-    The audited original is the class-partitioned model of `spec` (not the single model passed to
-    `apply`), built with the original's seed and cached. Forget weights are binarised at 0.5. Retrained
-    blocks draw their batch order from the unlearning `seed`. After `apply`, `last_report` holds the
-    training overhead and the share of training work that was redone.
+    Groups are classes; forget weights are binarised at 0.5 (see `partitioned.py`).
     """
 
-    differentiable = False
-    iterative = False
-    partitioned = True
     blocks: int = 5  # blocks per class, a saved state after each
     representative_fraction: float = 0.5  # share of each class (closest to its mean) used as positives
     negative_ratio: float = 1.0  # negatives per positive, drawn from the other classes
     epochs_per_block: int | None = None  # None: 2e/(B+1), e = the original's epochs (same total work)
-    epochs: int | None = None  # None: the original's epoch budget e
-    lr: float | None = None  # None: the original's learning rate
 
-    report_keys: ClassVar[tuple[str, ...]] = ("original_train_seconds", "single_model_train_seconds",
-                                              "retrained_fraction", "unlearn_seconds")
+    group_noun = "class"
 
-    def __post_init__(self) -> None:
-        self.last_report: dict = {}
+    def partition(self, data: Dataset, seed: int) -> Partition:
+        block_of = arcane_assignment(data, blocks=self.blocks, representative_fraction=self.representative_fraction,
+                                     negative_ratio=self.negative_ratio, seed=seed)
+        return Partition(block_of=block_of, blocks=self.blocks)
 
-    def partitioned_original(self, data: Dataset, spec: ModelSpec | None, *,
-                             progress: Progress | None = None) -> ArcaneOriginal:
-        """The ARCANE original this method audits (trained once, then loaded from the cache)."""
-        if spec is None:
-            raise ConfigError("arcane trains its own per-class original from the model recipe (spec); it cannot "
-                              "audit a bare checkpoint without --model, --epochs and --lr")
-        cfg = recipe(spec, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, blocks=self.blocks,
-                     epochs_per_block=self.epochs_per_block, select_best=False)
-        return arcane_original(spec, data, blocks=self.blocks, representative_fraction=self.representative_fraction,
-                               negative_ratio=self.negative_ratio, seed=spec.seed, cfg=cfg, progress=progress)
+    def group_data(self, data: Dataset, g: int) -> Dataset:
+        return binary_view(data, g)
 
-    def apply(self, original: nn.Module, data: Dataset, forget_weights: torch.Tensor, *, seed: int = 0,
-              spec: ModelSpec | None = None, progress: Progress | None = None) -> nn.Module:
-        deleted = check_weights(forget_weights, data) >= 0.5
-        orig = self.partitioned_original(data, spec, progress=progress)
-        with Timer() as timer:
-            scorers, active, redone, touched = [], [], 0, 0
-            for c in range(data.num_classes):
-                model = arcane_scorer(spec, data, orig.seed, c)
-                hit = deleted & (orig.block_of[c] >= 0)
-                if not bool(hit.any()):  # untouched class: the original scorer, bit for bit
-                    scorers.append(with_state(model, orig.checkpoints[c][orig.blocks]))
-                    active.append(True)
-                    continue
-                first = int(orig.block_of[c][hit].min())
-                model.load_state_dict(orig.checkpoints[c][first])
-                block_of = orig.member_block(c, deleted)
-                train_blocks(model, binary_view(data, c), block_of, orig.cfg, start=first,
-                             seeds=block_seeds(seed, "arcane-unlearn", c, orig.blocks), progress=progress,
-                             description=f"arcane unlearn class {c} block")
-                redone += block_work(block_of, orig.blocks, first)
-                touched += 1
-                scorers.append(model.eval())
-                active.append(bool((block_of >= 0).any()))
-            unlearned = ClassScorers(scorers, torch.tensor(active)).eval()
-            sync_device(unlearned)
-        total = sum(block_work(orig.block_of[c], orig.blocks) for c in range(data.num_classes))
-        self.last_report = {
-            "original_train_seconds": orig.train_seconds,
-            "single_model_train_seconds": training_seconds(spec, data),
-            "retrained_fraction": redone / total,
-            "unlearn_seconds": timer.seconds,
-            "retrained_classes": touched,
-        }
-        return unlearned
+    def block_recipe(self, spec: ModelSpec) -> TrainConfig:
+        return recipe(spec, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, blocks=self.blocks,
+                      epochs_per_block=self.epochs_per_block, select_best=False)
+
+    def aggregate(self, members: list[nn.Module], active: torch.Tensor) -> nn.Module:
+        return ClassScorers(members, active)
