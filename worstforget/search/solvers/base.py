@@ -26,10 +26,19 @@ Solver = Callable[[Problem, torch.Tensor, int], Hypergradient]
 
 
 def check_solver(solver: str, method) -> None:
-    """The unrolled solver needs a method whose SGD steps can be differentiated; say so before any work."""
-    if SOLVERS.canonical(solver) == "unrolled" and (not method.differentiable or method.optimizer != "sgd"):
+    """The unrolled solver needs a method whose SGD steps can be differentiated; say so before any work.
+
+    Only SGD (momentum, weight decay) is unrolled: sign steps have zero derivative, and higher's
+    differentiable Adam places ε differently from torch.optim.Adam, so it would not unroll the same run.
+    """
+    if SOLVERS.canonical(solver) != "unrolled":
+        return
+    if not method.differentiable:
         raise ConfigError(f"method {method.name} cannot be differentiated through its training steps; "
                           "use --solver first-order")
+    if method.optimizer != "sgd":
+        raise ConfigError(f"method {method.name} takes {method.optimizer} steps and the unrolled solver unrolls "
+                          "SGD only; use --param optimizer=sgd or --solver first-order")
 
 
 SOLVERS: Registry[Solver] = Registry("search solver")

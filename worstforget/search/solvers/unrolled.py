@@ -13,6 +13,9 @@ Two backends, chosen by `SearchConfig.unroll_backend` (names in `config.UNROLL_B
   torch.func  a hand-written functional SGD over explicit parameter and buffer tensors with
               `torch.func.functional_call` and `torch.autograd.grad(create_graph=True)` (unroll_func.py).
 Memory grows linearly with K: every intermediate set of weights stays in the graph.
+BatchNorm's running statistics are carried exactly as in plain training but are not differentiated
+(neither backend tracks their in-place update), so with BatchNorm the hypergradient omits how they
+depend on w; with GroupNorm or no normalisation it is the exact derivative.
 """
 from __future__ import annotations
 
