@@ -46,18 +46,35 @@ def test_list_datasets_shows_digits(cli_runner):
     assert "synthetic" in result.output
 
 
-def test_unlearn_writes_summary_with_method_retrain_and_avg_gap(cli_runner, tmp_path):
+def read_rows(folder: Path) -> list[dict]:
+    import csv
+
+    with open(folder / "results.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_unlearn_writes_summary_and_tidy_rows_with_gap_to_retrain(cli_runner, tmp_path):
     out = tmp_path / "run"
-    result = run(cli_runner, "unlearn", "--method", "ft", *FAST, "--out", str(out))
+    result = run(cli_runner, "unlearn", "--method", "ft", *FAST, "--seeds", "2", "--out", str(out))
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["method"] == "finetune"
+    assert summary["method"] == "finetune" and summary["schema_version"] == 2
+    block = summary["sets"]["random"]
+    assert block["num_sets"] == 1 and list(block["methods"]) == ["retrain", "finetune"]
+    rows = read_rows(out)
+    value = {(r["method"], int(r["seed"]), r["metric"]): float(r["value"]) for r in rows if r["value"]}
     for who in ("finetune", "retrain"):
         for metric in ("UA", "MIA", "RA", "TA", "RTE"):
-            assert isinstance(summary[who][metric], float), (who, metric)
+            agg = block["methods"][who][metric]
+            runs = [value[(who, s, metric)] for s in (0, 1)]
+            assert agg["n"] == 2 and agg["mean"] == pytest.approx(np.mean(runs))
+            assert agg["std"] == pytest.approx(np.std(runs, ddof=1))
         for metric in ("UA", "RA", "TA"):
-            assert 0 <= summary[who][metric] <= 100
-    assert isinstance(summary["avg_gap"], float) and summary["avg_gap"] >= 0
+            assert 0 <= block["methods"][who][metric]["mean"] <= 100
+    for s in (0, 1):  # Avg. Gap = mean |method − Retrain| over UA, MIA, RA, TA on the same set and seed
+        by_hand = np.mean([abs(value[("finetune", s, k)] - value[("retrain", s, k)]) for k in ("UA", "MIA", "RA", "TA")])
+        assert value[("finetune", s, "avg_gap")] == pytest.approx(by_hand)
+        assert value[("finetune", s, "RTE_fraction")] == pytest.approx(value[("finetune", s, "RTE")] / value[("retrain", s, "RTE")])
     assert summary["forget_size"] == round(0.1 * summary["num_train"])
 
 
@@ -128,8 +145,9 @@ def test_plugin_method_runs_through_unlearn(cli_runner, tmp_path, monkeypatch, i
     assert "my_unlearn" in isolated_registry.names()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == "my_unlearn"
-    assert set(summary["my_unlearn"]) >= {"UA", "MIA", "RA", "TA", "RTE"}
-    assert summary["my_unlearn"]["RA"] > 50  # one epoch of fine-tuning keeps a working classifier
+    mine = summary["sets"]["random"]["methods"]["my_unlearn"]
+    assert set(mine) >= {"UA", "MIA", "RA", "TA", "RTE", "avg_gap"}
+    assert mine["RA"]["mean"] > 50  # one epoch of fine-tuning keeps a working classifier
 
 
 def test_plugin_that_cannot_be_imported_exits_2(cli_runner, isolated_registry):

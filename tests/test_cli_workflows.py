@@ -27,8 +27,9 @@ def test_tune_picks_the_minimum_gap_and_merges_params(tmp_path):
                      "--num-sets", "2", "--out", str(record), "--update-params", str(params)], tmp_path)
     assert result.exit_code == 0, result.output
     data = json.loads(record.read_text())
-    best = min(data["rows"], key=lambda r: r["avg_gap"])
+    best = min(data["rows"], key=lambda r: r["avg_gap"]["mean"])
     assert data["best"] == best["params"] and len(data["rows"]) == 2
+    assert all(r["avg_gap"]["n"] == 2 for r in data["rows"])  # one run per random set
     assert json.loads(params.read_text()) == {"finetune": best["params"]}
 
 
@@ -41,8 +42,9 @@ def test_compare_uses_params_file_and_writes_table(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["params"]["finetune"] == {"lr": 0.02, "epochs": 2}
-    assert summary["table"]["finetune"]["avg_gap"]["n"] == 2
-    assert set(summary["table"]) == {"retrain", "finetune", "noop"}
+    block = summary["sets"]["random"]
+    assert block["num_sets"] == 2 and block["methods"]["finetune"]["avg_gap"]["n"] == 2
+    assert list(block["methods"]) == ["retrain", "finetune", "noop"]
 
 
 def test_compare_rejects_a_bad_params_file(tmp_path):
@@ -85,11 +87,12 @@ def test_search_cli_writes_all_outputs_and_resumes(tmp_path):
     for key in ("dataset", "model", "method", "solver", "num_train", "forget_size", "seed"):
         assert key in summary
     assert set(summary["search"]) >= {"seconds", "objective", "overlap_with_initial"}
-    assert set(summary["worst_case"]["finetune"]) == {"UA", "MIA", "RA", "TA", "RTE"}
-    assert set(summary["random"]["retrain"]["UA"]) == {"mean", "std", "n"}
+    assert set(summary["sets"]["worst_case"]["methods"]["finetune"]) >= {"UA", "MIA", "RA", "TA", "RTE", "avg_gap"}
+    assert set(summary["sets"]["random"]["methods"]["retrain"]["UA"]) == {"mean", "std", "n"}
+    assert summary["sets"]["worst_case"]["methods"]["retrain"]["UA"]["n"] == 1
     indices = np.load(out / "worst_case_indices.npy")
     with h5py.File(out / "result.h5") as f:
-        assert f.attrs["schema_version"] == 1 and "config_json" in f.attrs
+        assert f.attrs["schema_version"] == 2 and "config_json" in f.attrs
         assert f["search/weights"].shape == (4, summary["num_train"])
         np.testing.assert_array_equal(f["forget_sets/worst_case"][()], indices)
         assert f["metrics/random/finetune/UA"].shape == (2, 1)

@@ -101,9 +101,15 @@ def test_evaluate_cli_writes_scores_and_per_example_arrays(tmp_path):
               "--selector", "loss_quantile", "--attacks", "loss,epsilon,ks,tow", "--out", str(out),
               "--cache-dir", str(tmp_path / "c")])
     assert result.exit_code == 0, result.output
-    scores = json.loads((out / "evaluation.json").read_text())["scores"]["loss_quantile"]["finetune"]
-    for key in ("forget_quality", "epsilon_score", "ks_pvalue", "tow", "rte_fraction", "exceeds_challenge_time"):
-        assert key in scores
+    doc = json.loads((out / "evaluation.json").read_text())
+    scores = doc["sets"]["loss_quantile"]["methods"]["finetune"]
+    for key in ("forget_quality", "epsilon_score", "ks_pvalue", "tow", "rte_fraction"):
+        assert set(scores[key]) >= {"mean", "std", "n"} and scores[key]["n"] == 1, key
+    per_set = doc["per_set"]["loss_quantile"]["finetune"][0]
+    assert scores["forget_quality"]["mean"] == per_set["forget_quality"]["value"]
+    assert (scores["forget_quality"]["low"], scores["forget_quality"]["high"]) == \
+        (per_set["forget_quality"]["low"], per_set["forget_quality"]["high"])
+    assert isinstance(per_set["exceeds_challenge_time"], bool)
     with h5py.File(out / "evaluation.h5") as f:
         assert f["loss_quantile/0/finetune/epsilon_per_example"].shape == (round(0.1 * 240 * 0.9),)
 

@@ -1,7 +1,7 @@
 """`worstforget report`: Markdown, HTML and JSON reports rendered from a stored search result.
 
 One small digits search (2 outer steps, 2 random sets, 1 seed) is run once per module through the library
-and written with `write_outputs`; every test reads that folder back, as an auditor would. HTML figures are
+and written with `SearchAudit.write`; every test reads that folder back, as an auditor would. HTML figures are
 checked by parsing the PNG bytes (signature, IHDR size, inflated IDAT), so PIL is not needed.
 """
 from __future__ import annotations
@@ -31,11 +31,7 @@ from worstforget.report.tables import (
 @pytest.fixture(scope="module")
 def result_dir(tmp_path_factory) -> Path:
     """A real search result folder (digits, finetune), built once: ~10 s on one CPU thread."""
-    from worstforget.audit.worst_case import (
-        AuditOptions,
-        run_search_audit,
-        write_outputs,
-    )
+    from worstforget.audit.worst_case import AuditOptions, audit_worst_case
     from worstforget.search import SearchConfig
     from worstforget.setting import prepare_setting
 
@@ -44,10 +40,10 @@ def result_dir(tmp_path_factory) -> Path:
         mp.setenv("WORSTFORGET_CACHE", str(root / "cache"))
         setting = prepare_setting(dataset="digits", device="cpu", cache_dir=str(root / "cache"),
                                   train_overrides={"epochs": 3})
-        audit = run_search_audit(setting, "finetune", {}, SearchConfig(outer_steps=2, inner_steps=3),
+        audit = audit_worst_case(setting, "finetune", {}, SearchConfig(outer_steps=2, inner_steps=3),
                                  options=AuditOptions(num_random=2, seeds=1, stability=False),
                                  state_dir=root / "state")
-        write_outputs(root / "res", audit)
+        audit.write(root / "res")
     return root / "res"
 
 
@@ -121,7 +117,7 @@ def test_json_report_follows_openunlearning_convention(cli_runner, result_dir):
     for name, metric in metrics.items():
         assert "agg_value" in metric and isinstance(metric["value_by_index"], dict), name
     gap = metrics["worst_case/finetune/avg_gap"]
-    assert gap["agg_value"] == pytest.approx(summary["worst_case"]["avg_gap"]["finetune"])
+    assert gap["agg_value"] == pytest.approx(summary["sets"]["worst_case"]["methods"]["finetune"]["avg_gap"]["mean"])
     assert gap["value_by_index"]["0/0"] == {"score": pytest.approx(gap["agg_value"]), "set": 0, "seed": 0}
     assert metrics["random/retrain/UA"]["n"] == 2  # two random sets × one seed
     weights = metrics["search/final_weights"]["value_by_index"]
@@ -221,17 +217,22 @@ def test_hardest_examples_and_auc():
 
 
 def test_comparison_table_puts_retrain_beside_each_number():
+    def agg(mean, std, n):
+        return {"mean": mean, "std": std, "n": n}
+
+    metrics = ("UA", "MIA", "RA", "TA", "RTE")
     summary = {
         "method": "ft", "forget_size": 10, "num_train": 100, "solver": "first_order", "objective": "loss",
         "unlearn_seeds": [0, 1],
-        "worst_case": {"ft": {"UA": 0.0, "MIA": 1.0, "RA": 99.0, "TA": 97.0, "RTE": 1.0},
-                       "retrain": {"UA": 3.0, "MIA": 5.0, "RA": 99.5, "TA": 97.5, "RTE": 9.0},
-                       "avg_gap": {"ft": 2.0},
-                       "std": {"ft": dict.fromkeys(["UA", "MIA", "RA", "TA", "RTE"], 0.0),
-                               "retrain": dict.fromkeys(["UA", "MIA", "RA", "TA", "RTE"], 0.5), "avg_gap": {"ft": 0.1}}},
-        "random": {"ft": {k: {"mean": 1.0, "std": 0.2, "n": 4} for k in ("UA", "MIA", "RA", "TA", "RTE")},
-                   "retrain": {k: {"mean": 2.92, "std": 0.71, "n": 4} for k in ("UA", "MIA", "RA", "TA", "RTE")},
-                   "avg_gap": {"ft": {"mean": 1.5, "std": 0.3, "n": 4}}, "std": {}},
+        "sets": {
+            "worst_case": {"num_sets": 1, "methods": {
+                "retrain": {k: agg(v, 0.5, 2) for k, v in zip(metrics, (3.0, 5.0, 99.5, 97.5, 9.0))},
+                "ft": {**{k: agg(v, 0.0, 2) for k, v in zip(metrics, (0.0, 1.0, 99.0, 97.0, 1.0))},
+                       "avg_gap": agg(2.0, 0.1, 2)}}},
+            "random": {"num_sets": 2, "methods": {
+                "retrain": {k: agg(2.92, 0.71, 4) for k in metrics},
+                "ft": {**{k: agg(1.0, 0.2, 4) for k in metrics}, "avg_gap": agg(1.5, 0.3, 4)}}},
+        },
     }
     table = comparison_table(summary, "ft")
     assert [row[0] for row in table.rows] == ["worst-case", "random"]

@@ -18,7 +18,10 @@ from .core.runtime import resolve_device
 from .core.seeds import generator
 from .datasets import Dataset, dataset_info, load_dataset
 from .training.loop import TrainConfig
-from .training.original import ModelSpec, original_model
+from .training.original import ModelSpec, obtain_original
+
+
+MIA_RESAMPLES = 3  # draws of the SVC attacker's training sample per evaluation (library and CLI alike)
 
 
 @dataclass
@@ -30,19 +33,36 @@ class Setting:
     original: nn.Module
     original_key: str
     records: RecordCache
+    train_seconds: float | None = None  # measured when the original was trained; None = unknown (checkpoint)
+    original_source: str = "trained"  # trained | cache | checkpoint
     mia_seed: int = 0
-    mia_resamples: int = 1  # draws of the SVC attacker's training sample per evaluation
+    mia_resamples: int = MIA_RESAMPLES
 
     def describe(self) -> dict:
-        return {"dataset": self.data.describe(), "model": self.spec.to_dict(), "original_key": self.original_key}
+        return {"dataset": self.data.describe(), "model": self.spec.to_dict(), "original_key": self.original_key,
+                "original_source": self.original_source, "original_train_seconds": self.train_seconds}
+
+    def header(self) -> dict:
+        """The fields every result starts with."""
+        return {"dataset": self.data.name, "model": self.spec.name, "num_train": self.data.num_train}
+
+    def provenance(self, config: dict | None = None) -> dict:
+        """What produced a result: its configuration, the setting, the code version and the environment."""
+        from .core.provenance import code_version, environment
+
+        return {"config": {**(config or {}), "model": self.spec.to_dict(), "mia_resamples": self.mia_resamples,
+                           "mia_seed": self.mia_seed},
+                "setting": self.describe(), "code_version": code_version(), "environment": environment()}
 
 
 def prepare_setting(*, dataset: str = "digits", model: str | None = None, norm: str | None = None,
                     data_dir: str | None = None, download: bool = False, device: str = "auto",
                     checkpoint: str | None = None, train_overrides: dict | None = None, seed: int = 0,
                     split_seed: int = 0, cache: bool = True, cache_dir: str | None = None,
-                    progress: Progress | None = None) -> Setting:
+                    mia_resamples: int = MIA_RESAMPLES, progress: Progress | None = None) -> Setting:
     """Load the data and obtain the original model (cached training, or a user checkpoint)."""
+    if mia_resamples < 1:
+        raise ConfigError("--mia-resamples must be at least 1")
     dev = resolve_device(device)
     if cache_dir:  # methods that keep their own partitioned originals (sisa, arcane) read the same folder
         os.environ["WORSTFORGET_CACHE"] = str(cache_dir)
@@ -50,10 +70,11 @@ def prepare_setting(*, dataset: str = "digits", model: str | None = None, norm: 
     data = load_dataset(dataset, data_dir=data_dir, download=download, split_seed=split_seed, device=str(dev))
     train_cfg = TrainConfig.from_dict(info.default_train).with_updates(**(train_overrides or {})).validate()
     spec = ModelSpec(name=model or info.default_model, train=train_cfg, seed=seed, norm=norm)
-    original, key = original_model(spec, data, checkpoint=checkpoint, progress=progress,
-                                   cache=ModelCache(cache_dir, enabled=cache))
-    return Setting(data=data, spec=spec, original=original, original_key=key,
-                   records=RecordCache(cache_dir, enabled=cache))
+    original = obtain_original(spec, data, checkpoint=checkpoint, progress=progress,
+                               cache=ModelCache(cache_dir, enabled=cache))
+    return Setting(data=data, spec=spec, original=original.model, original_key=original.key,
+                   records=RecordCache(cache_dir, enabled=cache), train_seconds=original.train_seconds,
+                   original_source=original.source, mia_resamples=mia_resamples)
 
 
 def forget_weights(data: Dataset, forget_set: torch.Tensor) -> torch.Tensor:

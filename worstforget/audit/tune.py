@@ -5,13 +5,12 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-import numpy as np
-
 from ..core.progress import Progress
 from ..forget_sets import random_forget_set
 from ..methods import make_method, parse_params
 from ..setting import Setting, forget_size
-from .units import compare_on_set
+from ..core.stats import aggregate
+from .units import run_on_sets
 
 
 def parse_grid(method: str, specs: list[str] | tuple[str, ...]) -> dict[str, list[Any]]:
@@ -30,15 +29,13 @@ def tune(setting: Setting, method: str, grid: dict[str, list[Any]], *, base: dic
     keys = sorted(grid)
     m = forget_size(setting.data.num_train, forget_ratio)
     sets = [random_forget_set(setting.data.num_train, m, seed + 1000 + r) for r in range(num_sets)]
+    points = [{**(base or {}), **dict(zip(keys, values))} for values in itertools.product(*(grid[k] for k in keys))]
+    for params in points:
+        make_method(method, params)  # validate every point before running any
     rows = []
-    for values in itertools.product(*(grid[k] for k in keys)):
-        params = {**(base or {}), **dict(zip(keys, values))}
-        make_method(method, params)  # validate before running
-        gaps = []
-        for s in sets:
-            gaps += compare_on_set(setting, [(method, params)], s, seeds=[0], progress=progress)["avg_gap"][method]
-        rows.append({"params": params, "avg_gap": float(np.mean(gaps)), "avg_gap_std": float(np.std(gaps, ddof=1))
-                     if len(gaps) > 1 else 0.0})
-    best = min(rows, key=lambda r: r["avg_gap"])
+    for params in points:
+        block = run_on_sets(setting, [(method, params)], sets, seeds=[0], progress=progress)
+        rows.append({"params": params, "avg_gap": aggregate(block.metrics[method]["avg_gap"])})
+    best = min(rows, key=lambda r: r["avg_gap"]["mean"])
     return {"method": method, "grid": grid, "rows": rows, "best": best["params"], "best_avg_gap": best["avg_gap"],
             "forget_ratio": forget_ratio, "num_sets": num_sets, "set_seeds": [seed + 1000 + r for r in range(num_sets)]}

@@ -1,25 +1,24 @@
-"""The full worst-case audit: search, then compare the found set with random and heuristic sets."""
+"""The worst-case audit: search the forget set a method finds hardest, then run the method and Retrain on it,
+on baseline sets of the same size (random, lowest-objective heuristic) and, on request, attack every set."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from ..core.progress import NullProgress, Progress
-from ..core.provenance import code_version, environment
+from ..core.errors import ConfigError
+from ..core.progress import Progress
 from ..core.seeds import generator
 from ..methods import METHODS, make_method
-from ..scoring.metrics import mean_std
+from ..scoring.attacks import ATTACKS
 from ..search import SearchConfig, jaccard, overlap, search_worst_case, top_m
 from ..search.problem import Problem
+from ..search.solvers import check_solver
 from ..setting import Setting
-from .units import compare_on_set, summarize_runs
-
-SCHEMA_VERSION = 1
-METRICS = ("UA", "MIA", "RA", "TA", "RTE")
+from .result import SearchAudit
+from .units import run_on_sets
 
 
 @dataclass
@@ -30,9 +29,24 @@ class AuditOptions:
     seeds: int = 2  # unlearning seeds per set (method and Retrain)
     stability: bool = True  # search again with seed + 1 and report the Jaccard overlap
     heuristic: bool = True  # the m lowest-objective samples under the original model
+    attacks: list[str] = field(default_factory=list)  # per-example attacks on every set (`evaluate`'s)
+    num_models: int = 16  # unlearned and retrained models per set for the attacks
+
+    def validate(self) -> "AuditOptions":
+        if self.num_random < 1 or self.seeds < 1:
+            raise ConfigError("an audit needs at least one random set and one unlearning seed")
+        if self.attacks and self.num_models < 2:
+            raise ConfigError("--num-models must be at least 2 for attacks")
+        self.eval_methods = [METHODS.canonical(m) for m in self.eval_methods]
+        self.eval_params = {METHODS.canonical(m): p for m, p in self.eval_params.items()}
+        for m in self.eval_methods:
+            make_method(m, self.eval_params.get(m, {}))
+        self.attacks = [ATTACKS.canonical(a) for a in self.attacks]
+        return self
 
 
 def random_units(problem: Problem, count: int, seed: int) -> list[torch.Tensor]:
+    """`count` random sets of m units, each from its own seeded stream."""
     n, m = problem.num_vars, problem.budget
     return [torch.randperm(n, generator=generator(seed, f"random-set-{r}"))[:m].sort().values for r in range(count)]
 
@@ -43,18 +57,20 @@ def heuristic_units(problem: Problem) -> torch.Tensor:
     return top_m(-values.cpu(), problem.budget)
 
 
-def run_search_audit(setting: Setting, method: str, params: dict, cfg: SearchConfig, *, seed: int = 0,
+def audit_worst_case(setting: Setting, method: str, params: dict | None, cfg: SearchConfig, *, seed: int = 0,
                      options: AuditOptions | None = None, resume: bool = False, state_dir: str | Path | None = None,
-                     progress: Progress | None = None) -> dict[str, Any]:
+                     progress: Progress | None = None) -> SearchAudit:
     """Search the worst-case forget set for `method`, then evaluate it against random and heuristic sets.
 
-    Returns a dict with `summary` (JSON-able) and `arrays` (for the HDF5 file).
+    Every input is validated here, before any work. Returns the typed result; `.write(folder)` stores it.
     """
-    options = options or AuditOptions()
-    progress = progress or NullProgress()
+    options = (options or AuditOptions()).validate()
+    cfg = cfg.validate()
     name = METHODS.canonical(method)
+    params = dict(params or {})
     instance = make_method(name, params).resolved(setting.spec.train.batch_size)
-    problem = Problem(setting=setting, method=instance, config=cfg.validate())
+    check_solver(cfg.solver, instance)
+    problem = Problem(setting=setting, method=instance, config=cfg)
     randoms = random_units(problem, options.num_random, seed)
     refs = {f"random_{r}": u for r, u in enumerate(randoms)}
     heuristic = heuristic_units(problem) if options.heuristic else None
@@ -62,120 +78,65 @@ def run_search_audit(setting: Setting, method: str, params: dict, cfg: SearchCon
         refs["heuristic"] = heuristic
     found = search_worst_case(setting, name, params, cfg, seed=seed, state_dir=state_dir, resume=resume,
                               reference_sets=refs, progress=progress)
-    stability = None
+    stability, again = None, None
     if options.stability:
         again = search_worst_case(setting, name, params, cfg, seed=seed + 1, state_dir=state_dir, resume=resume,
                                   progress=progress)
-        stability = {"seed_a": seed, "seed_b": seed + 1, "jaccard": jaccard(found.units, again.units),
-                     "units_b": again.units}
+        stability = {"seed_a": seed, "seed_b": seed + 1, "jaccard": jaccard(found.units, again.units)}
 
-    methods = [(name, params)] + [(METHODS.canonical(m), options.eval_params.get(METHODS.canonical(m), {}))
-                                  for m in options.eval_methods if METHODS.canonical(m) not in (name, "retrain")]
+    methods = [(name, params)] + [(m, options.eval_params.get(m, {})) for m in options.eval_methods
+                                  if m not in (name, "retrain")]
     seeds = list(range(options.seeds))
     sets: dict[str, list[torch.Tensor]] = {"worst_case": [found.indices],
                                            "random": [problem.members(u) for u in randoms]}
     if heuristic is not None:
         sets["heuristic"] = [problem.members(heuristic)]
-    results = {kind: [compare_on_set(setting, methods, s, seeds=seeds, progress=progress) for s in members]
-               for kind, members in sets.items()}
+    kinds = {kind: run_on_sets(setting, methods, members, seeds=seeds, progress=progress)
+             for kind, members in sets.items()}
 
-    from ..training.original import training_seconds
+    history = found.history
+    trace = {"weights": found.weight_history.numpy(), "final_weights": found.weights.numpy(),
+             "objective": np.asarray(history["objective"]), "step_size": np.asarray(history["step_size"]),
+             "overlap_with_initial": np.asarray(history["overlap_with_initial"]),
+             "overlap_with_random": np.asarray([history[f"overlap_with_random_{r}"] for r in range(len(randoms))])}
+    if heuristic is not None:
+        trace["overlap_with_heuristic"] = np.asarray(history["overlap_with_heuristic"])
+    forget_sets = {"worst_case": found.indices.numpy(), "worst_case_units": found.units.numpy(),
+                   "initial_units": found.initial_units.numpy(),
+                   "random": [s.numpy() for s in sets["random"]]}
+    if heuristic is not None:
+        forget_sets["heuristic"] = sets["heuristic"][0].numpy()
+        forget_sets["heuristic_units"] = heuristic.numpy()
+    if again is not None:
+        forget_sets["stability_units"] = again.units.numpy()
 
-    train_seconds = training_seconds(setting.spec, setting.data, records=setting.records)
-    summary: dict[str, Any] = {
-        "dataset": setting.data.name, "model": setting.spec.name, "method": name, "params": params,
-        "solver": cfg.solver, "objective": cfg.objective, "granularity": cfg.granularity,
-        "num_train": setting.data.num_train, "forget_size": int(len(found.indices)),
-        "forget_units": int(problem.budget), "seed": seed, "unlearn_seeds": seeds,
-        "search": {"seconds": found.seconds, "train_seconds": train_seconds,
-                   "cost_vs_training": found.seconds / train_seconds if train_seconds > 0 else None,
-                   "objective": found.history["objective"],
-                   "overlap_with_initial": found.history["overlap_with_initial"],
-                   "overlap_with_random": [found.history.get(f"overlap_with_random_{r}") for r in range(len(randoms))],
-                   "overlap_with_heuristic": found.history.get("overlap_with_heuristic"),
-                   "inner_steps": problem.inner_steps, "key": found.key},
-        "stability": None if stability is None else {k: v for k, v in stability.items() if k != "units_b"},
-        "heuristic_overlap": None if heuristic is None else overlap(found.units, heuristic),
-        "config": {"search": cfg.to_dict(), "model": setting.spec.to_dict(), "audit": options.__dict__,
-                   "method_params": instance.hyperparameters(),
-                   "eval_params": {m: p for m, p in methods}},
-        "code_version": code_version(), "environment": environment(), "setting": setting.describe(),
-    }
-    for kind, per_set in results.items():
-        summary[kind] = _summarize(per_set, [m for m, _ in methods], pooled=kind == "random")
-    arrays = {"found": found, "randoms": randoms, "heuristic": heuristic, "sets": sets, "results": results,
-              "stability": stability, "methods": [m for m, _ in methods]}
-    return {"summary": summary, "arrays": arrays}
+    header = {"command": "search", **setting.header(), "method": name, "params": params, "solver": cfg.solver,
+              "objective": cfg.objective, "granularity": cfg.granularity, "forget_size": int(len(found.indices)),
+              "forget_units": int(problem.budget), "seed": seed}
+    config = {"search": cfg.to_dict(), "audit": asdict(options), "method_params": instance.hyperparameters(),
+              "eval_params": {m: p for m, p in methods}}
+    audit = SearchAudit(header=header, seeds=seeds, kinds=kinds, provenance=setting.provenance(config),
+                        search=trace, search_info=_cost(setting, found.seconds, kinds, problem, found.key),
+                        forget_sets=forget_sets, stability=stability,
+                        heuristic_overlap=None if heuristic is None else overlap(found.units, heuristic))
+    if options.attacks:
+        from .attack_eval import evaluate_sets
 
-
-def _summarize(per_set: list[dict], methods: list[str], *, pooled: bool) -> dict:
-    """Means (and spreads) over seeds — and over sets for the random baseline."""
-    out: dict[str, Any] = {"avg_gap": {}, "std": {}}
-    for who in ["retrain", *methods]:
-        runs = [r for result in per_set for r in result[who]]
-        stats = summarize_runs(runs)
-        out[who] = {k: stats[k] if pooled else stats[k]["mean"] for k in METRICS if k in stats}
-        out["std"][who] = {k: stats[k]["std"] for k in METRICS if k in stats}
-        out["std"][who]["MIA_resample_std"] = mean_std([r.get("MIA_std", 0.0) for r in runs])["mean"]
-    for who in methods:
-        gaps = mean_std([g for result in per_set for g in result["avg_gap"][who]])
-        out["avg_gap"][who] = gaps if pooled else gaps["mean"]
-        out["std"].setdefault("avg_gap", {})[who] = gaps["std"]
-    return out
+        audit.evaluation = evaluate_sets(setting, [(name, params)], sets, num_models=options.num_models,
+                                         attacks=options.attacks, progress=progress)
+    return audit
 
 
-def write_outputs(out_dir: str | Path, audit: dict[str, Any]) -> dict[str, Path]:
-    """Write result.h5, worst_case_indices.npy and summary.json atomically (each appears whole or not at all)."""
-    import json
+def _cost(setting: Setting, seconds: float, kinds: dict, problem: Problem, key: str) -> dict:
+    """The search's wall time against training the original — or, when that time is unknown (a checkpoint),
+    against one Retrain on a random set (its median over runs)."""
+    if setting.train_seconds:
+        reference, label = setting.train_seconds, "training the original"
+    else:
+        reference, label = float(np.median(kinds["random"].metrics["retrain"]["RTE"])), "one Retrain"
+    return {"seconds": seconds, "train_seconds": setting.train_seconds, "cost_reference": label,
+            "cost_ratio": seconds / reference if reference > 0 else None,
+            "inner_steps": problem.inner_steps, "key": key}
 
-    import h5py
 
-    from ..core.io import atomic_path, to_jsonable, write_json
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    summary, arrays = audit["summary"], audit["arrays"]
-    found = arrays["found"]
-    paths = {"h5": out / "result.h5", "npy": out / "worst_case_indices.npy", "json": out / "summary.json"}
-    with atomic_path(paths["h5"]) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["schema_version"] = SCHEMA_VERSION
-            f.attrs["worstforget_version"] = summary["code_version"]
-            f.attrs["config_json"] = json.dumps(to_jsonable(summary["config"]))
-            f.attrs["environment_json"] = json.dumps(summary["environment"])
-            f.attrs["seed"] = summary["seed"]
-            f.attrs["unlearn_seeds"] = summary["unlearn_seeds"]
-            for key in ("dataset", "model", "method", "solver", "objective", "granularity"):
-                f.attrs[key] = summary[key]
-            s = f.create_group("search")
-            s.create_dataset("weights", data=found.weight_history.float().numpy(), compression="gzip", shuffle=True)
-            s.create_dataset("final_weights", data=found.weights.float().numpy())
-            for k, v in found.history.items():
-                s.create_dataset(k, data=np.asarray(v, dtype=np.float64))
-            s.attrs["seconds"] = found.seconds
-            s.attrs["key"] = found.key
-            fs = f.create_group("forget_sets")
-            fs.create_dataset("worst_case", data=found.indices.numpy().astype(np.int64))
-            fs.create_dataset("worst_case_units", data=found.units.numpy().astype(np.int64))
-            fs.create_dataset("initial_units", data=found.initial_units.numpy().astype(np.int64))
-            rnd = fs.create_group("random")
-            for r, members in enumerate(arrays["sets"]["random"]):
-                rnd.create_dataset(str(r), data=members.numpy().astype(np.int64))
-            if arrays["heuristic"] is not None:
-                fs.create_dataset("heuristic", data=arrays["sets"]["heuristic"][0].numpy().astype(np.int64))
-            if arrays["stability"] is not None:
-                fs.create_dataset("stability_units", data=arrays["stability"]["units_b"].numpy().astype(np.int64))
-            mg = f.create_group("metrics")
-            for kind, per_set in arrays["results"].items():
-                for who in ["retrain", *arrays["methods"]]:
-                    g = mg.require_group(f"{kind}/{who}")
-                    for metric in (*METRICS, "MIA_std"):
-                        # (num_sets, num_seeds)
-                        g.create_dataset(metric, data=np.array([[r[metric] for r in res[who]] for res in per_set]))
-                    if who != "retrain":
-                        g.create_dataset("avg_gap", data=np.array([res["avg_gap"][who] for res in per_set]))
-    with atomic_path(paths["npy"]) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, found.indices.numpy().astype(np.int64))
-    write_json(paths["json"], summary)
-    return paths
+__all__ = ["AuditOptions", "audit_worst_case", "random_units", "heuristic_units"]

@@ -8,6 +8,8 @@ import click
 
 from ..core.errors import ConfigError, WorstforgetError
 
+MIA_RESAMPLES = 3  # = setting.MIA_RESAMPLES (a test keeps them equal; importing it here would load torch for --help)
+
 
 class WorstforgetGroup(click.Group):
     """Turns library errors into one-line messages: bad options exit 2, other problems exit 1."""
@@ -21,6 +23,36 @@ class WorstforgetGroup(click.Group):
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; completed units are cached and --resume continues a search") from None
+
+
+class RegistryChoice(click.Choice):
+    """A choice among a registry's names (and aliases), read when first needed so `--help` stays fast.
+
+    `registry` is "module:ATTRIBUTE" of a `core.registry.Registry`; values come back as canonical names.
+    """
+
+    def __init__(self, registry: str, *, dashes: bool = False):
+        self._target, self._dashes = registry, dashes
+        self.case_sensitive = False
+
+    def _registry(self):
+        import importlib
+
+        module, _, attr = self._target.partition(":")
+        return getattr(importlib.import_module(module, __package__), attr)
+
+    @property
+    def choices(self):  # type: ignore[override]
+        reg = self._registry()
+        names = [n.replace("_", "-") if self._dashes else n for n in reg.names()]
+        return tuple(names + [a for n in reg.names() for a in reg.aliases_of(n) if a not in names])
+
+    @choices.setter
+    def choices(self, value) -> None:
+        pass
+
+    def convert(self, value, param, ctx):
+        return self._registry().canonical(super().convert(value, param, ctx))
 
 
 class AppContext:
@@ -82,6 +114,8 @@ def data_options(fn: Callable) -> Callable:
         click.option("--no-cache", is_flag=True, help="Recompute every unit instead of reusing cached ones."),
         click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
                      help="Cache folder [default: $WORSTFORGET_CACHE or ~/.cache/worstforget]."),
+        click.option("--mia-resamples", type=click.IntRange(min=1), default=MIA_RESAMPLES, show_default=True,
+                     help="Draws of the SVC attacker's training sample per evaluation (MIA-Efficacy)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -96,7 +130,8 @@ def setting_from_options(app: AppContext, progress, opts: dict):
         download=opts["download"], device=opts["device"], checkpoint=opts["checkpoint"],
         train_overrides={"epochs": opts["epochs"], "lr": opts["lr"], "batch_size": opts["batch_size"],
                          "schedule": opts["schedule"]},
-        seed=opts["train_seed"], cache=not opts["no_cache"], cache_dir=opts["cache_dir"], progress=progress)
+        seed=opts["train_seed"], cache=not opts["no_cache"], cache_dir=opts["cache_dir"],
+        mia_resamples=opts["mia_resamples"], progress=progress)
 
 
 class RichProgress:
@@ -137,17 +172,6 @@ class RichProgress:
                 bar.remove_task(task_id)
 
         return _Task()
-
-
-def fmt(stat: dict | float | None, digits: int = 2) -> str:
-    """'12.34 ± 0.56' for a mean/std dict, '12.34' for a number."""
-    if stat is None:
-        return "–"
-    if isinstance(stat, dict):
-        if stat.get("n", 2) <= 1:
-            return f"{stat['mean']:.{digits}f}"
-        return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
-    return f"{stat:.{digits}f}"
 
 
 def pass_app(fn: Callable) -> Callable:

@@ -5,30 +5,37 @@ from pathlib import Path
 
 import click
 
-from .app import RichProgress, cli, data_options, fmt, pass_app, setting_from_options
+from .app import RichProgress, cli, data_options, pass_app, setting_from_options
 
-KINDS = ("methods", "datasets", "models", "solvers")
+def registries() -> dict:
+    """Every registry `list` can show (imported on use, so --help stays fast)."""
+    from ..datasets import DATASETS
+    from ..forget_sets import SELECTORS
+    from ..methods import METHODS
+    from ..scoring.attacks import ATTACKS
+    from ..search import SOLVERS
+    from ..search.objectives import OBJECTIVES
+    from ..training.models import MODELS
+
+    return {"methods": METHODS, "datasets": DATASETS, "models": MODELS, "solvers": SOLVERS, "attacks": ATTACKS,
+            "selectors": SELECTORS, "objectives": OBJECTIVES}
+
+
+KINDS = ("methods", "datasets", "models", "solvers", "attacks", "selectors", "objectives")
 
 
 @cli.command("list")
 @click.argument("kind", type=click.Choice(KINDS))
 @pass_app
 def list_command(app, kind: str) -> None:
-    """List registered methods, datasets, models or search solvers."""
+    """List the registered methods, datasets, models, solvers, attacks, selectors or objectives."""
     from rich.table import Table
 
     from ..core.registry import describe
 
-    if kind == "methods":
-        from ..methods import METHODS as reg
-    elif kind == "datasets":
-        from ..datasets import DATASETS as reg
-    elif kind == "models":
-        from ..training.models import MODELS as reg
-    else:
-        from ..search import SOLVERS as reg
+    reg = registries()[kind]
     table = Table(box=None)
-    table.add_column("name", style="bold")
+    table.add_column("name", style="bold", no_wrap=True)
     table.add_column("aliases")
     if kind == "methods":
         table.add_column("unrolled")
@@ -57,33 +64,39 @@ def _params_option(fn):
 @pass_app
 def train_command(app, architecture: str, params: tuple[str, ...], out: str | None, **opts) -> None:
     """Train (or fetch from the cache) the original model and report its accuracy."""
-    from ..core.io import write_json
+    from ..core.io import check_output_dir, write_json
     from ..methods import make_method, parse_params
     from ..training.loop import split_accuracies
-    from ..training.original import training_seconds
 
     hyper = parse_params(architecture, params) if architecture != "single" else {}
+    if out:
+        check_output_dir(Path(out).parent, what="--out file's folder")
     with RichProgress(app.err) as progress:
         setting = setting_from_options(app, progress, opts)
         data, model = setting.data, setting.original
+        single_seconds = setting.train_seconds
         record = {"architecture": architecture, "dataset": data.name, "model": setting.spec.name,
-                  "single_model_train_seconds": training_seconds(setting.spec, data, records=setting.records)}
+                  "original_source": setting.original_source, "single_model_train_seconds": single_seconds}
         if architecture != "single":
             built = make_method(architecture, hyper).partitioned_original(data, setting.spec, progress=progress)
-            model = getattr(built, "ensemble", None) or getattr(built, "scorers")
+            model = built.model
             record.update(params=hyper, train_seconds=built.train_seconds,
-                          overhead_vs_single=built.train_seconds / record["single_model_train_seconds"])
+                          overhead_vs_single=built.train_seconds / single_seconds if single_seconds else None)
     single, accs = split_accuracies(setting.original, data), split_accuracies(model, data)
     record.update(accuracy=accs, single_model_accuracy=single)
     if out:
         write_json(out, record)
     app.out.print(f"{data.name} / {setting.spec.name} ({architecture}): train {accs['train']:.2f}%  "
                   f"val {accs['val']:.2f}%  test {accs['test']:.2f}%  (cache key {setting.original_key})")
-    if architecture != "single":
-        app.out.print(f"single model: test {single['test']:.2f}% in {record['single_model_train_seconds']:.1f}s; "
-                      f"{architecture}: {record['train_seconds']:.1f}s to train "
-                      f"({record['overhead_vs_single']:.2f}× a single model), accuracy cost "
-                      f"{single['test'] - accs['test']:.2f} points")
+    timing = "training time unknown (a checkpoint)" if single_seconds is None else f"trained in {single_seconds:.1f}s"
+    if architecture == "single":
+        app.out.print(f"original: {setting.original_source}, {timing}")
+    else:
+        overhead = record["overhead_vs_single"]
+        app.out.print(f"single model: test {single['test']:.2f}%, {timing}; {architecture}: "
+                      f"{record['train_seconds']:.1f}s to train"
+                      + (f" ({overhead:.2f}× a single model)" if overhead else "")
+                      + f", accuracy cost {single['test'] - accs['test']:.2f} points")
 
 
 @cli.command("unlearn")
@@ -96,63 +109,59 @@ def train_command(app, architecture: str, params: tuple[str, ...], out: str | No
 @_params_option
 @click.option("--seeds", "num_seeds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Unlearning seeds (runs of the method and of Retrain) to average.")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Write summary.json here.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Write summary.json and results.csv into this folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of a table.")
 @pass_app
 def unlearn_command(app, method: str, forget_ratio: float, forget_seed: int, forget_set: str | None,
                     params: tuple[str, ...], num_seeds: int, out: str | None, as_json: bool, **opts) -> None:
     """Run METHOD and exact Retrain on one forget set; print UA, MIA, RA, TA, RTE and Avg. Gap."""
-    import json
-
-    from ..audit.units import compare_on_set, summarize_runs
-    from ..core.io import write_json
-    from ..core.provenance import code_version, environment
-    from ..forget_sets import random_forget_set
+    from ..audit.units import unlearn_on_set
     from ..methods import METHODS, make_method, parse_params
-    from ..scoring.metrics import mean_std
-    from ..setting import forget_size, load_forget_set
+    from ..setting import forget_size, load_forget_set, random_forget_set
 
     name = METHODS.canonical(method)
     hyper = parse_params(name, params)
     make_method(name, hyper)  # reject bad hyper-parameters before any training
     if forget_set is None:
         forget_size(100, forget_ratio)  # validates the ratio before loading data
+    check_out(out)
     with RichProgress(app.err) as progress:
         setting = setting_from_options(app, progress, opts)
         n = setting.data.num_train
         indices = load_forget_set(forget_set, n) if forget_set else \
             random_forget_set(n, forget_size(n, forget_ratio), forget_seed)
-        runs = compare_on_set(setting, [(name, hyper)], indices, seeds=list(range(num_seeds)), progress=progress)
-    summary = {
-        "dataset": setting.data.name, "model": setting.spec.name, "method": name, "params": hyper,
-        "num_train": n, "forget_size": len(indices),
-        "forget_source": forget_set or {"ratio": forget_ratio, "seed": forget_seed},
-        "seeds": list(range(num_seeds)),
-        name: {k: v["mean"] for k, v in summarize_runs(runs[name]).items()},
-        "retrain": {k: v["mean"] for k, v in summarize_runs(runs["retrain"]).items()},
-        "avg_gap": mean_std(runs["avg_gap"][name])["mean"],
-        "std": {name: {k: v["std"] for k, v in summarize_runs(runs[name]).items()},
-                "retrain": {k: v["std"] for k, v in summarize_runs(runs["retrain"]).items()},
-                "avg_gap": mean_std(runs["avg_gap"][name])["std"]},
-        "runs": runs, "setting": setting.describe(), "code_version": code_version(), "environment": environment(),
-    }
-    if out:
-        write_json(Path(out) / "summary.json", summary)
-    if as_json:
-        click.echo(json.dumps({k: summary[k] for k in (name, "retrain", "avg_gap")}, indent=2))
-        return
-    from rich.table import Table
+        result = unlearn_on_set(setting, name, hyper, indices, seeds=list(range(num_seeds)),
+                                source=forget_set or {"ratio": forget_ratio, "seed": forget_seed}, progress=progress)
+    finish(app, result, out, as_json, title=f"{name} vs Retrain on {len(indices)} of {n} samples "
+                                             f"({setting.data.name}/{setting.spec.name})")
 
-    table = Table(title=f"{name} vs retrain on {len(indices)} of {n} samples ({setting.data.name}, {setting.spec.name})")
-    for col in ("method", "UA", "MIA", "RA", "TA", "RTE (s)", "Avg. Gap"):
-        table.add_column(col, justify="right" if col != "method" else "left")
-    for who in (name, "retrain"):
-        s = summarize_runs(runs[who])
-        gap = fmt(mean_std(runs["avg_gap"][name])) if who == name else "0"
-        table.add_row(who, fmt(s["UA"]), fmt(s["MIA"]), fmt(s["RA"]), fmt(s["TA"]), fmt(s["RTE"]), gap)
-    app.out.print(table)
+
+def check_out(out: str | None) -> None:
+    """Refuse an unusable --out before any work starts."""
     if out:
-        app.out.print(str(Path(out) / "summary.json"))
+        from ..core.io import check_output_dir
+
+        check_output_dir(out)
+
+
+def finish(app, result, out: str | None, as_json: bool, *, title: str) -> None:
+    """Write a comparison's folder (when --out) and print it."""
+    import json
+
+    from .render import print_comparison
+
+    summary = result.summary()
+    if out:
+        result.write(out)
+    if as_json:
+        from ..core.io import to_jsonable
+
+        click.echo(json.dumps(to_jsonable(summary, nan_to_none=True), indent=2))
+        return
+    print_comparison(app.out, summary, title=title)
+    if out:
+        app.out.print(str(Path(out)))
 
 
 @cli.command("tune")
@@ -173,8 +182,9 @@ def tune_command(app, method, grid_specs, params, forget_ratio, num_sets, seed, 
     from rich.table import Table
 
     from ..audit.tune import parse_grid, tune
-    from ..core.io import write_json
+    from ..core.io import check_output_dir, write_json
     from ..core.provenance import code_version
+    from ..core.stats import fmt_agg
     from ..methods import METHODS, parse_params
     from ..setting import forget_size
 
@@ -182,6 +192,9 @@ def tune_command(app, method, grid_specs, params, forget_ratio, num_sets, seed, 
     grid = parse_grid(name, grid_specs)
     base = parse_params(name, params)
     forget_size(100, forget_ratio)
+    for path in (out, update_params):
+        if path:
+            check_output_dir(Path(path).parent, what="output file's folder")
     with RichProgress(app.err) as progress:
         setting = setting_from_options(app, progress, opts)
         record = tune(setting, name, grid, base=base, forget_ratio=forget_ratio, num_sets=num_sets, seed=seed,
@@ -196,9 +209,8 @@ def tune_command(app, method, grid_specs, params, forget_ratio, num_sets, seed, 
     table = Table(title=f"{name}: Avg. Gap to Retrain on {num_sets} random sets ({setting.data.name})")
     table.add_column("params")
     table.add_column("Avg. Gap", justify="right")
-    for row in sorted(record["rows"], key=lambda r: r["avg_gap"]):
-        table.add_row(" ".join(f"{k}={v}" for k, v in row["params"].items()),
-                      fmt({"mean": row["avg_gap"], "std": row["avg_gap_std"], "n": num_sets}))
+    for row in sorted(record["rows"], key=lambda r: r["avg_gap"]["mean"]):
+        table.add_row(" ".join(f"{k}={v}" for k, v in row["params"].items()), fmt_agg(row["avg_gap"], sep="±"))
     app.out.print(table)
     app.out.print("best: " + " ".join(f"--param {k}={v}" for k, v in record["best"].items()))
 
@@ -232,15 +244,12 @@ def load_params_file(path: str | None) -> dict[str, dict]:
 @click.option("--seeds", "num_seeds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Unlearning seeds per set.")
 @click.option("--set-seed", type=int, default=0, show_default=True, help="Seed of the first random set.")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Write summary.json here.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Write summary.json and results.csv into this folder.")
 @pass_app
 def compare_command(app, methods, params_file, forget_ratio, num_sets, num_seeds, set_seed, out, **opts) -> None:
     """Every method vs Retrain on random forget sets: UA, MIA, RA, TA, RTE and Avg. Gap, mean ± std."""
-    from rich.table import Table
-
     from ..audit.units import compare_methods
-    from ..core.io import write_json
-    from ..core.provenance import code_version, environment
     from ..methods import METHODS, make_method
     from ..setting import forget_size
 
@@ -251,24 +260,10 @@ def compare_command(app, methods, params_file, forget_ratio, num_sets, num_seeds
     for n, p in chosen:
         make_method(n, p)
     forget_size(100, forget_ratio)
+    check_out(out)
     with RichProgress(app.err) as progress:
         setting = setting_from_options(app, progress, opts)
         result = compare_methods(setting, chosen, forget_ratio=forget_ratio, num_sets=num_sets,
                                  seeds=list(range(num_seeds)), set_seed=set_seed, progress=progress)
-    result.update(dataset=setting.data.name, model=setting.spec.name, params={n: p for n, p in chosen},
-                  setting=setting.describe(), code_version=code_version(), environment=environment())
-    if out:
-        write_json(Path(out) / "summary.json", result)
-    t = result["table"]
-    table = Table(title=f"{len(chosen)} methods vs retrain, {num_sets} random sets of {result['forget_size']} "
-                        f"({setting.data.name}/{setting.spec.name})")
-    for col in ("method", "UA", "MIA", "RA", "TA", "RTE (s)", "RTE/Retrain", "Avg. Gap"):
-        table.add_column(col, justify="left" if col == "method" else "right")
-    for who in ["retrain", *[n for n, _ in chosen]]:
-        row = t[who]
-        table.add_row(who, fmt(row["UA"]), fmt(row["MIA"]), fmt(row["RA"]), fmt(row["TA"]), fmt(row["RTE"]),
-                      fmt(row["RTE_fraction"], 3) if "RTE_fraction" in row else "1",
-                      fmt(row["avg_gap"]) if "avg_gap" in row else "–")
-    app.out.print(table)
-    if out:
-        app.out.print(str(Path(out) / "summary.json"))
+    finish(app, result, out, False, title=f"{len(chosen)} methods vs Retrain, {num_sets} random sets of "
+                                          f"{result.header['forget_size']} ({setting.data.name}/{setting.spec.name})")

@@ -1,12 +1,11 @@
 """`evaluate`: per-example attacks and the NeurIPS'23 score on a search result or a chosen forget set."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from .app import RichProgress, cli, data_options, fmt, pass_app, setting_from_options
+from .app import RichProgress, cli, data_options, pass_app, setting_from_options
 from .basic import _params_option
 
 
@@ -45,94 +44,73 @@ def parse_attacks(text: str) -> list[str]:
 def evaluate_command(app, method, result_dir, forget_set, selector, forget_ratio, forget_seed, quantile, attacks,
                      num_models, params_file, lira_original, params, out, **opts) -> None:
     """Attack METHOD's unlearning with N unlearned vs N retrained models: U-LiRA, ε-score, KS, ToW, loss."""
-    import torch
-
-    from ..audit.attack_eval import evaluate_sets, write_evaluation
-    from ..core.errors import WorstforgetError
+    from ..audit.attack_eval import evaluate_sets
+    from ..audit.result import SearchAudit
+    from ..core.io import check_output_dir
     from ..forget_sets import SELECTORS
     from ..methods import METHODS, make_method, parse_params
     from ..setting import forget_size, load_forget_set
+    from .basic import load_params_file
+    from .render import evaluation_table
 
     attack_names = parse_attacks(attacks)
-    summary = None
-    if result_dir:
-        path = Path(result_dir) / "summary.json"
-        if not path.is_file():
-            raise WorstforgetError(f"{result_dir} has no summary.json; pass a folder written by `worstforget search`")
-        summary = json.loads(path.read_text())
-        method = method or summary["method"]
-    from .basic import load_params_file
-
+    audit = SearchAudit.read(result_dir) if result_dir else None
+    method = method or (audit.method if audit else None)
     name = METHODS.canonical(method or "finetune")
-    base = (summary or {}).get("params", {}) if summary and summary["method"] == name else {}
+    base = audit.header.get("params", {}) if audit is not None and audit.method == name else {}
     hyper = {**base, **load_params_file(params_file).get(name, {}), **parse_params(name, params)}
     make_method(name, hyper)
     if not result_dir and not forget_set:
         SELECTORS.canonical(selector)
         forget_size(100, forget_ratio)
+    out_dir = Path(out or result_dir or Path("worstforget-out") / "evaluate")
+    check_output_dir(out_dir)
     with RichProgress(app.err) as progress:
         setting = setting_from_options(app, progress, opts)
         n = setting.data.num_train
-        if summary is not None:
-            import h5py
-
-            if summary["num_train"] != n or summary["dataset"] != setting.data.name:
-                raise WorstforgetError(f"{result_dir} was computed on {summary['dataset']} with {summary['num_train']} "
-                                       f"training samples; pass the same --dataset/--model options")
-            with h5py.File(Path(result_dir) / "result.h5", "r") as f:
-                fs = f["forget_sets"]
-                sets = {"worst_case": [torch.as_tensor(fs["worst_case"][()])],
-                        "random": [torch.as_tensor(fs["random"][k][()]) for k in sorted(fs["random"], key=int)]}
-                if "heuristic" in fs:
-                    sets["heuristic"] = [torch.as_tensor(fs["heuristic"][()])]
+        if audit is not None:
+            sets = sets_of_audit(audit, setting, result_dir)
         elif forget_set:
             sets = {"given": [load_forget_set(forget_set, n)]}
         else:
             chosen = SELECTORS.get(selector)(setting, ratio=forget_ratio, seed=forget_seed, quantile=quantile,
                                              progress=progress)
             sets = {SELECTORS.canonical(selector): [chosen]}
+        config = {"selector": None if (result_dir or forget_set) else selector, "forget_ratio": forget_ratio,
+                  "forget_seed": forget_seed}
         evaluation = evaluate_sets(setting, [(name, hyper)], sets, num_models=num_models, attacks=attack_names,
-                                   progress=progress)
+                                   config=config, progress=progress)
         if lira_original:
             from ..audit.membership import lira_on_original
 
-            evaluation["scores"]["lira_original"] = lira_on_original(setting, num_shadows=num_models, progress=progress)
-    out_dir = Path(out or result_dir or Path("worstforget-out") / "evaluate")
-    config = {"method": name, "params": hyper, "attacks": attack_names, "num_models": num_models,
-              "selector": None if (result_dir or forget_set) else selector, "forget_ratio": forget_ratio,
-              "forget_seed": forget_seed, "model": setting.spec.to_dict()}
-    paths = write_evaluation(out_dir, evaluation, setting=setting, config=config)
-    render_evaluation(app.out, evaluation["scores"], name)
-    app.out.print(str(paths["json"]))
+            evaluation.extra["lira_original"] = lira_on_original(setting, num_shadows=num_models, progress=progress)
+    if audit is not None and out_dir == Path(result_dir):
+        audit.evaluation = evaluation  # the search folder is rewritten as a unit, result.h5 gains /evaluation
+        audit.write(out_dir)
+    else:
+        evaluation.write(out_dir)
+    summary = evaluation.summary()
+    app.out.print(evaluation_table(summary, name))
+    if "lira_original" in summary:
+        render_lira_original(app.out, summary["lira_original"])
+    app.out.print(str(out_dir / "evaluation.json"))
 
 
-def render_evaluation(console, scores: dict, method: str) -> None:
-    from rich.table import Table
+def sets_of_audit(audit, setting, folder) -> dict:
+    """The forget sets a search result holds, checked against the setting they will be run in."""
+    import torch
 
-    from ..audit.attack_eval import SCALARS
+    from ..core.errors import WorstforgetError
 
-    kinds = [k for k, per_method in scores.items() if k != "lira_original" and method in per_method]
-    table = Table(title=f"{method}: attacks on N unlearned vs N retrained models")
-    table.add_column("score")
-    for kind in kinds:
-        table.add_column(kind.replace("_", "-"), justify="right")
-    for key in SCALARS:
-        cells = []
-        for kind in kinds:
-            v = scores[kind][method].get(key)
-            if isinstance(v, dict) and "mean" in v:
-                cells.append(fmt(v, 3))
-            elif isinstance(v, dict) and "value" in v:
-                cells.append(f"{v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]")
-            elif isinstance(v, (int, float)):
-                cells.append(f"{v:.3g}")
-            else:
-                cells.append("–")
-        table.add_row(key, *cells)
-    console.print(table)
-    if "lira_original" in scores:
-        lo = scores["lira_original"]["leave_one_out"]
-        console.print(f"LiRA on the trained model ({scores['lira_original']['num_shadows']} shadows, leave-one-out): "
-                      f"AUC {lo['lira']['auc']:.3f}, TPR@0.1%FPR {lo['lira']['tpr_at_0.1pct_fpr']:.2%} vs loss "
-                      f"threshold AUC {lo['loss_threshold']['auc']:.3f}, TPR@0.1%FPR "
-                      f"{lo['loss_threshold']['tpr_at_0.1pct_fpr']:.2%}")
+    if audit.header["num_train"] != setting.data.num_train or audit.header["dataset"] != setting.data.name:
+        raise WorstforgetError(f"{folder} was computed on {audit.header['dataset']} with {audit.header['num_train']} "
+                               "training samples; pass the same --dataset/--model options")
+    return {kind: [torch.as_tensor(s) for s in block.sets] for kind, block in audit.kinds.items()}
+
+
+def render_lira_original(console, lo: dict) -> None:
+    loo = lo["leave_one_out"]
+    console.print(f"LiRA on the trained model ({lo['num_shadows']} shadows, leave-one-out): "
+                  f"AUC {loo['lira']['auc']:.3f}, TPR@0.1%FPR {loo['lira']['tpr_at_0.1pct_fpr']:.2%} vs loss "
+                  f"threshold AUC {loo['loss_threshold']['auc']:.3f}, TPR@0.1%FPR "
+                  f"{loo['loss_threshold']['tpr_at_0.1pct_fpr']:.2%}")

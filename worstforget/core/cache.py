@@ -27,15 +27,21 @@ class ModelCache:
         return self.root / "models" / f"{key}.pt"
 
     def load(self, key: str, model: nn.Module) -> bool:
+        """Load the entry into `model`; False when absent or unreadable (then it is recomputed)."""
+        return self.load_with_meta(key, model) is not None
+
+    def load_with_meta(self, key: str, model: nn.Module) -> dict | None:
+        """Load the entry into `model` and return its metadata; None when absent or unreadable."""
         path = self.path(key)
         if not (self.enabled and path.is_file()):
-            return False
+            return None
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(state["state_dict"])
+            meta = json.loads(state.get("meta") or "{}")
         except Exception:  # a corrupt or stale cache entry is recomputed, never trusted
-            return False
-        return True
+            return None
+        return meta if isinstance(meta, dict) else {}
 
     def save(self, key: str, model: nn.Module, *, meta: dict | None = None) -> None:
         if not self.enabled:

@@ -1,8 +1,15 @@
-"""Atomic writes and JSON conversion of results."""
+"""Atomic writes, output checks made before any work, and JSON conversion of results.
+
+A result is a set of files (summary.json, result.h5, results.csv, ...) that must agree with each other, so
+`write_result_folder` writes the whole set into a temporary folder beside the destination and renames it
+into place: a crash or a full disk leaves the previous result or nothing, never a mixture.
+"""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,7 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, WorstforgetError
 
 
 def to_jsonable(obj: Any, *, nan_to_none: bool = False) -> Any:
@@ -63,6 +70,113 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.remove(tmp)
 
 
+def json_bytes(obj: Any) -> bytes:
+    """Strict JSON (NaN and ±inf become null: no output file ever holds a bare NaN)."""
+    return (json.dumps(to_jsonable(obj, nan_to_none=True), indent=2, allow_nan=False) + "\n").encode()
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(to_jsonable(obj), indent=2, allow_nan=True) + "\n")
+        _write_synced(tmp, json_bytes(obj))
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+MIN_FREE_BYTES = 4 * 2**20  # headroom below which an output folder is refused before any work starts
+
+
+def check_output_dir(out: str | Path, *, expected_bytes: int = 0, what: str = "--out") -> Path:
+    """Refuse an output folder that cannot be written, before any work: a file in the way, a folder that
+    cannot be created or written, or too little free space. Returns the resolved path; creates nothing."""
+    out = Path(out).expanduser().absolute()
+    if out.exists() and not out.is_dir():
+        raise WorstforgetError(f"{what} {out} is a file; give a folder path")
+    ancestor = out
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise WorstforgetError(f"{what} {out} lies under {ancestor}, which is a file; give a folder path")
+    try:  # a real probe: permission bits say nothing for root or read-only mounts
+        fd, probe = tempfile.mkstemp(prefix=".worstforget-probe-", dir=ancestor)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise WorstforgetError(f"{what} {out} cannot be written ({exc.strerror or exc} in {ancestor}); "
+                               "choose a writable folder") from None
+    free = shutil.disk_usage(ancestor).free
+    needed = MIN_FREE_BYTES + 2 * int(expected_bytes)  # the new set is written beside the old one
+    if free < needed:
+        raise WorstforgetError(f"{what} {out}: only {free / 2**20:.1f} MiB free on its disk, about "
+                               f"{needed / 2**20:.1f} MiB needed; free space or choose another folder")
+    return out
+
+
+def write_result_folder(out: str | Path, files: dict[str, bytes]) -> Path:
+    """Write `files` (name → bytes) as one unit into the folder `out`.
+
+    Other files already in `out` (a report, the user's notes) are kept. Everything is written and synced in a
+    temporary sibling folder, which then takes the place of `out`.
+    """
+    out = Path(out).expanduser().absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    old = None
+    try:
+        if out.is_dir():
+            for entry in out.iterdir():
+                if entry.name not in files:
+                    _link_or_copy(entry, tmp / entry.name)
+        for name, data in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            _write_synced(tmp / name, data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp creates 0700; results are meant to be shared
+        _sync_dir(tmp)
+        if out.exists():
+            old = out.parent / f".{out.name}.{os.getpid()}.old"
+            os.rename(out, old)
+        os.rename(tmp, out)
+        _sync_dir(out.parent)
+    except OSError as exc:
+        if old is not None and old.exists() and not out.exists():
+            os.rename(old, out)  # put the previous result back
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise WorstforgetError(f"could not write the results to {out} ({reason}); the previous contents are "
+                               "unchanged — free space or choose another --out") from None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    if src.is_dir():
+        shutil.copytree(src, dst, copy_function=_link_file)
+    else:
+        _link_file(src, dst)
+
+
+def _link_file(src, dst) -> None:
+    try:
+        os.link(src, dst)  # same file system: no copy
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _sync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

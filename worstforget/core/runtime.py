@@ -63,3 +63,10 @@ class Timer:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self._start
+
+
+def sync(device: torch.device | str) -> None:
+    """Wait for queued accelerator work, so a wall-clock timing covers it (a no-op on the CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -169,6 +169,10 @@ class UnlearningMethod:
     def hyperparameters(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def code_key(self) -> str | None:
+        """A hash of the code behind this method when the package version does not pin it (plug-ins)."""
+        return None
+
     def context(self, original: nn.Module, data: Dataset, forget_weights: torch.Tensor, *, seed: int,
                 spec: Any = None) -> Context:
         teacher = copy.deepcopy(original).to(data.device).eval()

@@ -5,8 +5,7 @@ plain rows, `plots` draws the figures (matplotlib, optional), and `render` turns
 Markdown, self-contained HTML or an OpenUnlearning-style JSON document. `worstforget report DIR...` is the
 command-line front end.
 """
-from .load import SUPPORTED_SCHEMA_VERSIONS, AuditResult, load_result
+from .load import LoadedResult, load_result
 from .render import render_html, render_json, render_markdown
 
-__all__ = ["AuditResult", "load_result", "SUPPORTED_SCHEMA_VERSIONS", "render_markdown", "render_html",
-           "render_json"]
+__all__ = ["LoadedResult", "load_result", "render_markdown", "render_html", "render_json"]

@@ -1,8 +1,7 @@
 """Read one `worstforget search --out DIR` folder into an `AuditResult`, validating it on the way.
 
-A result folder holds `summary.json` (the means and spreads the tables use), `result.h5` (per-set,
-per-seed metrics, the search trace and the forget sets; its `schema_version` attribute says how to read
-it) and `worst_case_indices.npy`. An optional `evaluation.json` adds ROC curves of membership attacks:
+A result folder is read by `audit.result.SearchAudit.read` (schema 1 folders are upgraded there; a newer
+schema is refused with a message naming the version); the report takes its summary in the current schema. An optional `evaluation.json` adds ROC curves of membership attacks:
 any JSON object holding `roc_fpr` and `roc_tpr` lists, found anywhere in the file, becomes one curve
 labelled by the keys leading to it (e.g. `{"finetune": {"roc_fpr": [...], "roc_tpr": [...]}}`).
 
@@ -22,12 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from ..audit.result import SearchAudit
 from ..core.errors import WorstforgetError
 
-SUPPORTED_SCHEMA_VERSIONS = (1,)
-REQUIRED_FILES = ("summary.json", "result.h5")
 HARDEST_K = 24  # examples in the grid: 3 rows × 8 columns
-SET_KINDS = ("worst_case", "heuristic", "random")
 
 
 @dataclass
@@ -41,18 +38,35 @@ class TrainingData:
 
 
 @dataclass
-class AuditResult:
-    """One search result folder, loaded. Arrays come from result.h5, summaries from summary.json."""
+class LoadedResult:
+    """One search result folder as the report sees it: the typed audit (read by `audit.result`, the only reader
+    of the files), its summary in the current schema, ROC curves, and the training data when available."""
 
-    path: Path
+    audit: SearchAudit
     summary: dict[str, Any]
-    attrs: dict[str, Any]  # result.h5 attributes; config_json/environment_json parsed into config/environment
-    search: dict[str, np.ndarray]  # final_weights, objective, overlap_with_* (random stacked: (R, T)), step_size
-    forget_sets: dict[str, Any]  # worst_case, worst_case_units, initial_units, random: [..], heuristic, stability_units
-    metrics: dict[str, dict[str, dict[str, np.ndarray]]]  # set kind → method|retrain → metric → (num_sets, num_seeds)
     roc: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # label → (fpr, tpr)
     training: TrainingData | None = None
     data_note: str | None = None  # why `training` is missing, when it is
+
+    @property
+    def path(self) -> Path:
+        return self.audit.path
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self.audit.attrs
+
+    @property
+    def search(self) -> dict[str, np.ndarray]:
+        return self.audit.search
+
+    @property
+    def forget_sets(self) -> dict[str, Any]:
+        return self.audit.forget_sets
+
+    @property
+    def metrics(self) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+        return {kind: block.metrics for kind, block in self.audit.kinds.items()}
 
     @property
     def schema_version(self) -> int:
@@ -65,12 +79,11 @@ class AuditResult:
     @property
     def methods(self) -> list[str]:
         """Every method evaluated on the sets, the searched one first (Retrain excluded)."""
-        others = [m for m in self.summary["worst_case"] if m not in ("avg_gap", "std", "retrain", self.method)]
-        return [self.method, *others]
+        return self.audit.methods
 
     @property
     def kinds(self) -> list[str]:
-        return [k for k in SET_KINDS if k in self.summary]
+        return list(self.summary["sets"])
 
     @property
     def label(self) -> str:
@@ -82,87 +95,11 @@ def _fail(path: Path, problem: str, fix: str) -> WorstforgetError:
     return WorstforgetError(f"{path}: {problem}; {fix}")
 
 
-def _decode(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def load_result(path: str | Path) -> AuditResult:
+def load_result(path: str | Path) -> LoadedResult:
     """Read and validate a search result folder (see the module docstring for what fails and how)."""
     folder = Path(path)
-    if not folder.is_dir():
-        raise _fail(folder, "not a folder", "pass the --out folder of `worstforget search`")
-    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
-    if missing:
-        hint = "pass the --out folder of `worstforget search`"
-        if missing == ["result.h5"]:
-            # `worstforget unlearn` writes summary.json only: say so rather than just "missing"
-            hint = "this looks like a `worstforget unlearn` output; reports are built from `worstforget search --out DIR`"
-        raise _fail(folder, f"not a worstforget search result (missing {', '.join(missing)})", hint)
-    try:
-        summary = json.loads((folder / "summary.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _fail(folder, f"summary.json is unreadable ({exc})", "re-run `worstforget search --out` into this folder") from None
-    if not isinstance(summary, dict) or "worst_case" not in summary or "search" not in summary:
-        raise _fail(folder, "summary.json is not a search summary (no worst_case/search entries)",
-                    "pass the --out folder of `worstforget search`")
-    result = _read_h5(folder)
-    result.summary = summary
-    result.roc = _read_evaluation(folder)
-    return result
-
-
-def _read_h5(folder: Path) -> AuditResult:
-    import h5py
-
-    file = folder / "result.h5"
-    rerun = "re-run `worstforget search --out` into this folder"
-    try:
-        h5 = h5py.File(file, "r")
-    except OSError as exc:
-        raise _fail(folder, f"result.h5 is unreadable ({exc})", rerun) from None
-    with h5:
-        attrs = {k: _decode(v) for k, v in h5.attrs.items()}
-        version = attrs.get("schema_version")
-        if version is None:
-            raise _fail(folder, "result.h5 has no schema_version attribute", rerun)
-        if not isinstance(version, int) or version not in SUPPORTED_SCHEMA_VERSIONS:
-            from .. import __version__
-
-            supported = ", ".join(map(str, SUPPORTED_SCHEMA_VERSIONS))
-            raise _fail(folder, f"result.h5 has schema_version {version!r} but worstforget {__version__} reads "
-                                f"version {supported}",
-                        f"report it with the worstforget that wrote it ({attrs.get('worstforget_version', 'unknown')}) "
-                        "or re-run the search with this one")
-        try:
-            attrs["config"] = json.loads(attrs.pop("config_json", "{}"))
-            attrs["environment"] = json.loads(attrs.pop("environment_json", "{}"))
-            s = h5["search"]
-            search = {k: s[k][()] for k in ("final_weights", "objective", "overlap_with_initial", "step_size") if k in s}
-            randoms = sorted((k for k in s if k.startswith("overlap_with_random_")), key=lambda k: int(k.rsplit("_", 1)[1]))
-            search["overlap_with_random"] = np.stack([s[k][()] for k in randoms]) if randoms else np.zeros((0, 0))
-            if "overlap_with_heuristic" in s:
-                search["overlap_with_heuristic"] = s["overlap_with_heuristic"][()]
-            search["seconds"] = np.asarray(_decode(s.attrs.get("seconds", np.nan)))
-            f = h5["forget_sets"]
-            sets: dict[str, Any] = {k: f[k][()] for k in ("worst_case", "worst_case_units", "initial_units",
-                                                          "heuristic", "stability_units") if k in f}
-            sets["random"] = [f["random"][k][()] for k in sorted(f["random"], key=int)]
-            metrics: dict[str, dict[str, dict[str, np.ndarray]]] = {}
-            for kind, group in h5["metrics"].items():
-                metrics[kind] = {who: {m: np.asarray(d[()], dtype=np.float64) for m, d in g.items()}
-                                 for who, g in group.items()}
-        except (KeyError, ValueError, json.JSONDecodeError) as exc:
-            raise _fail(folder, f"result.h5 is incomplete or damaged ({exc})", rerun) from None
-    for key in ("final_weights", "objective", "overlap_with_initial"):
-        if key not in search:
-            raise _fail(folder, f"result.h5 lacks /search/{key}", rerun)
-    return AuditResult(path=folder, summary={}, attrs=attrs, search=search, forget_sets=sets, metrics=metrics)
+    audit = SearchAudit.read(folder)
+    return LoadedResult(audit=audit, summary=audit.summary(), roc=_read_evaluation(folder))
 
 
 def _read_evaluation(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -180,7 +117,7 @@ def _read_evaluation(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             return
         if "roc_fpr" in node and "roc_tpr" in node:
             # container keys say nothing about the curve: {"scores": {"worst_case": {"ft": {...}}}} → "worst_case / ft"
-            label = " / ".join(t for t in trail if t not in ("methods", "scores")) or "attack"
+            label = " / ".join(t for t in trail if t not in ("methods", "scores", "per_set")) or "attack"
             try:
                 fpr = np.asarray(node["roc_fpr"], dtype=np.float64)
                 tpr = np.asarray(node["roc_tpr"], dtype=np.float64)
@@ -200,7 +137,8 @@ def _read_evaluation(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return curves
 
 
-def attach_training_data(result: AuditResult, *, data_dir: str | Path | None = None, k: int = HARDEST_K) -> AuditResult:
+def attach_training_data(result: LoadedResult, *, data_dir: str | Path | None = None,
+                         k: int = HARDEST_K) -> LoadedResult:
     """Fill `result.training` from the registered dataset, or `result.data_note` saying why not.
 
     The dataset is re-read and its fingerprint compared with the one stored in the result, so labels are

@@ -32,7 +32,8 @@ from .tables import (
 FIGSIZE = (6.4, 4.0)  # inches
 DPI = 100
 PIXELS = (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI))  # (width, height) of every saved PNG
-KIND_COLORS = {"worst_case": "#c0392b", "heuristic": "#e67e22", "random": "#2980b9"}
+KIND_COLORS = {"worst_case": "#c0392b", "heuristic": "#e67e22", "memorization": "#8e44ad", "exposure": "#16a085",
+               "random": "#2980b9", "given": "#7f8c8d"}
 INSTALL_HINT = "pip install 'worstforget[plots]'"
 
 
@@ -85,7 +86,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-# --- individual figures (each takes an AuditResult and a fresh Figure) ----------------------------------------
+# --- individual figures (each takes an LoadedResult and a fresh Figure) ----------------------------------------
 
 def plot_objective(result, fig) -> None:
     obj = np.asarray(result.search["objective"], dtype=float)
@@ -149,7 +150,7 @@ def plot_gaps(result, fig) -> None:
         means = [st[0] for st in stats]
         errs = [st[1] if st[2] > 1 else 0.0 for st in stats]
         ax.bar(x + (j - (len(kinds) - 1) / 2) * width, means, width=width, yerr=errs, capsize=4,
-               label=KIND_LABELS[kind], color=KIND_COLORS[kind])
+               label=KIND_LABELS.get(kind, kind), color=KIND_COLORS.get(kind))
     ax.set_xticks(x, methods)
     ax.set_xlim(-0.6, len(methods) - 0.4)
     ax.set_ylabel("Avg. Gap to Retrain (lower = closer)")

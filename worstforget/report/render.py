@@ -61,7 +61,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..core.io import to_jsonable
-from .load import AuditResult
+from .load import LoadedResult
 from .tables import (
     Table,
     avg_gap_table,
@@ -97,11 +97,11 @@ def _version() -> str:
     return __version__
 
 
-def _labels(results: Sequence[AuditResult]) -> list[str]:
+def _labels(results: Sequence[LoadedResult]) -> list[str]:
     return [f"{i}. {r.label}" if len(results) > 1 else r.label for i, r in enumerate(results, 1)]
 
 
-def _headline(r: AuditResult) -> str:
+def _headline(r: LoadedResult) -> str:
     s = r.summary
     worst, rand = gap_stat(s, "worst_case", s["method"]), gap_stat(s, "random", s["method"])
     text = (f"{s['method']} was audited on {s['dataset']}/{s['model']} with a forget set of {s['forget_size']} of "
@@ -119,7 +119,7 @@ def _headline(r: AuditResult) -> str:
     return f"{text} {verdict}"
 
 
-def _outline(results: Sequence[AuditResult], images: Sequence[Any] | None) -> list[_Block]:
+def _outline(results: Sequence[LoadedResult], images: Sequence[Any] | None) -> list[_Block]:
     from .plots import INSTALL_HINT, matplotlib_available
 
     labels = _labels(results)
@@ -174,7 +174,7 @@ def _md_table(t: Table) -> list[str]:
     return lines + [""]
 
 
-def render_markdown(results: Sequence[AuditResult], images: Sequence[Any] | None = None, *,
+def render_markdown(results: Sequence[LoadedResult], images: Sequence[Any] | None = None, *,
                     base_dir: str | Path | None = None) -> str:
     """A Markdown report; figures (a `PlotSet` per result) are linked relative to `base_dir` when given."""
     out: list[str] = []
@@ -237,7 +237,7 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
-def render_html(results: Sequence[AuditResult], images: Sequence[Any] | None) -> str:
+def render_html(results: Sequence[LoadedResult], images: Sequence[Any] | None) -> str:
     """A single self-contained HTML page: inline CSS, figures embedded as base64 PNG data URIs."""
     from .plots import PIXELS
 
@@ -280,7 +280,7 @@ def _series(values: Any) -> dict:
             "value_by_index": {str(t): {"score": float(v)} for t, v in enumerate(arr)}}
 
 
-def _result_json(r: AuditResult) -> dict:
+def _result_json(r: LoadedResult) -> dict:
     s = r.summary
     seeds = list(s.get("unlearn_seeds") or r.attrs.get("unlearn_seeds") or [])
     metrics: dict[str, Any] = {}
@@ -337,7 +337,7 @@ def _result_json(r: AuditResult) -> dict:
             "forget_sets": {"worst_case": np.asarray(r.forget_sets["worst_case"]).tolist()}, "notes": notes}
 
 
-def render_json(results: Sequence[AuditResult]) -> dict:
+def render_json(results: Sequence[LoadedResult]) -> dict:
     """The report as a JSON-able dict (schema in the module docstring)."""
     labels = _labels(results)
     comparison = []

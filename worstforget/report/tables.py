@@ -15,8 +15,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..core.errors import WorstforgetError
+from ..core.stats import fmt_agg
 
-KIND_LABELS = {"worst_case": "worst-case", "heuristic": "heuristic", "random": "random"}
+KIND_LABELS = {"worst_case": "worst-case", "heuristic": "heuristic", "memorization": "memorization",
+               "exposure": "exposure", "random": "random", "given": "given"}
 SET_KINDS = tuple(KIND_LABELS)
 METRIC_COLUMNS = (("UA", "UA"), ("MIA", "MIA"), ("RA", "RA"), ("TA", "TA"), ("RTE", "RTE (s)"))
 
@@ -34,11 +36,7 @@ class Table:
 
 def fmt_stat(mean: float | None, std: float | None = None, n: int = 1, digits: int = 2) -> str:
     """'2.92 ± 0.71' for several runs, '2.92' for one, '–' for a missing or NaN mean."""
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "–"
-    if n <= 1 or std is None or (isinstance(std, float) and math.isnan(std)):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return fmt_agg({"mean": mean, "std": std, "n": n}, digits)
 
 
 def fmt_pct(x: float | None) -> str:
@@ -46,42 +44,33 @@ def fmt_pct(x: float | None) -> str:
 
 
 def set_kinds(summary: dict) -> list[str]:
-    return [k for k in SET_KINDS if k in summary]
+    return list(summary["sets"])
 
 
 def evaluated_methods(summary: dict) -> list[str]:
     """The searched method first, then any further methods evaluated on the same sets."""
     first = summary["method"]
-    return [first, *[m for m in summary["worst_case"] if m not in ("avg_gap", "std", "retrain", first)]]
+    others = next(iter(summary["sets"].values()))["methods"]
+    return [first, *[m for m in others if m not in ("retrain", first)]]
 
 
 def _runs(summary: dict, kind: str) -> int:
-    """Runs behind a non-pooled mean: one set (worst-case or heuristic) × the unlearning seeds."""
-    return max(1, len(summary.get("unlearn_seeds") or [0]))
+    """Runs behind one set kind's aggregates: sets × unlearning seeds."""
+    return summary["sets"][kind]["num_sets"] * max(1, len(summary.get("unlearn_seeds") or [0]))
 
 
 def stat(summary: dict, kind: str, who: str, metric: str) -> tuple[float, float, int]:
     """(mean, std, n) of one metric of `who` (a method or 'retrain') on the sets of one kind."""
-    block = summary[kind]
-    value = block.get(who, {}).get(metric)
-    if value is None:
+    agg = summary["sets"].get(kind, {}).get("methods", {}).get(who, {}).get(metric)
+    if not agg or agg.get("mean") is None:
         return float("nan"), float("nan"), 0
-    if isinstance(value, dict):  # pooled over random sets and seeds
-        return float(value["mean"]), float(value["std"]), int(value.get("n", 2))
-    std = block.get("std", {}).get(who, {}).get(metric, float("nan"))
-    return float(value), float(std), _runs(summary, kind)
+    std = agg.get("std")
+    return float(agg["mean"]), float("nan") if std is None else float(std), int(agg["n"])
 
 
 def gap_stat(summary: dict, kind: str, method: str) -> tuple[float, float, int]:
     """(mean, std, n) of the Avg. Gap to Retrain of `method` on the sets of one kind."""
-    block = summary[kind]
-    value = block.get("avg_gap", {}).get(method)
-    if value is None:
-        return float("nan"), float("nan"), 0
-    if isinstance(value, dict):
-        return float(value["mean"]), float(value["std"]), int(value.get("n", 2))
-    std = block.get("std", {}).get("avg_gap", {}).get(method, float("nan"))
-    return float(value), float(std), _runs(summary, kind)
+    return stat(summary, kind, method, "avg_gap")
 
 
 # --- tables --------------------------------------------------------------------------------------------------
@@ -91,7 +80,7 @@ def comparison_table(summary: dict, method: str) -> Table:
     header = ["Forget set", *[label for _, label in METRIC_COLUMNS], "Avg. Gap"]
     rows = []
     for kind in set_kinds(summary):
-        row = [KIND_LABELS[kind]]
+        row = [KIND_LABELS.get(kind, kind)]
         for metric, _ in METRIC_COLUMNS:
             mine, ref = stat(summary, kind, method, metric), stat(summary, kind, "retrain", metric)
             row.append(f"{fmt_stat(*mine)} (Retrain {fmt_stat(*ref)})")
@@ -102,7 +91,7 @@ def comparison_table(summary: dict, method: str) -> Table:
              f"samples, {s['solver']} solver, {s['objective']} objective)")
     note = ("UA = 100 − forget accuracy, MIA = MIA-Efficacy, RA/TA = retain/test accuracy (%), RTE = run time; "
             "Avg. Gap = mean |Δ| to Retrain over UA, MIA, RA, TA (lower = closer to Retrain). "
-            f"Worst-case and heuristic: one set × {_runs(s, 'worst_case')} seed(s); random: pooled over sets and seeds.")
+            "Each cell pools sets × seeds: " + ", ".join(f"{KIND_LABELS.get(k, k)} {_runs(s, k)} runs" for k in set_kinds(s)) + ".")
     return Table(title, header, rows, note)
 
 
@@ -164,13 +153,14 @@ def trace_table(summary: dict) -> Table:
 
 def combined_table(entries: Sequence[tuple[str, dict]]) -> Table:
     """Method × set-kind Avg. Gap across result folders: `entries` are (folder label, summary)."""
-    header = ["Result", "Setting", "Method", *[KIND_LABELS[k] for k in SET_KINDS]]
+    kinds = [k for k in SET_KINDS if any(k in s["sets"] for _, s in entries)]
+    header = ["Result", "Setting", "Method", *[KIND_LABELS[k] for k in kinds]]
     rows = []
     for label, s in entries:
         for method in evaluated_methods(s):
             name = f"{method} (searched)" if method == s["method"] else method
             rows.append([label, f"{s['dataset']}/{s['model']}, {s['solver']}, {s['objective']}", name,
-                         *[fmt_stat(*gap_stat(s, k, method)) if k in s else "–" for k in SET_KINDS]])
+                         *[fmt_stat(*gap_stat(s, k, method)) if k in s["sets"] else "–" for k in kinds]])
     return Table("Comparison across results: Avg. Gap to Retrain", header, rows)
 
 

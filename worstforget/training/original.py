@@ -1,17 +1,18 @@
 """The original (trained) model: its recipe, training with an on-disk cache, or a user checkpoint."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..core.cache import ModelCache, RecordCache
+from ..core.cache import ModelCache
 from ..core.errors import WorstforgetError
 from ..core.hashing import stable_hash
 from ..core.progress import Progress
-from ..core.runtime import Timer
+from ..core.runtime import Timer, sync
 from ..datasets import Dataset
 from .loop import TrainConfig, fit
 from .models import build_model
@@ -41,21 +42,46 @@ class ModelSpec:
                 "train": self.train.to_dict()}
 
 
-def original_model(spec: ModelSpec, data: Dataset, *, checkpoint: str | Path | None = None,
-                   progress: Progress | None = None, cache: ModelCache | None = None) -> tuple[nn.Module, str]:
-    """Return (model, key): the user's checkpoint, or the cached/trained model of `spec`."""
+@dataclass
+class Original:
+    """The audited model, where it came from, and how long training it took (measured once, when trained)."""
+
+    model: nn.Module
+    key: str  # cache key of everything downstream: the recipe's hash, or the checkpoint's content hash
+    train_seconds: float | None  # None: unknown (a user checkpoint, or a model cached before times were kept)
+    source: str  # "trained" | "cache" | "checkpoint"
+
+
+def obtain_original(spec: ModelSpec, data: Dataset, *, checkpoint: str | Path | None = None,
+                    progress: Progress | None = None, cache: ModelCache | None = None) -> Original:
+    """The user's checkpoint, or the model of `spec` from the cache, or trained now (and timed, and cached)."""
     if checkpoint is not None:
         model = spec.build(data)
         load_checkpoint(model, checkpoint)
-        return model.eval(), stable_hash({"checkpoint": stable_hash(Path(checkpoint).read_bytes()), **spec.key(data)})
+        digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
+        # the file's content, the architecture and the data determine everything downstream (not the recipe)
+        key = stable_hash({"checkpoint": digest, "data": data.fingerprint, "model": spec.name, "norm": spec.norm,
+                           "params": spec.params})
+        return Original(model.eval(), key, None, "checkpoint")
     key = stable_hash(spec.key(data))
     cache = cache or ModelCache()
     model = spec.build(data)
-    if cache.load(key, model):
-        return model.eval(), key
-    fit(model, data, spec.train, seed=spec.seed, progress=progress, description="train original")
-    cache.save(key, model, meta=spec.to_dict())
-    return model.eval(), key
+    meta = cache.load_with_meta(key, model)
+    if meta is not None:
+        seconds = meta.get("train_seconds")
+        return Original(model.eval(), key, float(seconds) if seconds is not None else None, "cache")
+    with Timer() as timer:
+        fit(model, data, spec.train, seed=spec.seed, progress=progress, description="train original")
+        sync(data.device)
+    cache.save(key, model, meta={**spec.to_dict(), "train_seconds": timer.seconds})
+    return Original(model.eval(), key, timer.seconds, "trained")
+
+
+def original_model(spec: ModelSpec, data: Dataset, *, checkpoint: str | Path | None = None,
+                   progress: Progress | None = None, cache: ModelCache | None = None) -> tuple[nn.Module, str]:
+    """(model, key) of `obtain_original`."""
+    original = obtain_original(spec, data, checkpoint=checkpoint, progress=progress, cache=cache)
+    return original.model, original.key
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
@@ -80,27 +106,3 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
         detail = " ".join(str(exc).split())[:200]
         raise WorstforgetError(f"checkpoint {path} does not match the chosen architecture ({detail}); "
                                "pick the --model (and --norm) it was trained with") from None
-
-
-def training_seconds(spec: ModelSpec, data: Dataset, *, cache: ModelCache | None = None,
-                         records: RecordCache | None = None) -> float:
-    """Seconds to train one ordinary model with `spec` on the full training set (measured once, cached).
-
-    The model trained for the measurement is the library's original (same recipe and seeds), so it is
-    also stored in the model cache when missing there.
-    """
-    key = stable_hash(spec.key(data))
-    cache = cache or ModelCache(records.root if records else None)
-    records = records or RecordCache(cache.root, enabled=cache.enabled)
-
-    def measure() -> dict:
-        model = spec.build(data)
-        with Timer() as timer:
-            fit(model, data, spec.train, seed=spec.seed, description="train single model (timing)")
-            if next(model.parameters()).device.type == "cuda":
-                torch.cuda.synchronize()
-        if not cache.path(key).is_file():
-            cache.save(key, model, meta=spec.to_dict())
-        return {"seconds": timer.seconds}
-
-    return float(records.get_or_compute("train-seconds", key, measure)["seconds"])

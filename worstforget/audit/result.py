@@ -1,0 +1,461 @@
+"""The typed results of the audit commands: the only writers and readers of their output files.
+
+`Comparison` — Retrain and methods run on named kinds of forget sets (`unlearn`, `compare`); `SearchAudit` —
+a `Comparison` plus the search that found the worst-case set (`search`); `AttackEvaluation` — attack scores
+over the same kinds of sets (`evaluate`, `search --attacks`). Each holds its numbers as arrays, per set kind:
+`metrics[kind][who][metric]` shaped (num_sets, num_seeds). Everything a user reads is derived from those
+arrays in one place (`summary`), in one aggregate shape (`core.stats.aggregate`): `{mean, std, n}`, plus
+`{low, high}` where an interval exists, a single run included (n = 1).
+
+Files of a result folder (schema 2):
+  summary.json             header, `sets.<kind>.methods.<who>.<metric>` aggregates, search trace, provenance
+  results.csv              tidy rows: set_kind, set_index, method, seed, metric, value
+  result.h5                (search) forget sets, search trace and weights, per-run metrics, /evaluation arrays
+  worst_case_indices.npy   (search) training indices of the worst-case set
+  evaluation.json / .h5    (attacks) `sets.<kind>.methods.<method>.<score>` aggregates; per-example arrays
+Folders written by schema 1 are read and upgraded: their per-run arrays are re-aggregated.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..core.errors import WorstforgetError
+from ..core.io import json_bytes, to_jsonable, write_result_folder
+from ..core.stats import aggregate
+from ..scoring.metrics import GAP_METRICS, avg_gap
+
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
+SET_KINDS = ("worst_case", "heuristic", "memorization", "exposure", "random", "given")  # display order
+CSV_FIELDS = ("set_kind", "set_index", "method", "seed", "metric", "value")
+
+
+# --- per-run arrays ----------------------------------------------------------------------------------------
+
+def run_arrays(records: dict[str, list[list[dict]]]) -> dict[str, dict[str, np.ndarray]]:
+    """Unit records `who → set → seed → {metric: value}` as `who → metric → (num_sets, num_seeds)` arrays,
+    with each method's Avg. Gap and RTE fraction to Retrain on the same set and seed derived here, once."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for who, per_set in records.items():
+        names = [k for k, v in per_set[0][0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        out[who] = {k: np.array([[float(r.get(k, np.nan)) for r in runs] for runs in per_set]) for k in names}
+    reference = records.get("retrain")
+    for who, per_set in records.items():
+        if who == "retrain" or reference is None:
+            continue
+        out[who]["avg_gap"] = np.array([[avg_gap(r, ref) for r, ref in zip(runs, refs)]
+                                        for runs, refs in zip(per_set, reference)])
+        out[who]["RTE_fraction"] = np.array([[r["RTE"] / ref["RTE"] if ref["RTE"] > 0 else np.nan
+                                              for r, ref in zip(runs, refs)] for runs, refs in zip(per_set, reference)])
+    return out
+
+
+@dataclass
+class SetKind:
+    """The forget sets of one kind and every run on them."""
+
+    sets: list[np.ndarray]  # training indices of each set
+    metrics: dict[str, dict[str, np.ndarray]]  # who → metric → (num_sets, num_seeds)
+
+    @property
+    def who(self) -> list[str]:
+        """Retrain first, then the methods in the order they ran."""
+        return sorted(self.metrics, key=lambda w: (w != "retrain",))
+
+    def summary(self) -> dict:
+        return {"num_sets": len(self.sets),
+                "methods": {who: {m: aggregate(v) for m, v in self.metrics[who].items()} for who in self.who}}
+
+
+def _rows(kind: str, block: SetKind, seeds: list[int]) -> Iterator[tuple]:
+    for who in block.who:
+        for metric, arr in block.metrics[who].items():
+            for i, row in enumerate(np.atleast_2d(arr)):
+                for j, value in enumerate(row):
+                    seed = seeds[j] if j < len(seeds) else j
+                    yield kind, i, who, seed, metric, _csv_value(value)
+
+
+def _csv_value(value: float) -> str:
+    return repr(float(value)) if np.isfinite(value) else ""
+
+
+def _csv_bytes(rows: Iterator[tuple]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_FIELDS)
+    writer.writerows(rows)
+    return buf.getvalue().encode()
+
+
+# --- comparisons --------------------------------------------------------------------------------------------
+
+@dataclass
+class Comparison:
+    """Retrain and methods on named kinds of forget sets (`unlearn`, `compare`, and the core of `search`)."""
+
+    header: dict[str, Any]  # command, dataset, model, method(s), params, num_train, forget_size, ...
+    seeds: list[int]  # unlearning seeds (columns of every array)
+    kinds: dict[str, SetKind]
+    provenance: dict[str, Any] = field(default_factory=dict)  # config, code_version, environment, setting
+
+    @property
+    def methods(self) -> list[str]:
+        """Every method run beside Retrain, the audited one first."""
+        first = next(iter(self.kinds.values()))
+        return [w for w in first.who if w != "retrain"]
+
+    def stat(self, kind: str, who: str, metric: str) -> dict:
+        return aggregate(self.kinds[kind].metrics[who][metric])
+
+    def summary(self) -> dict:
+        return {"schema_version": SCHEMA_VERSION, **self.header, "unlearn_seeds": self.seeds,
+                "sets": {kind: block.summary() for kind, block in _ordered(self.kinds)}, **self.provenance}
+
+    def rows(self) -> Iterator[tuple]:
+        for kind, block in _ordered(self.kinds):
+            yield from _rows(kind, block, self.seeds)
+
+    def files(self) -> dict[str, bytes]:
+        return {"summary.json": json_bytes(self.summary()), "results.csv": _csv_bytes(self.rows())}
+
+    def write(self, out: str | Path) -> Path:
+        return write_result_folder(out, self.files())
+
+
+def _ordered(kinds: dict[str, Any]) -> list[tuple[str, Any]]:
+    return sorted(kinds.items(), key=lambda kv: SET_KINDS.index(kv[0]) if kv[0] in SET_KINDS else len(SET_KINDS))
+
+
+# --- the worst-case audit ----------------------------------------------------------------------------------
+
+@dataclass
+class SearchAudit(Comparison):
+    """A worst-case audit: the search, then Retrain and methods on the worst-case, baseline and random sets.
+
+    `search` holds the trace as arrays (weights (T+1, n), final_weights, objective, step_size,
+    overlap_with_initial, overlap_with_random (R, T), overlap_with_heuristic); `forget_sets` the index
+    arrays (worst_case, worst_case_units, initial_units, stability_units, and every set kind's sets);
+    `search_info` the JSON-side description (seconds, cost ratios, key, inner steps).
+    """
+
+    search: dict[str, np.ndarray] = field(default_factory=dict)
+    search_info: dict[str, Any] = field(default_factory=dict)
+    forget_sets: dict[str, Any] = field(default_factory=dict)
+    stability: dict[str, Any] | None = None
+    heuristic_overlap: float | None = None  # share of the worst-case set also in the lowest-objective heuristic
+    evaluation: "AttackEvaluation | None" = None
+    path: Path | None = None  # the folder it was read from
+    attrs: dict[str, Any] = field(default_factory=dict)  # result.h5 attributes when read
+
+    @property
+    def method(self) -> str:
+        return self.header["method"]
+
+    def summary(self) -> dict:
+        s = super().summary()
+        trace = {k: to_jsonable(self.search[k]) for k in ("objective", "overlap_with_initial", "overlap_with_heuristic")
+                 if k in self.search}
+        if "overlap_with_random" in self.search:
+            trace["overlap_with_random"] = to_jsonable(self.search["overlap_with_random"])
+        s["search"] = {**self.search_info, **trace}
+        s["stability"] = self.stability
+        s["heuristic_overlap"] = self.heuristic_overlap
+        return s
+
+    def rows(self) -> Iterator[tuple]:
+        yield from super().rows()
+        if self.evaluation is not None:
+            yield from self.evaluation.rows()
+
+    def files(self) -> dict[str, bytes]:
+        files = super().files()
+        files["result.h5"] = self._h5_bytes()
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(self.forget_sets["worst_case"], dtype=np.int64))
+        files["worst_case_indices.npy"] = buf.getvalue()
+        if self.evaluation is not None:
+            files.update(self.evaluation.files(csv=False))
+        return files
+
+    def _h5_bytes(self) -> bytes:
+        import h5py
+
+        s = self.summary()
+        buf = io.BytesIO()
+        with h5py.File(buf, "w") as f:
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs["worstforget_version"] = s.get("code_version", "")
+            f.attrs["config_json"] = json.dumps(to_jsonable(s.get("config", {}), nan_to_none=True))
+            f.attrs["environment_json"] = json.dumps(to_jsonable(s.get("environment", {})))
+            f.attrs["seed"] = s["seed"]
+            f.attrs["unlearn_seeds"] = self.seeds
+            for key in ("dataset", "model", "method", "solver", "objective", "granularity"):
+                f.attrs[key] = s[key]
+            g = f.create_group("search")
+            for k, v in self.search.items():
+                arr = np.asarray(v, dtype=np.float32 if k in ("weights", "final_weights") else np.float64)
+                g.create_dataset(k, data=arr, **({"compression": "gzip", "shuffle": True} if arr.size > 4096 else {}))
+            g.attrs["seconds"] = self.search_info.get("seconds", float("nan"))
+            g.attrs["key"] = self.search_info.get("key", "")
+            fs = f.create_group("forget_sets")
+            for k, v in self.forget_sets.items():
+                if isinstance(v, list):
+                    sub = fs.create_group(k)
+                    for i, members in enumerate(v):
+                        sub.create_dataset(str(i), data=np.asarray(members, dtype=np.int64))
+                elif v is not None:
+                    fs.create_dataset(k, data=np.asarray(v, dtype=np.int64))
+            mg = f.create_group("metrics")
+            for kind, block in self.kinds.items():
+                for who, metrics in block.metrics.items():
+                    g = mg.require_group(f"{kind}/{who}")
+                    for metric, arr in metrics.items():
+                        g.create_dataset(metric, data=np.asarray(arr, dtype=np.float64))
+            if self.evaluation is not None:
+                self.evaluation.fill_h5(f.create_group("evaluation"))
+        return buf.getvalue()
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "SearchAudit":
+        return read_search_audit(Path(folder))
+
+
+# --- attack evaluation -------------------------------------------------------------------------------------
+
+@dataclass
+class AttackEvaluation:
+    """Attack scores on named kinds of forget sets: `scores[kind][method]` is one score dict per set (as
+    `audit.attack_eval.evaluate_unlearning` returns them), `arrays` the per-example values by HDF5 path."""
+
+    config: dict[str, Any]
+    scores: dict[str, dict[str, list[dict]]]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. lira_original: attacks on the trained model
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def scalars(self, kind: str, method: str) -> dict[str, dict]:
+        """Every numeric score of a method on the sets of one kind as an aggregate over sets (a single set
+        keeps its bootstrap or t interval as low/high)."""
+        per_set = self.scores[kind][method]
+        names: list[str] = []
+        for scores in per_set:
+            names += [k for k, v in scores.items() if _scalar(v) is not None and k not in names]
+        out = {}
+        for k in names:
+            values = [_scalar(s.get(k)) for s in per_set]
+            values = [v for v in values if v is not None]
+            interval = per_set[0].get(k) if len(per_set) == 1 and isinstance(per_set[0].get(k), dict) else {}
+            out[k] = aggregate(values, low=interval.get("low"), high=interval.get("high"))
+        return out
+
+    def summary(self) -> dict:
+        sets = {kind: {"num_sets": len(next(iter(per_method.values()))),
+                       "methods": {m: self.scalars(kind, m) for m in per_method}}
+                for kind, per_method in _ordered(self.scores)}
+        per_set = {kind: per_method for kind, per_method in _ordered(self.scores)}
+        return {"schema_version": SCHEMA_VERSION, "kind": "attack_evaluation", "config": self.config,
+                "sets": sets, "per_set": per_set, **self.extra, **self.provenance}
+
+    def rows(self) -> Iterator[tuple]:
+        for kind, per_method in _ordered(self.scores):
+            for method, per_set in per_method.items():
+                for i, scores in enumerate(per_set):
+                    for k, v in scores.items():
+                        value = _scalar(v)
+                        if value is not None:
+                            yield kind, i, method, "", k, _csv_value(value)
+
+    def fill_h5(self, group) -> None:
+        group.attrs["schema_version"] = SCHEMA_VERSION
+        for key, value in self.arrays.items():
+            arr = np.asarray(value)
+            group.create_dataset(key, data=arr, **({"compression": "gzip"} if arr.size > 1000 else {}))
+
+    def files(self, *, csv: bool = True) -> dict[str, bytes]:
+        import h5py
+
+        buf = io.BytesIO()
+        with h5py.File(buf, "w") as f:
+            f.attrs["worstforget_version"] = self.provenance.get("code_version", "")
+            self.fill_h5(f)
+        files = {"evaluation.json": json_bytes(self.summary()), "evaluation.h5": buf.getvalue()}
+        if csv:
+            files["results.csv"] = _csv_bytes(self.rows())
+        return files
+
+    def write(self, out: str | Path) -> Path:
+        return write_result_folder(out, self.files())
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "AttackEvaluation | None":
+        return read_attack_evaluation(Path(folder))
+
+
+def _scalar(v: Any) -> float | None:
+    """The number of a score: plain numbers, `{value, low, high}` intervals and aggregates; None otherwise."""
+    if isinstance(v, dict):
+        v = v.get("value", v.get("mean"))
+    if isinstance(v, (bool, np.bool_)):
+        return None
+    if isinstance(v, (int, float, np.integer, np.floating)) and np.isfinite(v):
+        return float(v)
+    return None
+
+
+# --- reading ------------------------------------------------------------------------------------------------
+
+def _fail(folder: Path, problem: str, fix: str) -> WorstforgetError:
+    return WorstforgetError(f"{folder}: {problem}; {fix}")
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_search_audit(folder: Path) -> SearchAudit:
+    """Read a `search --out` folder (schema 1 or 2). Every problem is one WorstforgetError naming the fix."""
+    rerun = "re-run `worstforget search --out` into this folder"
+    if not folder.is_dir():
+        raise _fail(folder, "not a folder", "pass the --out folder of `worstforget search`")
+    missing = [n for n in ("summary.json", "result.h5") if not (folder / n).is_file()]
+    if missing:
+        hint = "pass the --out folder of `worstforget search`"
+        if missing == ["result.h5"]:
+            hint = "this looks like a `worstforget unlearn` or `compare` output; reports are built from `worstforget search --out DIR`"
+        raise _fail(folder, f"not a worstforget search result (missing {', '.join(missing)})", hint)
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _fail(folder, f"summary.json is unreadable ({exc})", rerun) from None
+    if not isinstance(summary, dict) or "search" not in summary or not ("sets" in summary or "worst_case" in summary):
+        raise _fail(folder, "summary.json is not a search summary (no search/sets entries)",
+                    "pass the --out folder of `worstforget search`")
+    import h5py
+
+    try:
+        h5 = h5py.File(folder / "result.h5", "r")
+    except OSError as exc:
+        raise _fail(folder, f"result.h5 is unreadable ({exc})", rerun) from None
+    with h5:
+        attrs = {k: _decode(v) for k, v in h5.attrs.items()}
+        version = attrs.get("schema_version")
+        if version is None:
+            raise _fail(folder, "result.h5 has no schema_version attribute", rerun)
+        if not isinstance(version, int) or version not in READABLE_SCHEMAS:
+            from .. import __version__
+
+            raise _fail(folder, f"result.h5 has schema_version {version!r} but worstforget {__version__} reads "
+                                f"versions {', '.join(map(str, READABLE_SCHEMAS))}",
+                        f"read it with the worstforget that wrote it ({attrs.get('worstforget_version', 'unknown')}) "
+                        "or re-run the search with this one")
+        try:
+            attrs["config"] = json.loads(attrs.pop("config_json", "{}"))
+            attrs["environment"] = json.loads(attrs.pop("environment_json", "{}"))
+            g = h5["search"]
+            search = {k: g[k][()] for k in g if not k.startswith("overlap_with_random")}
+            randoms = sorted((k for k in g if k.startswith("overlap_with_random_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+            if randoms:  # schema 1: one dataset per random set
+                search["overlap_with_random"] = np.stack([g[k][()] for k in randoms])
+            elif "overlap_with_random" in g:
+                search["overlap_with_random"] = g["overlap_with_random"][()]
+            fs = h5["forget_sets"]
+            forget_sets: dict[str, Any] = {}
+            for k in fs:
+                node = fs[k]
+                forget_sets[k] = ([node[i][()] for i in sorted(node, key=int)] if isinstance(node, h5py.Group)
+                                  else node[()])
+            metrics = {kind: {who: {m: np.asarray(d[()], dtype=np.float64) for m, d in grp.items()}
+                              for who, grp in group.items()} for kind, group in h5["metrics"].items()}
+        except (KeyError, ValueError, json.JSONDecodeError) as exc:
+            raise _fail(folder, f"result.h5 is incomplete or damaged ({exc})", rerun) from None
+    for key in ("final_weights", "objective", "overlap_with_initial"):
+        if key not in search:
+            raise _fail(folder, f"result.h5 lacks /search/{key}", rerun)
+    if version == 1:
+        summary, forget_sets = _upgrade_v1(summary, forget_sets)
+    kinds = {kind: SetKind(sets=_sets_of(kind, forget_sets), metrics=per_who) for kind, per_who in metrics.items()}
+    header = {k: v for k, v in summary.items()
+              if k not in ("schema_version", "sets", "search", "stability", "heuristic_overlap", "unlearn_seeds",
+                           "config", "code_version", "environment", "setting")}
+    provenance = {k: summary[k] for k in ("config", "code_version", "environment", "setting") if k in summary}
+    info = {k: v for k, v in summary["search"].items()
+            if k not in ("objective", "overlap_with_initial", "overlap_with_random", "overlap_with_heuristic")}
+    audit = SearchAudit(header=header, seeds=list(summary.get("unlearn_seeds") or attrs.get("unlearn_seeds") or []),
+                        kinds=kinds, provenance=provenance, search=search, search_info=info,
+                        forget_sets=forget_sets, stability=summary.get("stability"),
+                        heuristic_overlap=summary.get("heuristic_overlap"), path=folder, attrs=attrs)
+    audit.evaluation = read_attack_evaluation(folder)
+    return audit
+
+
+def _sets_of(kind: str, forget_sets: dict[str, Any]) -> list[np.ndarray]:
+    value = forget_sets.get(kind)
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _upgrade_v1(summary: dict, forget_sets: dict) -> tuple[dict, dict]:
+    """Schema 1 kept one set of each baseline kind as a bare dataset and the heuristic's units nowhere."""
+    summary = dict(summary)
+    for kind in ("worst_case", "heuristic", "random"):
+        summary.pop(kind, None)
+    return summary, forget_sets
+
+
+def read_attack_evaluation(folder: Path) -> AttackEvaluation | None:
+    """The folder's evaluation.json (schema 2, or schema 1 upgraded), or None when there is none."""
+    path = folder / "evaluation.json"
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _fail(folder, f"evaluation.json is unreadable ({exc})", "fix or remove the file") from None
+    if not isinstance(doc, dict):
+        raise _fail(folder, "evaluation.json is not an evaluation document", "fix or remove the file")
+    if doc.get("schema_version") == SCHEMA_VERSION:
+        scores = doc.get("per_set", {})
+        extra = {k: v for k, v in doc.items() if k not in ("schema_version", "kind", "config", "sets", "per_set",
+                                                           "code_version", "environment", "setting")}
+    else:  # schema 1: {"scores": {kind: {method: scores | {mean/std...,"per_set": [...]}}, "lira_original": ...}}
+        raw = doc.get("scores", {})
+        scores = {kind: {m: (v["per_set"] if "per_set" in v else [v]) for m, v in per.items()}
+                  for kind, per in raw.items() if kind != "lira_original" and isinstance(per, dict)}
+        extra = {"lira_original": raw["lira_original"]} if "lira_original" in raw else {}
+    return AttackEvaluation(config=doc.get("config", {}), scores=scores, arrays=_read_arrays(folder / "evaluation.h5"),
+                            extra=extra,
+                            provenance={k: doc[k] for k in ("code_version", "environment", "setting") if k in doc})
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every dataset of an evaluation.h5 by its path (empty when the file is absent or unreadable)."""
+    if not path.is_file():
+        return {}
+    import h5py
+
+    out: dict[str, np.ndarray] = {}
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda name, node: out.__setitem__(name, node[()]) if isinstance(node, h5py.Dataset) else None)
+    except OSError:
+        return {}
+    return out
+
+
+__all__ = ["SCHEMA_VERSION", "SET_KINDS", "Comparison", "SearchAudit", "SetKind", "AttackEvaluation",
+           "run_arrays", "read_search_audit", "read_attack_evaluation", "GAP_METRICS"]
