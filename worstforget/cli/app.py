@@ -15,6 +15,9 @@ class WorstforgetGroup(click.Group):
     """Turns library errors into one-line messages: bad options exit 2, other problems exit 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from ..core.runlog import LOGGER, start_run_log, stop_run_log, where_logged
+
+        start_run_log(ctx.invoked_subcommand or "worstforget")
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
@@ -23,6 +26,14 @@ class WorstforgetGroup(click.Group):
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; completed units are cached and --resume continues a search") from None
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:  # a bug: one line here, the traceback in the run log
+            LOGGER.exception("unexpected error")
+            raise click.ClickException(f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                                       f"{where_logged()}; please report it") from None
+        finally:
+            stop_run_log()
 
 
 class RegistryChoice(click.Choice):

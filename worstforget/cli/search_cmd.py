@@ -16,6 +16,8 @@ from .basic import _params_option
 @click.option("--solver", type=RegistryChoice("..search.solvers:SOLVERS", dashes=True), default="first-order",
               show_default=True,
               help="first-order: sign-SGD lower level (the paper's); unrolled: differentiate through SGD steps.")
+@click.option("--unroll-backend", type=click.Choice(["higher", "torch.func"]), default="higher", show_default=True,
+              help="How --solver unrolled differentiates the lower level (same hypergradient; torch.func ~10% faster).")
 @click.option("--outer-steps", type=click.IntRange(min=1), default=20, show_default=True, help="Upper-level steps.")
 @click.option("--inner-steps", type=click.IntRange(min=1), default=None,
               help="Lower-level optimisation steps [default: 2 epochs first-order, 10 unrolled].")
@@ -50,7 +52,7 @@ from .basic import _params_option
               help="Output folder [default: ./worstforget-out/search-DATASET-METHOD].")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of tables.")
 @pass_app
-def search_command(app, method, forget_ratio, solver, outer_steps, inner_steps, inner_lr, upper_lr, raw_step, gamma,
+def search_command(app, method, forget_ratio, solver, unroll_backend, outer_steps, inner_steps, inner_lr, upper_lr, raw_step, gamma,
                    objective, granularity, init, num_random, eval_methods, params_file, num_seeds, seed, stability,
                    attacks, num_models, params, resume, out, as_json, **opts) -> None:
     """Search the worst-case forget set for METHOD and report it against random sets of the same size."""
@@ -70,7 +72,8 @@ def search_command(app, method, forget_ratio, solver, outer_steps, inner_steps, 
     hyper = {**tuned.get(name, {}), **parse_params(name, params)}
     cfg = SearchConfig(forget_ratio=forget_ratio, solver=solver, outer_steps=outer_steps,
                        inner_steps=inner_steps, inner_lr=inner_lr, upper_lr=upper_lr, normalize_step=not raw_step,
-                       gamma=gamma, objective=objective, granularity=granularity, init=init).validate()
+                       gamma=gamma, objective=objective, granularity=granularity, init=init,
+                       unroll_backend=unroll_backend).validate()
     check_solver(cfg.solver, make_method(name, hyper))
     extra = METHODS.names() if eval_methods.strip() == "all" else [m for m in eval_methods.split(",") if m.strip()]
     options = AuditOptions(num_random=num_random, eval_methods=extra, eval_params=tuned, seeds=num_seeds,
