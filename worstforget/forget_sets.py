@@ -14,9 +14,9 @@ import torch
 
 from .core.errors import ConfigError
 from .core.registry import Registry
-from .core.seeds import derive_seed, generator
+from .core.seeds import generator
 from .setting import Setting, forget_size, random_forget_set
-from .training.loop import per_sample_loss, predict_logits
+from .training.loop import per_sample_loss
 
 Selector = Callable[..., torch.Tensor]
 SELECTORS: Registry[Selector] = Registry("selector")
@@ -41,20 +41,12 @@ def select_loss_quantile(setting: Setting, *, ratio: float, quantile: float = 0.
 
 
 def memorization_scores(setting: Setting, *, num_models: int = 8, seed: int = 0, progress=None) -> np.ndarray:
-    """mem_i ≈ E[p_y | i trained on] − E[p_y | i held out], from models on random halves (vmapped)."""
-    from .training.ensemble import fit_ensemble
+    """mem_i ≈ E[p_y | i trained on] − E[p_y | i held out], from models on random halves (cached in the setting's cache)."""
+    from .core.cache import ArrayCache
+    from .training.memorization import memorization_scores as scores
 
-    data = setting.data
-    ranks = torch.rand(num_models, data.num_train, generator=generator(seed, "memorization")).argsort(0).argsort(0)
-    masks = ranks < num_models // 2  # every sample in exactly half of the models
-    models = fit_ensemble(setting.spec, data, seeds=[derive_seed(seed, "memorization", i) for i in range(num_models)],
-                          sample_weights=masks.float().to(data.device), progress=progress,
-                          description="memorization models")
-    conf = torch.stack([torch.softmax(predict_logits(m, data.x_train), 1).gather(1, data.y_train[:, None]).squeeze(1)
-                        for m in models]).cpu()  # (M, N)
-    inside = (conf * masks).sum(0) / masks.sum(0)
-    outside = (conf * ~masks).sum(0) / (~masks).sum(0)
-    return (inside - outside).numpy()
+    cache = ArrayCache(setting.records.root, enabled=setting.records.enabled)
+    return scores(setting.spec, setting.data, num_models=num_models, seed=seed, progress=progress, cache=cache)
 
 
 @SELECTORS.register("memorization_proxy", aliases=("memorization",))
