@@ -29,7 +29,8 @@ import numpy as np
 from ..core.errors import WorstforgetError
 from ..core.io import json_bytes, to_jsonable, write_result_folder
 from ..core.stats import aggregate
-from ..scoring.metrics import GAP_METRICS, avg_gap
+from ..scoring.metrics import GAP_METRICS, GAP_METRICS_LOGIT, avg_gap, mia_flags
+from .verdict import verdict
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
@@ -52,6 +53,9 @@ def run_arrays(records: dict[str, list[list[dict]]]) -> dict[str, dict[str, np.n
             continue
         out[who]["avg_gap"] = np.array([[avg_gap(r, ref) for r, ref in zip(runs, refs)]
                                         for runs, refs in zip(per_set, reference)])
+        if "MIA_logit" in per_set[0][0]:
+            out[who]["avg_gap_logit"] = np.array([[avg_gap(r, ref, GAP_METRICS_LOGIT) for r, ref in zip(runs, refs)]
+                                                  for runs, refs in zip(per_set, reference)])
         out[who]["RTE_fraction"] = np.array([[r["RTE"] / ref["RTE"] if ref["RTE"] > 0 else np.nan
                                               for r, ref in zip(runs, refs)] for runs, refs in zip(per_set, reference)])
     return out
@@ -70,8 +74,11 @@ class SetKind:
         return sorted(self.metrics, key=lambda w: (w != "retrain",))
 
     def summary(self) -> dict:
-        return {"num_sets": len(self.sets),
-                "methods": {who: {m: aggregate(v) for m, v in self.metrics[who].items()} for who in self.who}}
+        out = {"num_sets": len(self.sets),
+               "methods": {who: {m: aggregate(v) for m, v in self.metrics[who].items()} for who in self.who}}
+        if "retrain" in self.metrics:
+            out["flags"] = mia_flags(self.metrics["retrain"])
+        return out
 
 
 def _rows(kind: str, block: SetKind, seeds: list[int]) -> Iterator[tuple]:
@@ -168,6 +175,7 @@ class SearchAudit(Comparison):
         s["search"] = {**self.search_info, **trace}
         s["stability"] = self.stability
         s["heuristic_overlap"] = self.heuristic_overlap
+        s["verdict"] = verdict(s, self.evaluation.summary() if self.evaluation is not None else None)
         return s
 
     def rows(self) -> Iterator[tuple]:

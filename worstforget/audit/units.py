@@ -20,7 +20,7 @@ from ..scoring.metrics import evaluate
 from ..setting import Setting, forget_mask, forget_size, forget_weights, forgotten_classes, random_forget_set
 from .result import Comparison, SetKind, run_arrays
 
-RECORD_VERSION = 2  # 2: method reports (retrained fraction...) in the record
+RECORD_VERSION = 3  # 2: method reports (retrained fraction...) in the record; 3: MIA_logit, saturated share
 Methods = list[tuple[str, dict]]
 
 

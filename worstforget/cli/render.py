@@ -6,37 +6,52 @@ from ..core.stats import fmt_agg
 
 KIND_LABELS = {"worst_case": "worst-case", "heuristic": "heuristic", "memorization": "memorization",
                "exposure": "exposure", "random": "random", "given": "given"}
-COLUMNS = (("UA", "UA", 1), ("MIA", "MIA", 1), ("RA", "RA", 1), ("TA", "TA", 1), ("RTE", "RTE s", 2))
-LEGEND = ("UA = 100 − forget acc., MIA = MIA-Efficacy, RA/TA = retain/test acc. (all %), RTE s = run time in "
-          "seconds, Gap = Avg. Gap to Retrain (mean |Δ| over UA, MIA, RA, TA; lower = closer to Retrain). "
-          "Cells: mean±std over {runs}.")
+ACCURACY = (("UA", "UA", 1), ("RA", "RA", 1), ("TA", "TA", 1), ("RTE", "RTE s", 2), ("RTE_fraction", "×Retr", 2))
+MEMBERSHIP = (("MIA", "MIA", 1), ("MIA_logit", "MIA-l", 1), ("avg_gap", "Gap", 2), ("avg_gap_logit", "Gap-l", 2))
+LEGEND = ("UA = 100 − forget acc., RA/TA = retain/test acc. (%), RTE s = run time (s), ×Retr = fraction of "
+          "Retrain's time; MIA = MIA-Efficacy (the paper's SVC on confidence), MIA-l = the same SVC on standardised "
+          "logit-scaled confidence (does not saturate); Gap/Gap-l = Avg. Gap to Retrain over UA, MIA (MIA-l), RA, "
+          "TA (lower = closer to Retrain). Cells: mean±std over {runs}.")
 
 
 def cell(agg: dict | None, digits: int) -> str:
     return fmt_agg(agg, digits, sep="±")
 
 
-def comparison_table(summary: dict, *, title: str):
-    """Set kind × method rows, every method beside Retrain on the same sets."""
+def _table(summary: dict, columns, *, title: str, retrain_blank: tuple[str, ...] = ()):
     from rich import box
     from rich.table import Table
 
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), title_justify="left")
-    kinds = list(summary["sets"])
     names = [w for block in summary["sets"].values() for w in block["methods"]]
     table.add_column("set", no_wrap=True)
     table.add_column("method", no_wrap=True, min_width=max(len(n) for n in names))
-    for _, label, _ in COLUMNS:
+    for _, label, _ in columns:
         table.add_column(label, justify="right", no_wrap=True)
-    table.add_column("Gap", justify="right", no_wrap=True)
-    for kind in kinds:
-        block = summary["sets"][kind]
+    for kind, block in summary["sets"].items():
         for i, (who, metrics) in enumerate(block["methods"].items()):
             label = KIND_LABELS.get(kind, kind) if i == 0 else ""
-            table.add_row(label, who, *[cell(metrics.get(k), d) for k, _, d in COLUMNS],
-                          "–" if who == "retrain" else cell(metrics.get("avg_gap"), 2))
+            table.add_row(label, who, *["–" if who == "retrain" and k in retrain_blank else cell(metrics.get(k), d)
+                                        for k, _, d in columns])
         table.add_section()
     return table
+
+
+def comparison_tables(summary: dict, *, title: str) -> list:
+    """Two tables that each fit 80 columns: accuracy and cost; membership inference and gaps."""
+    return [_table(summary, ACCURACY, title=title, retrain_blank=("RTE_fraction",)),
+            _table(summary, MEMBERSHIP, title="Membership inference and Avg. Gap to Retrain",
+                   retrain_blank=("avg_gap", "avg_gap_logit"))]
+
+
+def flag_lines(summary: dict) -> list[str]:
+    lines = []
+    for kind, block in summary["sets"].items():
+        for column, flags in (block.get("flags") or {}).items():
+            if flags:
+                lines.append(f"flag: {column} is {' and '.join(flags)} on the {KIND_LABELS.get(kind, kind)} sets "
+                             "(Retrain's own value is not trustworthy there; read the other MIA column and the attacks)")
+    return lines
 
 
 def runs_phrase(summary: dict) -> str:
@@ -49,8 +64,21 @@ def runs_phrase(summary: dict) -> str:
 
 
 def print_comparison(console, summary: dict, *, title: str) -> None:
-    console.print(comparison_table(summary, title=title))
-    console.print(LEGEND.format(runs=runs_phrase(summary)), style="dim", soft_wrap=False)
+    for table in comparison_tables(summary, title=title):
+        console.print(table)
+    console.print(LEGEND.format(runs=runs_phrase(summary)), style="dim")
+    for line in flag_lines(summary):
+        console.print(line, style="yellow")
+
+
+def print_verdict(console, summary: dict) -> None:
+    from ..audit.verdict import verdict_lines
+
+    lines = verdict_lines(summary.get("verdict") or [])
+    if lines:
+        console.print("Verdict", style="bold")
+        for line in lines:
+            console.print("  " + line, style="red" if "WARNING" in line else None)
 
 
 def search_line(summary: dict) -> str:

@@ -65,7 +65,7 @@ def search_command(app, method, forget_ratio, solver, unroll_backend, outer_step
     from ..search.solvers import check_solver
     from .basic import load_params_file
     from .evaluate_cmd import parse_attacks
-    from .render import print_comparison, search_line
+    from .render import print_comparison, print_verdict, search_line
 
     name = METHODS.canonical(method)
     tuned = load_params_file(params_file)
@@ -98,4 +98,5 @@ def search_command(app, method, forget_ratio, solver, unroll_backend, outer_step
         from .render import evaluation_table
 
         app.out.print(evaluation_table(audit.evaluation.summary(), name))
+    print_verdict(app.out, summary)
     app.out.print(str(out_dir))

@@ -51,7 +51,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -102,21 +101,15 @@ def _labels(results: Sequence[LoadedResult]) -> list[str]:
 
 
 def _headline(r: LoadedResult) -> str:
+    from ..audit.verdict import verdict_lines
+
     s = r.summary
     worst, rand = gap_stat(s, "worst_case", s["method"]), gap_stat(s, "random", s["method"])
     text = (f"{s['method']} was audited on {s['dataset']}/{s['model']} with a forget set of {s['forget_size']} of "
             f"{s['num_train']} training samples. Its Avg. Gap to Retrain is {worst[0]:.2f} on the worst-case set "
             f"and {rand[0]:.2f} ± {rand[1]:.2f} on random sets of the same size.")
-    if math.isnan(worst[0]) or math.isnan(rand[0]):
-        return text
-    if worst[0] > rand[0] + (rand[1] if not math.isnan(rand[1]) else 0.0):
-        verdict = "The worst-case set exposes a larger gap than random sets, by more than their standard deviation."
-    elif worst[0] > rand[0]:
-        verdict = "The worst-case gap is larger than the random sets' mean but within one standard deviation of it."
-    else:
-        verdict = ("The worst-case gap is not larger than on random sets: this search found no set the method "
-                   "handles worse than random ones.")
-    return f"{text} {verdict}"
+    lines = verdict_lines(s.get("verdict") or [])
+    return " ".join([text, *(["Verdict:"] + lines if lines else [])])
 
 
 def _outline(results: Sequence[LoadedResult], images: Sequence[Any] | None) -> list[_Block]:

@@ -1,7 +1,6 @@
 """The paper's metrics: UA, RA, TA, MIA-Efficacy (SVC on confidence), run time and Avg. Gap to Retrain."""
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import numpy as np
@@ -12,7 +11,32 @@ from ..datasets import Dataset
 from ..setting import forget_mask, forgotten_classes
 from ..training.loop import predict_logits
 
-GAP_METRICS = ("UA", "MIA", "RA", "TA")  # Avg. Gap is the mean |Δ| to Retrain over these
+GAP_METRICS = ("UA", "MIA", "RA", "TA")  # Avg. Gap is the mean |Δ| to Retrain over these (the paper's)
+GAP_METRICS_LOGIT = ("UA", "MIA_logit", "RA", "TA")  # the same with the SVC on standardised logit-scaled confidence
+SATURATION = 1 - 1e-4  # a true-label confidence above this carries no usable signal for a 1-D attack on it
+SATURATED_SHARE = 50.0  # % of forget samples past SATURATION under Retrain above which MIA-Efficacy is flagged
+UNSTABLE_SPREAD = 10.0  # points of MIA spread (over seeds of one set, or over attacker resamples) flagged unstable
+
+
+def mia_flags(retrain: dict[str, np.ndarray]) -> dict[str, list[str]]:
+    """Which MIA columns of one set kind cannot be trusted, from Retrain's runs (arrays (sets, seeds)):
+    `saturated` when Retrain leaves most forget samples past SATURATION (the paper's SVC then flips), and
+    `unstable` when Retrain's value moves by more than UNSTABLE_SPREAD over seeds or attacker resamples."""
+    flags: dict[str, list[str]] = {}
+    for column in ("MIA", "MIA_logit"):
+        if column not in retrain:
+            continue
+        found = []
+        if column == "MIA" and "saturated" in retrain and np.nanmean(retrain["saturated"]) > SATURATED_SHARE:
+            found.append("saturated")
+        values = np.atleast_2d(retrain[column])
+        seed_spread = np.nanmax(np.nanstd(values, axis=1, ddof=1)) if values.shape[1] > 1 else 0.0
+        resample = retrain.get(f"{column}_std")
+        resample_spread = float(np.nanmean(resample)) if resample is not None else 0.0
+        if max(seed_spread, resample_spread) > UNSTABLE_SPREAD:
+            found.append("unstable")
+        flags[column] = found
+    return flags
 HIGHER_IS_BETTER = {"UA": None, "MIA": None, "RA": True, "TA": True, "RTE": False}  # None: compare with Retrain
 
 
@@ -23,25 +47,32 @@ def true_label_confidence(logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     return torch.softmax(logits.double(), dim=1).gather(1, y[:, None]).squeeze(1).cpu().numpy()
 
 
-def svc_mia_efficacy(conf_retain: np.ndarray, conf_test: np.ndarray, conf_forget: np.ndarray, *,
-                     seed: int = 0, max_shadow: int = 10_000) -> float:
+def svc_mia_efficacy(feature_retain: np.ndarray, feature_test: np.ndarray, feature_forget: np.ndarray, *,
+                     seed: int = 0, max_shadow: int = 10_000, standardize: bool = False) -> float:
     """MIA-Efficacy in percent: share of forget samples an RBF-SVC calls non-members.
 
     The attacker (SVC, C=3, gamma='auto') is trained on a *random* retain sample (members) against
-    the test set (non-members), balanced in size, on the true-label confidence.
+    the test set (non-members), balanced in size, on one per-sample feature: the true-label confidence
+    (the paper's), or — with `standardize` — any feature rescaled by the mean and standard deviation of
+    the attacker's own training sample, so the RBF kernel's fixed width means the same on every scale.
     """
     from sklearn.svm import SVC
 
-    if len(conf_forget) == 0:
+    if len(feature_forget) == 0:
         return float("nan")
     rng = np.random.default_rng(seed)
-    n = min(len(conf_retain), len(conf_test), max_shadow)
-    members = rng.choice(conf_retain, size=n, replace=False)
-    nonmembers = rng.choice(conf_test, size=n, replace=False)
-    features = np.concatenate([members, nonmembers])[:, None]
+    n = min(len(feature_retain), len(feature_test), max_shadow)
+    members = rng.choice(feature_retain, size=n, replace=False)
+    nonmembers = rng.choice(feature_test, size=n, replace=False)
+    features = np.concatenate([members, nonmembers])
+    query = np.asarray(feature_forget, dtype=np.float64)
+    if standardize:
+        centre, scale = features.mean(), features.std()
+        scale = scale if scale > 0 else 1.0
+        features, query = (features - centre) / scale, (query - centre) / scale
     labels = np.concatenate([np.ones(n), np.zeros(n)])
-    attack = SVC(C=3, gamma="auto", kernel="rbf").fit(features, labels)
-    predicted_member = attack.predict(conf_forget[:, None])
+    attack = SVC(C=3, gamma="auto", kernel="rbf").fit(features[:, None], labels)
+    predicted_member = attack.predict(query[:, None])
     return float((1 - predicted_member).mean() * 100)
 
 
@@ -55,7 +86,9 @@ def evaluate(model: nn.Module, data: Dataset, forget_set: torch.Tensor, *, mia_s
     """UA, RA, TA (percent) and MIA-Efficacy of a model for one forget set (train-split indices).
 
     MIA is the mean over `mia_resamples` draws of the attacker's training sample (MIA_std their spread):
-    a 1-D SVC on saturated confidences can flip on a small change of what it was trained on.
+    a 1-D SVC on saturated confidences can flip on a small change of what it was trained on. MIA_logit is
+    the same protocol on the standardised logit-scaled confidence, which does not saturate; `saturated` is
+    the share (%) of forget samples whose true-label confidence exceeds SATURATION.
     When the forget set holds whole classes (class-wise forgetting), TA and the attacker's non-members
     use only test samples of the remaining classes, as in the class-wise protocol.
     """
@@ -70,14 +103,21 @@ def evaluate(model: nn.Module, data: Dataset, forget_set: torch.Tensor, *, mia_s
     test_correct = out["test"].argmax(1) == data.y_test
     conf_train = true_label_confidence(out["train"], data.y_train)
     conf_test = true_label_confidence(out["test"], data.y_test)
+    lsc_train = logit_scaled_confidence(out["train"].double(), data.y_train).cpu().numpy()
+    lsc_test = logit_scaled_confidence(out["test"].double(), data.y_test).cpu().numpy()
     f = forget.cpu().numpy()
     mia = [svc_mia_efficacy(conf_train[~f], conf_test, conf_train[f], seed=mia_seed + r) for r in range(mia_resamples)]
+    mia_logit = [svc_mia_efficacy(lsc_train[~f], lsc_test, lsc_train[f], seed=mia_seed + r, standardize=True)
+                 for r in range(mia_resamples)]
     return {
         "UA": 100.0 - float(correct[forget].float().mean() * 100),
         "RA": float(correct[~forget].float().mean() * 100),
         "TA": float(test_correct.float().mean() * 100),
         "MIA": float(np.mean(mia)),
         "MIA_std": float(np.std(mia, ddof=1)) if len(mia) > 1 else 0.0,
+        "MIA_logit": float(np.mean(mia_logit)),
+        "MIA_logit_std": float(np.std(mia_logit, ddof=1)) if len(mia_logit) > 1 else 0.0,
+        "saturated": float((conf_train[f] > SATURATION).mean() * 100),  # % of forget samples past SATURATION
     }
 
 
@@ -85,16 +125,10 @@ def evaluate(model: nn.Module, data: Dataset, forget_set: torch.Tensor, *, mia_s
 
 
 
-def avg_gap(metrics: dict[str, float], reference: dict[str, float]) -> float:
-    """Mean |metric − Retrain's| over UA, MIA-Efficacy, RA and TA (the paper's Avg. Gap)."""
-    return float(np.mean([abs(metrics[k] - reference[k]) for k in GAP_METRICS]))
-
-
-def mean_std(values: list[float]) -> dict[str, float]:
-    arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
-    if len(arr) == 0:
-        return {"mean": float("nan"), "std": float("nan"), "n": 0}
-    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "n": int(len(arr))}
+def avg_gap(metrics: dict[str, float], reference: dict[str, float], keys: tuple[str, ...] = GAP_METRICS) -> float:
+    """Mean |metric − Retrain's| over UA, MIA-Efficacy, RA and TA (the paper's Avg. Gap; `keys` chooses the
+    MIA column)."""
+    return float(np.mean([abs(metrics[k] - reference[k]) for k in keys]))
 
 
 def logit_scaled_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

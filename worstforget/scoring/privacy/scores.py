@@ -8,7 +8,6 @@ small validation helpers and the `PrivacyInputError` type shared by the other mo
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import logsumexp
 
 from ...core.errors import WorstforgetError
 
@@ -79,11 +78,13 @@ def logit_scaled_confidence(logits, labels, *, floor: float | None = None) -> np
         raise PrivacyInputError(f"labels must lie in [0, {num_classes}), got range [{y.min()}, {y.max()}]")
     idx = y[..., None]  # (..., 1) for take/put_along_axis
 
-    if floor is None:
-        z64 = z.astype(np.float64)  # copy: we overwrite the true-label logit below
-        z_true = np.take_along_axis(z64, idx, axis=-1)[..., 0]  # (...,)
-        np.put_along_axis(z64, idx, -np.inf, axis=-1)  # drop the true class from the "rest" sum
-        return z_true - logsumexp(z64, axis=-1)
+    if floor is None:  # the project's one exact implementation (torch; differentiable where the search needs it)
+        import torch
+
+        from ..metrics import logit_scaled_confidence as exact
+
+        flat = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float64)).reshape(-1, num_classes)
+        return exact(flat, torch.from_numpy(np.array(y, dtype=np.int64).reshape(-1))).numpy().reshape(y.shape)
 
     # Challenge path: keep the original's dtype sequence, because float32 underflow is part of what it
     # computes for real network outputs.

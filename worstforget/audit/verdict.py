@@ -1,0 +1,99 @@
+"""The audit's verdict: which forget set is hardest for the method by which measure, by how much over random
+sets — judged with both sides' spread (an interval of the difference) and never on a flagged metric.
+
+A measure is "higher = harder for the method": its Avg. Gap to Retrain (with either MIA column), or the
+exposure a per-example attack finds (U-LiRA, RMIA) when attacks ran. If a baseline set beats the searched
+worst-case set, the verdict says so: an auditor must never be handed a "worst case" a heuristic beats.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..core.stats import difference_interval, fmt_agg
+
+KIND_LABELS = {"worst_case": "searched worst-case", "heuristic": "lowest-objective heuristic",
+               "memorization": "memorization heuristic", "exposure": "exposure heuristic", "random": "random"}
+
+
+@dataclass(frozen=True)
+class Measure:
+    key: str
+    label: str
+    source: str  # "sets" (summary.json) or "evaluation" (evaluation.json)
+    flagged_by: str | None = None  # the MIA column whose flags disqualify this measure
+    digits: int = 2
+
+
+MEASURES = (
+    Measure("avg_gap", "Avg. Gap (MIA-Efficacy)", "sets", "MIA"),
+    Measure("avg_gap_logit", "Avg. Gap (MIA_logit)", "sets", "MIA_logit"),
+    Measure("lira_tpr_at_0.1pct_fpr", "U-LiRA TPR@0.1%FPR", "evaluation", digits=3),
+    Measure("lira_auc", "U-LiRA AUC", "evaluation", digits=3),
+    Measure("rmia_tpr_at_0.1pct_fpr", "RMIA TPR@0.1%FPR", "evaluation", digits=3),
+)
+
+
+def verdict(summary: dict, evaluation: dict | None = None) -> list[dict]:
+    """One entry per measure available: the hardest set kind, its difference to random with an interval,
+    and the baseline kinds that beat the searched set (by an interval excluding zero)."""
+    method = summary["method"]
+    entries = []
+    for m in MEASURES:
+        source = summary if m.source == "sets" else evaluation
+        if source is None:
+            continue
+        values = {kind: block["methods"][method][m.key] for kind, block in source["sets"].items()
+                  if method in block["methods"] and m.key in block["methods"][method]
+                  and block["methods"][method][m.key].get("mean") is not None}
+        if "random" not in values or len(values) < 2:
+            continue
+        entry = {"measure": m.key, "label": m.label, "values": values}
+        if m.flagged_by:
+            flagged = {kind: summary["sets"][kind].get("flags", {}).get(m.flagged_by, []) for kind in values}
+            flagged = {k: f for k, f in flagged.items() if f}
+            if flagged:
+                entry["skipped"] = "; ".join(f"{m.flagged_by} {'/'.join(f)} on the {KIND_LABELS.get(k, k)} sets"
+                                             for k, f in flagged.items())
+                entries.append(entry)
+                continue
+        candidates = {k: v for k, v in values.items() if k != "random"}
+        hardest = max(candidates, key=lambda k: candidates[k]["mean"])
+        entry.update(hardest=hardest, over_random=difference_interval(values[hardest], values["random"]))
+        if "worst_case" in candidates:
+            beaten = {}
+            for kind, agg in candidates.items():
+                diff = difference_interval(agg, candidates["worst_case"])
+                if kind != "worst_case" and diff is not None and diff[1] > 0:
+                    beaten[kind] = diff
+            entry["beats_search"] = beaten
+        entries.append(entry)
+    return entries
+
+
+def verdict_lines(entries: list[dict], digits: dict[str, int] | None = None) -> list[str]:
+    """Plain sentences, one per measure."""
+    places = {m.key: m.digits for m in MEASURES} | (digits or {})
+    lines = []
+    for e in entries:
+        d = places.get(e["measure"], 2)
+        if "skipped" in e:
+            lines.append(f"{e['label']}: no verdict — {e['skipped']}.")
+            continue
+        best, rand = e["values"][e["hardest"]], e["values"]["random"]
+        name = f"the {KIND_LABELS.get(e['hardest'], e['hardest'])} set"
+        d0, lo, hi = e["over_random"] or (best["mean"] - rand["mean"], float("nan"), float("nan"))
+        if lo > 0:
+            head = f"hardest is {name}"
+        elif hi < 0:
+            head = f"every set is easier than random sets; the highest is {name}"
+        else:
+            head = f"no set is clearly harder than random sets; the highest is {name}"
+        text = (f"{e['label']}: {head} ({fmt_agg(best, d, interval=False)} vs random "
+                f"{fmt_agg(rand, d, interval=False)}; difference {d0:+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]).")
+        beaten = e.get("beats_search") or {}
+        if beaten:
+            names = ", ".join(f"the {KIND_LABELS.get(k, k)} set by {v[0]:+.{d}f} [{v[1]:+.{d}f}, {v[2]:+.{d}f}]"
+                              for k, v in beaten.items())
+            text += f" WARNING: the searched set is not the worst case by this measure — {names}."
+        lines.append(text)
+    return lines
