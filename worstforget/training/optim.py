@@ -47,12 +47,19 @@ def make_optimizer(kind: str, params, *, lr: float, momentum: float, weight_deca
     raise ConfigError(f"unknown optimizer {kind!r}; use sgd, sign or adam")
 
 
+SCHEDULES = ("cosine", "step", "constant", "onecycle")
+ONECYCLE_WARMUP = 0.2  # share of the steps the one-cycle schedule spends warming up (Myrtle/airbench use ~0.2)
+
+
 def lr_factor(schedule: str, step: int, total: int, *, milestones: tuple[float, ...] = (0.5, 0.75),
               gamma: float = 0.1) -> float:
     """Multiplier of the base learning rate at `step` of `total` steps.
 
     `step` decays by `gamma` at the given fractions of training (the paper's 91/136 of 182 epochs);
-    `cosine` anneals to zero; `constant` keeps it.
+    `cosine` anneals to zero; `constant` keeps it; `onecycle` rises linearly from 0 to 1 over the first
+    ONECYCLE_WARMUP of the steps and falls linearly back to 0 at the end (the short-run CIFAR recipes'
+    triangle). The triangle is read at the middle of each step, (step + ½) / total, so neither the first
+    nor the last step has a zero learning rate.
     """
     if schedule == "constant" or total <= 0:
         return 1.0
@@ -61,4 +68,9 @@ def lr_factor(schedule: str, step: int, total: int, *, milestones: tuple[float, 
         return 0.5 * (1.0 + math.cos(math.pi * frac))
     if schedule == "step":
         return gamma ** sum(frac >= m for m in milestones)
-    raise ConfigError(f"unknown schedule {schedule!r}; use cosine, step or constant")
+    if schedule == "onecycle":
+        mid = (step + 0.5) / total
+        if mid < ONECYCLE_WARMUP:
+            return mid / ONECYCLE_WARMUP
+        return max(0.0, (1.0 - mid) / (1.0 - ONECYCLE_WARMUP))
+    raise ConfigError(f"unknown schedule {schedule!r}; use {', '.join(SCHEDULES)}")
