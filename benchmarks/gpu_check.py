@@ -440,13 +440,18 @@ def check(args, scale: Scale, device: torch.device, accel: Accel, fast, paper, s
 
 def project(table: Table, m: dict, data, fast, paper) -> None:
     """The main-table projections (AUDIT_FORMULA) for the fast and the paper recipe."""
-    need = [k for k in ("epoch_fast", "train_fast", "train_paper", "infer", "ft_epoch", "evaluate", "search")
-            if k not in m]
+    need = [k for k in ("train_fast", "train_paper", "infer", "ft_epoch", "search") if k not in m]
     if need:
         for key in ("proj_fast", "proj_paper"):
             table.set(key, "n/a", f"missing measurements: {', '.join(need)}")
         return
     n, n_val = data.num_train, len(data.y_val)
+    notes = []
+    if "epoch_fast" not in m:  # the original training did not finish an epoch: estimate it from the calibration
+        m["epoch_fast"] = n / m["train_fast"] + n_val / m["infer"]
+        notes.append("epoch time estimated from the calibration")
+    if "evaluate" not in m:
+        notes.append("evaluation not measured (counted as 0)")
     retain_share = 1 - FORGET_RATIO
     slow = m["train_fast"] / m["train_paper"]  # per-image cost of the paper's batch relative to the fast one
     values_s = n / m["infer"]
@@ -459,7 +464,7 @@ def project(table: Table, m: dict, data, fast, paper) -> None:
                                           full_outer=SEARCH_OUTER, full_inner_images=SEARCH_INNER_EPOCHS * n,
                                           per_image_scale=scale)
         costs = UnitCosts(original=full_epochs * epoch_s, search=search_s, method=FT_EPOCHS * m["ft_epoch"] * scale,
-                          retrain=retain_share * full_epochs * epoch_s, evaluate=m["evaluate"])
+                          retrain=retain_share * full_epochs * epoch_s, evaluate=m.get("evaluate", 0.0))
         total = project_audit_seconds(costs)
         table.set(key, total / 3600, (
             f"{AUDIT_FORMULA} with W=1 searched set, R=5 random sets, S=2 seeds, M=10 methods; "
@@ -469,7 +474,8 @@ def project(table: Table, m: dict, data, fast, paper) -> None:
             f"only the forget set), T_retrain={costs.retrain:,.0f} s ({retain_share:.0%} of T_orig), "
             f"T_eval={costs.evaluate:.1f} s; one device, units one after another"
             + ("" if scale == 1.0 else f"; lower-level and method images cost {scale:.2f}× (the fit throughput ratio "
-                                       f"of batch {fast.batch_size} to batch {paper.batch_size})")))
+                                       f"of batch {fast.batch_size} to batch {paper.batch_size})")
+            + "".join(f"; {note}" for note in notes)))
 
 
 def finish(table: Table, runner: Runner) -> int:

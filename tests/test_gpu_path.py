@@ -396,28 +396,49 @@ def test_gpu_check_keeps_the_table_when_phases_fail(tmp_path, capsys, monkeypatc
     module = _gpu_check()
     real_fit_ensemble = module.fit_ensemble
 
-    def failing_apply(*args, **kwargs):
-        raise RuntimeError("simulated failure\nsecond line")
+    class BrokenClock:  # the original training dies before its first epoch ends
+        def __init__(self, device):
+            self.epoch_seconds = []
+
+        def task(self, description, total):
+            return self
+
+        def advance(self, n=1, **info):
+            raise RuntimeError("simulated failure\nsecond line")
+
+    def failing_evaluate(*args, **kwargs):
+        raise ValueError("no attacker today")
 
     def resnet_cannot_stack(spec, *args, **kwargs):
         if spec.name == "resnet18":
             raise RuntimeError("CUDA out of memory (simulated)")
         return real_fit_ensemble(spec, *args, **kwargs)
 
-    monkeypatch.setattr(module, "make_method", lambda name, params: type(
-        "Failing", (), {"resolved": lambda self, bs: self, "batch_size": 32, "apply": failing_apply})())
+    monkeypatch.setattr(module, "EpochClock", BrokenClock)
+    monkeypatch.setattr(module, "evaluate", failing_evaluate)
     monkeypatch.setattr(module, "fit_ensemble", resnet_cannot_stack)
     out = tmp_path / "gpu.md"
     assert module.main(["--tiny", "--out", str(out), "--no-compile"]) == 0
     rows = _table(out.read_text())
-    assert rows["unlearning: finetune, 1 epoch (s)"] == ("failed", "RuntimeError: simulated failure")
-    assert rows["evaluation of one model (s)"][0] == "failed"
+    assert rows["original training, fast recipe (s)"] == ("failed", "RuntimeError: simulated failure")
+    assert rows["seconds per epoch (fast recipe)"][0] == "failed"
+    assert rows["evaluation of one model (s)"] == ("failed", "ValueError: no attacker today")
+    for label in ("search, first_order (s)", "unlearning: finetune, 1 epoch (s)"):  # later phases still ran
+        assert _number(rows[label][0]) > 0, label
     ensemble = rows["ensemble of 2 models, 1 epoch (s)"]
     assert _number(ensemble[0]) > 0 and "cnn with GroupNorm" in ensemble[1] and "out of memory" in ensemble[1]
-    assert rows["projected main table, fast recipe (h)"][0] == "n/a" and "ft_epoch" in rows[
-        "projected main table, fast recipe (h)"][1]
-    assert _number(rows["original training, fast recipe (s)"][0]) > 0  # the phases before the failure are kept
+    projected = rows["projected main table, fast recipe (h)"]
+    assert _number(projected[0]) > 0
+    assert "epoch time estimated from the calibration" in projected[1] and "evaluation not measured" in projected[1]
     assert rows["train images/s with torch.compile"] == ("skipped", "--no-compile")
+
+
+def test_gpu_check_projection_says_what_is_missing(tmp_path, synthetic):
+    module = _gpu_check()
+    table = module.Table([("proj_fast", "F"), ("proj_paper", "P")], tmp_path / "t.md")
+    module.project(table, {"train_fast": 10.0, "infer": 20.0}, synthetic, recipe_config("fast"), recipe_config("paper"))
+    for key in ("proj_fast", "proj_paper"):
+        assert table.rows[key] == ("n/a", "missing measurements: train_paper, ft_epoch, search")
 
 
 def test_gpu_check_phase_time_limit_interrupts_a_phase(tmp_path):
