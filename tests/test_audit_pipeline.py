@@ -78,6 +78,26 @@ def test_heuristic_set_is_the_lowest_loss_samples_of_the_original(audit_dir):
     assert loss[heuristic].mean() < loss.mean()
 
 
+def test_memorization_baseline_is_the_most_memorised_samples(audit_dir):
+    from worstforget.forget_sets import memorization_scores
+
+    setting = prepare_setting(dataset="synthetic", device="cpu", cache_dir=str(audit_dir / "cache"),
+                              train_overrides={"epochs": 4})
+    summary = json.loads((audit_dir / "out" / "summary.json").read_text())
+    scores = memorization_scores(setting, seed=0)
+    with h5py.File(audit_dir / "out" / "result.h5") as f:
+        chosen = f["forget_sets/memorization"][()]
+    m = summary["forget_size"]
+    assert len(chosen) == m and scores[chosen].min() >= np.sort(scores)[-m] - 1e-12
+    assert summary["baseline_overlap"]["memorization"] == pytest.approx(
+        np.isin(f_units(audit_dir), chosen).mean())
+
+
+def f_units(audit_dir: Path) -> np.ndarray:
+    with h5py.File(audit_dir / "out" / "result.h5") as f:
+        return f["forget_sets/worst_case_units"][()]
+
+
 def test_random_sets_are_distinct_sets_of_the_right_size(audit_dir):
     summary = json.loads((audit_dir / "out" / "summary.json").read_text())
     with h5py.File(audit_dir / "out" / "result.h5") as f:
@@ -156,7 +176,7 @@ def test_search_with_attacks_stores_the_evaluation_in_every_file(tmp_path):
     invoke("search", *SEARCH, *FAST, "--no-stability", "--num-random", "2", "--attacks", "loss,lira",
            "--num-models", "4", "--cache-dir", tmp_path / "cache", "--out", out)
     doc = json.loads((out / "evaluation.json").read_text())
-    assert set(doc["sets"]) == {"worst_case", "heuristic", "random"}
+    assert set(doc["sets"]) == {"worst_case", "heuristic", "memorization", "random"}
     rand = doc["sets"]["random"]["methods"]["finetune"]["lira_auc"]
     per_set = [s["lira_auc"]["value"] for s in doc["per_set"]["random"]["finetune"]]
     assert rand["n"] == 2 and rand["mean"] == pytest.approx(np.mean(per_set))

@@ -157,7 +157,7 @@ class SearchAudit(Comparison):
     search_info: dict[str, Any] = field(default_factory=dict)
     forget_sets: dict[str, Any] = field(default_factory=dict)
     stability: dict[str, Any] | None = None
-    heuristic_overlap: float | None = None  # share of the worst-case set also in the lowest-objective heuristic
+    baseline_overlap: dict[str, float] = field(default_factory=dict)  # share of the worst-case set in each baseline
     evaluation: "AttackEvaluation | None" = None
     path: Path | None = None  # the folder it was read from
     attrs: dict[str, Any] = field(default_factory=dict)  # result.h5 attributes when read
@@ -168,13 +168,12 @@ class SearchAudit(Comparison):
 
     def summary(self) -> dict:
         s = super().summary()
-        trace = {k: to_jsonable(self.search[k]) for k in ("objective", "overlap_with_initial", "overlap_with_heuristic")
-                 if k in self.search}
-        if "overlap_with_random" in self.search:
-            trace["overlap_with_random"] = to_jsonable(self.search["overlap_with_random"])
+        trace = {k: to_jsonable(v) for k, v in self.search.items()
+                 if k == "objective" or k.startswith("overlap_with_")}
         s["search"] = {**self.search_info, **trace}
         s["stability"] = self.stability
-        s["heuristic_overlap"] = self.heuristic_overlap
+        s["baseline_overlap"] = self.baseline_overlap
+        s["heuristic_overlap"] = self.baseline_overlap.get("heuristic")
         s["verdict"] = verdict(s, self.evaluation.summary() if self.evaluation is not None else None)
         return s
 
@@ -397,15 +396,18 @@ def read_search_audit(folder: Path) -> SearchAudit:
         summary, forget_sets = _upgrade_v1(summary, forget_sets)
     kinds = {kind: SetKind(sets=_sets_of(kind, forget_sets), metrics=per_who) for kind, per_who in metrics.items()}
     header = {k: v for k, v in summary.items()
-              if k not in ("schema_version", "sets", "search", "stability", "heuristic_overlap", "unlearn_seeds",
+              if k not in ("schema_version", "sets", "search", "stability", "heuristic_overlap", "baseline_overlap",
+                           "verdict", "unlearn_seeds",
                            "config", "code_version", "environment", "setting")}
     provenance = {k: summary[k] for k in ("config", "code_version", "environment", "setting") if k in summary}
     info = {k: v for k, v in summary["search"].items()
-            if k not in ("objective", "overlap_with_initial", "overlap_with_random", "overlap_with_heuristic")}
+            if k != "objective" and not k.startswith("overlap_with_")}
     audit = SearchAudit(header=header, seeds=list(summary.get("unlearn_seeds") or attrs.get("unlearn_seeds") or []),
                         kinds=kinds, provenance=provenance, search=search, search_info=info,
                         forget_sets=forget_sets, stability=summary.get("stability"),
-                        heuristic_overlap=summary.get("heuristic_overlap"), path=folder, attrs=attrs)
+                        baseline_overlap=summary.get("baseline_overlap") or (
+                            {"heuristic": summary["heuristic_overlap"]} if summary.get("heuristic_overlap") is not None else {}),
+                        path=folder, attrs=attrs)
     audit.evaluation = read_attack_evaluation(folder)
     return audit
 

@@ -1,15 +1,18 @@
 """The worst-case audit: search the forget set a method finds hardest, then run the method and Retrain on it,
-on baseline sets of the same size (random, lowest-objective heuristic) and, on request, attack every set."""
+on baseline sets of the same size — random sets, and one-shot heuristics (lowest objective under the
+original, most memorised, most exposed) — and, on request, attack every set."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from ..core.errors import ConfigError
 from ..core.progress import Progress
+from ..core.registry import Registry
 from ..core.seeds import generator
 from ..methods import METHODS, make_method
 from ..scoring.attacks import ATTACKS
@@ -28,7 +31,7 @@ class AuditOptions:
     eval_params: dict[str, dict] = field(default_factory=dict)  # their hyper-parameters (e.g. tuned)
     seeds: int = 2  # unlearning seeds per set (method and Retrain)
     stability: bool = True  # search again with seed + 1 and report the Jaccard overlap
-    heuristic: bool = True  # the m lowest-objective samples under the original model
+    baselines: list[str] = field(default_factory=lambda: ["heuristic", "memorization"])  # one-shot sets (BASELINES)
     attacks: list[str] = field(default_factory=list)  # per-example attacks on every set (`evaluate`'s)
     num_models: int = 16  # unlearned and retrained models per set for the attacks
 
@@ -42,6 +45,7 @@ class AuditOptions:
         for m in self.eval_methods:
             make_method(m, self.eval_params.get(m, {}))
         self.attacks = [ATTACKS.canonical(a) for a in self.attacks]
+        self.baselines = [BASELINES.canonical(b) for b in self.baselines]
         return self
 
 
@@ -51,10 +55,28 @@ def random_units(problem: Problem, count: int, seed: int) -> list[torch.Tensor]:
     return [torch.randperm(n, generator=generator(seed, f"random-set-{r}"))[:m].sort().values for r in range(count)]
 
 
-def heuristic_units(problem: Problem) -> torch.Tensor:
-    """The cheap baseline: the m samples (classes) the original model fits best by the search objective."""
-    values = problem.reduce(problem.values(problem.setting.original))
-    return top_m(-values.cpu(), problem.budget)
+Baseline = Callable[[Problem, int, Any], torch.Tensor]  # (problem, seed, progress) → per-sample scores, higher = pick
+BASELINES: Registry[Baseline] = Registry("baseline")
+
+
+@BASELINES.register("heuristic")
+def lowest_objective(problem: Problem, seed: int, progress: Any = None) -> torch.Tensor:
+    """The samples the original model fits best by the search objective (the paper's cheap baseline)."""
+    return -problem.values(problem.setting.original)
+
+
+@BASELINES.register("memorization")
+def most_memorized(problem: Problem, seed: int, progress: Any = None) -> torch.Tensor:
+    """The most memorised samples: confidence when trained on minus when held out (models on random halves)."""
+    from ..forget_sets import memorization_scores
+
+    return torch.as_tensor(memorization_scores(problem.setting, seed=seed, progress=progress), dtype=torch.float64)
+
+
+def baseline_units(problem: Problem, name: str, seed: int, progress: Any = None) -> torch.Tensor:
+    """The m units (samples, or classes by their mean score) a one-shot baseline picks."""
+    scores = BASELINES.get(name)(problem, seed, progress).to(torch.float64)
+    return top_m(problem.reduce(scores.to(problem.data.device)).cpu(), problem.budget)
 
 
 def audit_worst_case(setting: Setting, method: str, params: dict | None, cfg: SearchConfig, *, seed: int = 0,
@@ -72,10 +94,8 @@ def audit_worst_case(setting: Setting, method: str, params: dict | None, cfg: Se
     check_solver(cfg.solver, instance)
     problem = Problem(setting=setting, method=instance, config=cfg)
     randoms = random_units(problem, options.num_random, seed)
-    refs = {f"random_{r}": u for r, u in enumerate(randoms)}
-    heuristic = heuristic_units(problem) if options.heuristic else None
-    if heuristic is not None:
-        refs["heuristic"] = heuristic
+    baselines = {b: baseline_units(problem, b, seed, progress) for b in options.baselines}
+    refs = {**{f"random_{r}": u for r, u in enumerate(randoms)}, **baselines}
     found = search_worst_case(setting, name, params, cfg, seed=seed, state_dir=state_dir, resume=resume,
                               reference_sets=refs, progress=progress)
     stability, again = None, None
@@ -88,9 +108,8 @@ def audit_worst_case(setting: Setting, method: str, params: dict | None, cfg: Se
                                   if m not in (name, "retrain")]
     seeds = list(range(options.seeds))
     sets: dict[str, list[torch.Tensor]] = {"worst_case": [found.indices],
+                                           **{b: [problem.members(u)] for b, u in baselines.items()},
                                            "random": [problem.members(u) for u in randoms]}
-    if heuristic is not None:
-        sets["heuristic"] = [problem.members(heuristic)]
     kinds = {kind: run_on_sets(setting, methods, members, seeds=seeds, progress=progress)
              for kind, members in sets.items()}
 
@@ -99,14 +118,13 @@ def audit_worst_case(setting: Setting, method: str, params: dict | None, cfg: Se
              "objective": np.asarray(history["objective"]), "step_size": np.asarray(history["step_size"]),
              "overlap_with_initial": np.asarray(history["overlap_with_initial"]),
              "overlap_with_random": np.asarray([history[f"overlap_with_random_{r}"] for r in range(len(randoms))])}
-    if heuristic is not None:
-        trace["overlap_with_heuristic"] = np.asarray(history["overlap_with_heuristic"])
     forget_sets = {"worst_case": found.indices.numpy(), "worst_case_units": found.units.numpy(),
                    "initial_units": found.initial_units.numpy(),
                    "random": [s.numpy() for s in sets["random"]]}
-    if heuristic is not None:
-        forget_sets["heuristic"] = sets["heuristic"][0].numpy()
-        forget_sets["heuristic_units"] = heuristic.numpy()
+    for b, units in baselines.items():
+        trace[f"overlap_with_{b}"] = np.asarray(history[f"overlap_with_{b}"])
+        forget_sets[b] = sets[b][0].numpy()
+        forget_sets[f"{b}_units"] = units.numpy()
     if again is not None:
         forget_sets["stability_units"] = again.units.numpy()
 
@@ -118,7 +136,7 @@ def audit_worst_case(setting: Setting, method: str, params: dict | None, cfg: Se
     audit = SearchAudit(header=header, seeds=seeds, kinds=kinds, provenance=setting.provenance(config),
                         search=trace, search_info=_cost(setting, found.seconds, kinds, problem, found.key),
                         forget_sets=forget_sets, stability=stability,
-                        heuristic_overlap=None if heuristic is None else overlap(found.units, heuristic))
+                        baseline_overlap={b: overlap(found.units, u) for b, u in baselines.items()})
     if options.attacks:
         from .attack_eval import evaluate_sets
 
@@ -139,4 +157,4 @@ def _cost(setting: Setting, seconds: float, kinds: dict, problem: Problem, key: 
             "inner_steps": problem.inner_steps, "key": key}
 
 
-__all__ = ["AuditOptions", "audit_worst_case", "random_units", "heuristic_units"]
+__all__ = ["AuditOptions", "BASELINES", "audit_worst_case", "baseline_units", "random_units"]

@@ -90,8 +90,9 @@ def search_line(summary: dict) -> str:
             + f", {len(trace['objective'])} outer steps, set moved {moved:.0%} away from its start")
     if trace.get("train_seconds") is None:
         line += " (training time of the original unknown: cost against one Retrain)"
-    if s.get("heuristic_overlap") is not None:
-        line += f", overlap with lowest-{s['objective']} heuristic {s['heuristic_overlap']:.0%}"
+    overlaps = s.get("baseline_overlap") or {}
+    if overlaps:
+        line += ", overlap with " + ", ".join(f"{KIND_LABELS.get(b, b)} {v:.0%}" for b, v in overlaps.items())
     if s.get("stability"):
         line += f", Jaccard with seed {s['stability']['seed_b']}: {s['stability']['jaccard']:.2f}"
     return line

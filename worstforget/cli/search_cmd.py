@@ -34,6 +34,9 @@ from .basic import _params_option
               help="Start from w = m/N or from a random binary set.")
 @click.option("--num-random", type=click.IntRange(min=1), default=5, show_default=True,
               help="Random forget sets of the same size.")
+@click.option("--baselines", default="heuristic,memorization", show_default=True,
+              help="One-shot sets of the same size run beside the search: heuristic (lowest objective under the "
+                   "original), memorization; comma-separated, or 'none'.")
 @click.option("--eval-methods", default="", help="Comma-separated further methods evaluated on every set, or 'all'.")
 @click.option("--params-file", type=click.Path(dir_okay=False), default=None,
               help='JSON {"method": {"param": value}} (e.g. from `tune --update-params`) for the audited and eval methods.')
@@ -53,12 +56,13 @@ from .basic import _params_option
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of tables.")
 @pass_app
 def search_command(app, method, forget_ratio, solver, unroll_backend, outer_steps, inner_steps, inner_lr, upper_lr, raw_step, gamma,
-                   objective, granularity, init, num_random, eval_methods, params_file, num_seeds, seed, stability,
+                   objective, granularity, init, num_random, baselines, eval_methods, params_file, num_seeds, seed, stability,
                    attacks, num_models, params, resume, out, as_json, **opts) -> None:
     """Search the worst-case forget set for METHOD and report it against random sets of the same size."""
     import json
 
     from ..audit.worst_case import AuditOptions, audit_worst_case
+    from ..core.errors import ConfigError
     from ..core.io import check_output_dir, to_jsonable
     from ..methods import METHODS, make_method, parse_params
     from ..search import SearchConfig
@@ -67,6 +71,8 @@ def search_command(app, method, forget_ratio, solver, unroll_backend, outer_step
     from .evaluate_cmd import parse_attacks
     from .render import print_comparison, print_verdict, search_line
 
+    if resume and opts["no_cache"]:  # the per-step checkpoint lives in the cache
+        raise ConfigError("--resume needs the cache (drop --no-cache)")
     name = METHODS.canonical(method)
     tuned = load_params_file(params_file)
     hyper = {**tuned.get(name, {}), **parse_params(name, params)}
@@ -78,6 +84,7 @@ def search_command(app, method, forget_ratio, solver, unroll_backend, outer_step
     extra = METHODS.names() if eval_methods.strip() == "all" else [m for m in eval_methods.split(",") if m.strip()]
     options = AuditOptions(num_random=num_random, eval_methods=extra, eval_params=tuned, seeds=num_seeds,
                            stability=stability, attacks=parse_attacks(attacks) if attacks.strip() else [],
+                           baselines=[] if baselines.strip() == "none" else [b for b in baselines.split(",") if b.strip()],
                            num_models=num_models).validate()
     out_dir = Path(out) if out else Path("worstforget-out") / f"search-{opts['dataset'].replace(':', '_')}-{name}"
     check_output_dir(out_dir)

@@ -170,13 +170,15 @@ def plot_overlaps(result, fig) -> None:
         ax.plot(steps, 100 * rnd.mean(axis=0), marker="s", label=f"random sets (mean of {len(rnd)})",
                 color=KIND_COLORS["random"])
         ax.fill_between(steps, 100 * rnd.min(axis=0), 100 * rnd.max(axis=0), alpha=0.2, color=KIND_COLORS["random"])
-    if srch.get("overlap_with_heuristic") is not None:
-        ax.plot(steps, 100 * np.asarray(srch["overlap_with_heuristic"], dtype=float), marker="^",
-                label="heuristic set", color=KIND_COLORS["heuristic"])
+    for key, trace in srch.items():
+        kind = key.removeprefix("overlap_with_")
+        if key.startswith("overlap_with_") and kind not in ("initial", "random"):
+            ax.plot(steps, 100 * np.asarray(trace, dtype=float), marker="^", label=f"{kind} set",
+                    color=KIND_COLORS.get(kind))
     ax.set_ylim(0, 100)
     ax.set_xlabel("outer step")
     ax.set_ylabel("overlap of the current set (%)")
-    ax.set_title("Overlap with the initial, random and heuristic sets")
+    ax.set_title("Overlap with the initial, random and baseline sets")
     ax.legend()
     ax.grid(alpha=0.3)
 

@@ -298,8 +298,9 @@ def _result_json(r: LoadedResult) -> dict:
         "value_by_index": {str(i): {"weight": float(v), "in_worst_case": i in units} for i, v in enumerate(w)}}
     metrics["search/objective"] = _series(r.search["objective"])
     metrics["search/overlap_with_initial"] = _series(r.search["overlap_with_initial"])
-    if r.search.get("overlap_with_heuristic") is not None:
-        metrics["search/overlap_with_heuristic"] = _series(r.search["overlap_with_heuristic"])
+    for key, trace in r.search.items():
+        if key.startswith("overlap_with_") and key not in ("overlap_with_initial", "overlap_with_random"):
+            metrics[f"search/{key}"] = _series(trace)
     for k, row in enumerate(np.asarray(r.search.get("overlap_with_random", np.zeros((0, 0))))):
         metrics[f"search/overlap_with_random/{k}"] = _series(row)
     metrics["search/heuristic_overlap"] = {"agg_value": s.get("heuristic_overlap"), "value_by_index": {}}

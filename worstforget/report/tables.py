@@ -142,7 +142,8 @@ def trace_table(summary: dict) -> Table:
         ["Moved away from the initial set", fmt_pct(1 - initial[-1]) if initial else "–"],
         ["Overlap with random sets (final, mean)",
          (fmt_pct(float(np.mean(randoms))) + (f" (chance {fmt_pct(chance)})" if chance else "")) if randoms else "–"],
-        ["Overlap with the lowest-objective heuristic", fmt_pct(s.get("heuristic_overlap"))],
+        *[[f"Overlap with the {KIND_LABELS.get(b, b)} baseline", fmt_pct(v)]
+          for b, v in (s.get("baseline_overlap") or {"heuristic": s.get("heuristic_overlap")}).items()],
         ["Stability (Jaccard with a second search)",
          f"{stability['jaccard']:.2f} (seeds {stability['seed_a']} and {stability['seed_b']})" if stability
          else "not run (--no-stability)"],
