@@ -181,3 +181,18 @@ def test_models_can_be_unstacked_twice_into_independent_modules(synthetic):
         first[0].classifier.weight.add_(1.0)
     assert not torch.equal(first[0].classifier.weight, second[0].classifier.weight)
     torch.testing.assert_close(second[0].classifier.weight, stack.params["classifier.weight"][0])
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "stacked"])
+def test_fast_recipe_terms_match_sequential_fit(synthetic, monkeypatch, fused):
+    """Nesterov momentum, label smoothing and the one-cycle schedule (the fast recipe) train each model as
+    `fit` does, through the fused kernel and through the stacked fallback."""
+    import worstforget.training.ensemble as ensemble
+
+    if not fused:
+        monkeypatch.setattr(ensemble, "_has_fused_sgd", lambda device: False)
+    cfg = TrainConfig(epochs=3, lr=0.05, batch_size=32, nesterov=True, label_smoothing=0.1, schedule="onecycle")
+    spec = ModelSpec("mlp", cfg, params={"hidden": (16,)})
+    weights = _masks(synthetic.num_train)
+    _assert_same(fit_ensemble(spec, synthetic, seeds=SEEDS, sample_weights=weights, cfg=cfg),
+                 _sequential(spec, synthetic, cfg, weights))

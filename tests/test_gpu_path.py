@@ -225,8 +225,11 @@ def test_fit_and_predict_use_autocast_and_channels_last_where_the_device_is_acce
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     probe.seen.clear()
-    logits = predict_logits(model, data.x_test)
-    assert logits.dtype == torch.float32 and probe.seen == [(True, torch.bfloat16, True)]
+    logits = predict_logits(model, data.x_test)  # scoring: full precision, channels_last kept
+    assert logits.dtype == torch.float32 and [(p[0], p[2]) for p in probe.seen] == [(False, True)]
+    probe.seen.clear()
+    predict_logits(model, data.x_test, accel=Accel())  # asked for explicitly, as fit's validation pass does
+    assert probe.seen == [(True, torch.bfloat16, True)]
     # switched off through the current settings: fit and predict_logits read `use_accel`
     probe.seen.clear()
     with use_accel(Accel(amp="off", channels_last=False)):

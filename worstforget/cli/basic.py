@@ -15,20 +15,26 @@ def registries() -> dict:
     from ..scoring.attacks import ATTACKS
     from ..search import SOLVERS
     from ..search.objectives import OBJECTIVES
+    from ..audit.worst_case import BASELINES
     from ..training.models import MODELS
+    from ..training.optim import OPTIMIZERS, SCHEDULES
+    from ..training.recipes import RECIPES
 
     return {"methods": METHODS, "datasets": DATASETS, "models": MODELS, "solvers": SOLVERS, "attacks": ATTACKS,
-            "selectors": SELECTORS, "objectives": OBJECTIVES}
+            "selectors": SELECTORS, "objectives": OBJECTIVES, "baselines": BASELINES, "optimizers": OPTIMIZERS,
+            "schedules": SCHEDULES, "recipes": RECIPES}
 
 
-KINDS = ("methods", "datasets", "models", "solvers", "attacks", "selectors", "objectives")
+KINDS = ("methods", "datasets", "models", "solvers", "attacks", "selectors", "objectives", "baselines", "optimizers",
+         "schedules", "recipes")
 
 
 @cli.command("list")
 @click.argument("kind", type=click.Choice(KINDS))
 @pass_app
 def list_command(app, kind: str) -> None:
-    """List the registered methods, datasets, models, solvers, attacks, selectors or objectives."""
+    """List a registry: methods, datasets, models, solvers, attacks, selectors, objectives, baselines,
+    optimizers, schedules or recipes."""
     from rich.table import Table
 
     from ..core.registry import describe

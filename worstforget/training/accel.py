@@ -126,3 +126,9 @@ def use_accel(accel: Accel) -> Iterator[Accel]:
         yield accel
     finally:
         _CURRENT.reset(token)
+
+
+def set_accel(accel: Accel) -> Callable[[], None]:
+    """Make `accel` current until the returned function is called (for a command's whole run)."""
+    token = _CURRENT.set(accel.validate())
+    return lambda: _CURRENT.reset(token)

@@ -307,7 +307,7 @@ def fit_stacked(spec: ModelSpec, data: Dataset, *, seeds: Sequence[int], sample_
               for k, v in params.items()}
     plist = [leaves[k] for k in names]
     momentum_bufs = [torch.zeros_like(p) for p in plist]  # zero start == torch's buf = d on step one
-    sgd = _SGD(plist, momentum_bufs, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sgd = _SGD(plist, momentum_bufs, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
 
     def module_layout() -> dict[str, torch.Tensor]:  # views of the leaves in nn.Module layout
         return {k: v.transpose(1, 2) if k in transposed else v for k, v in leaves.items()}
@@ -353,7 +353,8 @@ def fit_stacked(spec: ModelSpec, data: Dataset, *, seeds: Sequence[int], sample_
                     if live[i]:
                         x[i, :sizes[i]] = augment_batch(x[i, :sizes[i]], data.augment, aug_gs[i])
             logits = forward(x)  # (M, W, C)
-            losses = F.cross_entropy(logits.flatten(0, 1), data.y_train[idx].flatten(), reduction="none")
+            losses = F.cross_entropy(logits.flatten(0, 1), data.y_train[idx].flatten(), reduction="none",
+                                     label_smoothing=cfg.label_smoothing)
             per_model = (losses.view(m, width) * plan.weight[:, s, :width]).sum(1) / plan.denom[:, s]  # (M,)
             grads = torch.autograd.grad(per_model.sum(), plist)
             sgd.step(grads, lrs, live)
@@ -414,9 +415,10 @@ def _epoch_plan(actives: list[torch.Tensor], weights: list[torch.Tensor | None],
 
 
 class _SGD:
-    """torch.optim.SGD (dampening 0, no Nesterov) on stacked (M, *shape) tensors with per-model lrs.
+    """torch.optim.SGD (dampening 0) on stacked (M, *shape) tensors with per-model lrs.
 
-    Per step and model i: d = g + wd·p; buf = momentum·buf + d; p = p − lr_i·buf. A zero initial
+    Per step and model i: d = g + wd·p; buf = momentum·buf + d; p = p − lr_i·buf (Nesterov: p − lr_i·(d +
+    momentum·buf)). A zero initial
     buffer gives exactly torch's first-step `buf = d`. Models with live[i] False take no step: their
     parameters and momentum buffers stay bit for bit as they are.
 
@@ -429,9 +431,9 @@ class _SGD:
     """
 
     def __init__(self, params: list[torch.Tensor], bufs: list[torch.Tensor], *, momentum: float,
-                 weight_decay: float):
+                 weight_decay: float, nesterov: bool = False):
         self.params, self.bufs = [p.detach() for p in params], bufs  # updated in place, outside autograd
-        self.momentum, self.weight_decay = momentum, weight_decay
+        self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
         self.fused = _has_fused_sgd(params[0].device)
 
     @torch.no_grad()
@@ -456,7 +458,7 @@ class _SGD:
                 [p[start:stop] for p in self.params], [g[start:stop] for g in grads],
                 [b[start:stop] for b in self.bufs] if self.momentum else [],
                 weight_decay=self.weight_decay, momentum=self.momentum, lr=lrs[start], dampening=0.0,
-                nesterov=False, maximize=False, is_first_step=False)
+                nesterov=self.nesterov, maximize=False, is_first_step=False)
             start = stop
 
     def _stacked_step(self, grads: Sequence[torch.Tensor], lrs: list[float], live: list[bool]) -> None:
@@ -479,7 +481,7 @@ class _SGD:
                     buf.mul_(momentum).add_(d)
                 else:
                     buf.mul_(decay.view(view)).addcmul_(d, keep.view(view))
-                d = buf
+                d = d.add(buf, alpha=momentum) if self.nesterov else buf
             if uniform:
                 p.add_(d, alpha=-lrs[0])  # exactly torch's param.add_(buf, alpha=-lr)
             else:

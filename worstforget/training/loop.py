@@ -148,9 +148,11 @@ def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 2048,
                    accel: Accel | None = None) -> torch.Tensor:
     """Logits in eval mode without augmentation, batched; returns (N, C) float32 on x's device.
 
-    Under `accel`'s bf16 autocast (CUDA only) the logits are computed in bf16 and returned as float32.
+    Logits feed the metrics and the privacy scores, where bf16's three significant digits would blur
+    confidences near 1, so they are computed in full precision unless an `accel` is passed explicitly
+    (training's validation pass does); the current layout setting (channels_last) still applies.
     """
-    accel = (accel or current_accel()).validate()
+    accel = (accel or replace(current_accel(), amp="off")).validate()
     was_training = model.training
     model.eval()
     try:

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch.optim import Optimizer
 
-from ..core.errors import ConfigError
+from ..core.registry import Registry
 
 
 class SignSGD(Optimizer):
@@ -37,40 +38,67 @@ class SignSGD(Optimizer):
                 p.add_(torch.sign(g), alpha=-group["lr"])
 
 
+OptimizerFactory = Callable[..., Optimizer]  # (params, *, lr, momentum, weight_decay) -> Optimizer
+OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
+
+
+@OPTIMIZERS.register("sgd")
+def sgd(params, *, lr: float, momentum: float, weight_decay: float) -> Optimizer:
+    """SGD with momentum and decoupled-by-keyword weight decay (torch.optim.SGD)."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("sign")
+def sign(params, *, lr: float, momentum: float, weight_decay: float) -> Optimizer:
+    """Sign-SGD: the paper's first-order lower level (zero derivative in the forget weights)."""
+    return SignSGD(params, lr=lr, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("adam")
+def adam(params, *, lr: float, momentum: float, weight_decay: float) -> Optimizer:
+    """Adam (torch.optim.Adam; `momentum` is unused)."""
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
 def make_optimizer(kind: str, params, *, lr: float, momentum: float, weight_decay: float) -> Optimizer:
-    if kind == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if kind == "sign":
-        return SignSGD(params, lr=lr, weight_decay=weight_decay)
-    if kind == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    raise ConfigError(f"unknown optimizer {kind!r}; use sgd, sign or adam")
+    return OPTIMIZERS.get(kind)(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-SCHEDULES = ("cosine", "step", "constant", "onecycle")
+Schedule = Callable[[int, int], float]  # (step, total) -> multiplier of the base learning rate
+SCHEDULES: Registry[Schedule] = Registry("schedule")
 ONECYCLE_WARMUP = 0.2  # share of the steps the one-cycle schedule spends warming up (Myrtle/airbench use ~0.2)
+STEP_MILESTONES, STEP_GAMMA = (0.5, 0.75), 0.1  # the paper's decay at 91 and 136 of 182 epochs
 
 
-def lr_factor(schedule: str, step: int, total: int, *, milestones: tuple[float, ...] = (0.5, 0.75),
-              gamma: float = 0.1) -> float:
-    """Multiplier of the base learning rate at `step` of `total` steps.
+@SCHEDULES.register("constant")
+def constant(step: int, total: int) -> float:
+    """The base learning rate throughout."""
+    return 1.0
 
-    `step` decays by `gamma` at the given fractions of training (the paper's 91/136 of 182 epochs);
-    `cosine` anneals to zero; `constant` keeps it; `onecycle` rises linearly from 0 to 1 over the first
-    ONECYCLE_WARMUP of the steps and falls linearly back to 0 at the end (the short-run CIFAR recipes'
-    triangle). The triangle is read at the middle of each step, (step + ½) / total, so neither the first
-    nor the last step has a zero learning rate.
-    """
-    if schedule == "constant" or total <= 0:
-        return 1.0
-    frac = step / total
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * frac))
-    if schedule == "step":
-        return gamma ** sum(frac >= m for m in milestones)
-    if schedule == "onecycle":
-        mid = (step + 0.5) / total
-        if mid < ONECYCLE_WARMUP:
-            return mid / ONECYCLE_WARMUP
-        return max(0.0, (1.0 - mid) / (1.0 - ONECYCLE_WARMUP))
-    raise ConfigError(f"unknown schedule {schedule!r}; use {', '.join(SCHEDULES)}")
+
+@SCHEDULES.register("cosine")
+def cosine(step: int, total: int) -> float:
+    """Cosine annealing to zero over the run."""
+    return 0.5 * (1.0 + math.cos(math.pi * step / total))
+
+
+@SCHEDULES.register("step")
+def step_decay(step: int, total: int) -> float:
+    """×0.1 at 50% and at 75% of the run (the paper's 91/136 of 182 epochs)."""
+    return STEP_GAMMA ** sum(step / total >= m for m in STEP_MILESTONES)
+
+
+@SCHEDULES.register("onecycle")
+def onecycle(step: int, total: int) -> float:
+    """Linear rise over the first ONECYCLE_WARMUP of the steps, linear fall to 0 at the end, read at the
+    middle of each step, (step + ½) / total, so neither the first nor the last step has a zero rate."""
+    mid = (step + 0.5) / total
+    if mid < ONECYCLE_WARMUP:
+        return mid / ONECYCLE_WARMUP
+    return max(0.0, (1.0 - mid) / (1.0 - ONECYCLE_WARMUP))
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """Multiplier of the base learning rate at `step` of `total` steps under a registered schedule."""
+    fn = SCHEDULES.get(schedule)
+    return 1.0 if total <= 0 else fn(step, total)
