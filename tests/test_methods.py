@@ -36,7 +36,7 @@ PARTITIONED = {n for n in ALL_METHODS if hasattr(METHODS.get(n), "partitioned_or
 
 # Methods that have nothing to do when the forget set is empty: they must hand back the model they audit.
 UNCHANGED_WITHOUT_FORGET = {"gradient_ascent", "boundary_shrink", "boundary_expand", "noop", "influence",
-                            "puma", *PARTITIONED}
+                            "puma", "ssd", "rum", *PARTITIONED}
 
 
 

@@ -26,7 +26,8 @@ from worstforget.search.solvers.unrolled import Unroll, stepper_class
 from worstforget.setting import prepare_setting
 
 BACKENDS = ("higher", "torch.func")
-EQUIVALENCE_METHODS = ("finetune", "random_label", "l1_sparse", "scrub", "neggrad_plus", "salun")
+EQUIVALENCE_METHODS = ("finetune", "random_label", "l1_sparse", "scrub", "neggrad_plus", "salun", "bad_teacher", "unsir")
+SGD_VARIANT = {"bad_teacher": {"optimizer": "sgd"}, "unsir": {"optimizer": "sgd"}}  # their papers use Adam
 
 
 @pytest.fixture()
@@ -60,7 +61,7 @@ def assert_same_run(plain, unrolled, *, tol: float = 1e-6) -> None:
 @pytest.mark.parametrize("name", EQUIVALENCE_METHODS)
 def test_unrolled_run_without_graph_is_the_plain_run(setting, name, backend):
     """Graph tracking off: the method's own apply with the differentiable stepper is ordinary training."""
-    method = make_method(name, {"lr": 0.05}).resolved(32)
+    method = make_method(name, {"lr": 0.05, **SGD_VARIANT.get(name, {})}).resolved(32)
     w = forget_first(setting)
     for steps in (1, 7):
         plain = method.apply(setting.original, setting.data, w, seed=3, max_steps=steps)
