@@ -79,12 +79,16 @@ class AppContext:
 
 @click.group(cls=WorstforgetGroup, context_settings={"help_option_names": ["-h", "--help"],
                                                        "auto_envvar_prefix": "WORSTFORGET"})
-@click.option("--plugin", "plugins", multiple=True, metavar="MODULE:FUNCTION",
-              help="Register a method with the challenge signature unlearn(net, retain, forget, val) -> net.")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE:FUNCTION[=NAME]",
+              help="Register a method with the challenge signature unlearn(net, retain, forget, val) -> net "
+                   "(named after the function, or NAME). Repeatable.")
+@click.option("--batch-format", type=click.Choice(["tuple", "dict"]), default="tuple", show_default=True,
+              help="Batches the plug-ins' loaders yield: (x, y), or Kaggle's {'image': x, 'age_group': y}.")
+@click.option("--plugin-override", is_flag=True, help="Let a plug-in replace the built-in method of its name.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.version_option(package_name="worstforget", message="%(version)s")
 @click.pass_context
-def cli(ctx: click.Context, plugins: tuple[str, ...], quiet: bool) -> None:
+def cli(ctx: click.Context, plugins: tuple[str, ...], batch_format: str, plugin_override: bool, quiet: bool) -> None:
     """Audit machine-unlearning methods on their worst-case forget sets.
 
     \b
@@ -96,10 +100,14 @@ def cli(ctx: click.Context, plugins: tuple[str, ...], quiet: bool) -> None:
     if ctx.obj is None:
         ctx.obj = AppContext(quiet=quiet)
     if plugins:
-        from ..methods import load_plugin
+        import os
+        import sys
 
-        for target in plugins:
-            load_plugin(target)
+        from ..methods.plugin import load_plugins
+
+        if os.getcwd() not in sys.path:  # as `python -m` does: a submission in the working folder imports
+            sys.path.insert(0, os.getcwd())
+        load_plugins(plugins, batch_format=batch_format, override=plugin_override)
 
 
 def data_options(fn: Callable) -> Callable:
