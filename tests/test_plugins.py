@@ -376,3 +376,14 @@ def test_plugin_that_cannot_be_imported_exits_2(cli_runner, plugins):
     result = invoke(cli_runner, "--plugin", "tests.no_such_module:fn", "list", "methods")
     assert_clean_error(result, 2)
     assert "cannot load plugin" in result.output and "ModuleNotFoundError" in result.output
+
+
+def test_fractional_weights_hand_the_plugin_the_top_weighted_set():
+    from worstforget.methods.plugin import top_weighted
+
+    w = torch.tensor([0.1, 0.3, 0.3, 0.2, 0.1])  # Σw = 1.0: one sample, the first of the largest
+    assert top_weighted(w).sum() == 1 and bool(top_weighted(w)[1] | top_weighted(w)[2])
+    binary = torch.tensor([0.0, 1.0, 0.0, 1.0, 1.0])
+    assert torch.equal(top_weighted(binary), binary.bool())
+    uniform = torch.full((10,), 0.3)  # the search's start: m = 3 of 10, never an empty set
+    assert int(top_weighted(uniform).sum()) == 3

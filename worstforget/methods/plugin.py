@@ -235,6 +235,16 @@ class DictBatch(dict):
                             f"{', '.join(DICT_KEYS)}; run with --batch-format tuple for (x, y) batches")
 
 
+def top_weighted(w: torch.Tensor) -> torch.Tensor:
+    """The forget set of fractional weights: the round(Σw) samples of largest weight (exactly the 1s of 0/1
+    weights). The search's uniform start w = m/N thus hands a plug-in a set of m samples, not an empty one."""
+    m = int(round(float(w.sum())))
+    mask = torch.zeros_like(w, dtype=torch.bool)
+    if m:
+        mask[torch.topk(w, m, sorted=False).indices] = True
+    return mask
+
+
 class ChallengeDataset(TorchDataset):
     """Rows `rows` of (x, y) served in the chosen batch format; `dataset[i]` is one sample, so plug-ins that
     build their own DataLoader over `loader.dataset` work too."""
@@ -300,7 +310,8 @@ def seeded_global_rngs(seed: int) -> Iterator[None]:
 # --- the adapter -----------------------------------------------------------------------------------
 @dataclass(kw_only=True)
 class PluginMethod(UnlearningMethod):
-    """Adapter: binarises the forget weights (w ≥ 0.5) and hands the user's function challenge loaders."""
+    """Adapter: binarises the forget weights (the round(Σw) largest form the forget set) and hands the
+    user's function challenge loaders."""
 
     differentiable = False
     iterative = False
@@ -330,7 +341,7 @@ class PluginMethod(UnlearningMethod):
     def apply(self, original: nn.Module, data: Dataset, forget_weights: torch.Tensor, *, seed: int = 0,
               spec=None, progress: Progress | None = None) -> nn.Module:
         w = check_weights(forget_weights, data)
-        retain, forget, val = self.loaders(data, w >= 0.5, seed)
+        retain, forget, val = self.loaders(data, top_weighted(w), seed)
         net = copy.deepcopy(original)
         try:
             with seeded_global_rngs(seed), torch.enable_grad():
