@@ -17,6 +17,7 @@ from ..core.runtime import cache_root
 from ..core.seeds import generator
 from .bundle import Augment, Dataset, augment_batch, build_dataset
 from .raw import RawSplits
+from .validate import check_standardised, validate_splits
 
 __all__ = ["DATASETS", "DatasetInfo", "Dataset", "Augment", "augment_batch", "load_dataset", "dataset_info",
            "default_data_dir"]
@@ -120,6 +121,8 @@ def load_dataset(spec: str, *, data_dir: str | Path | None = None, download: boo
     Raises:
         ConfigError: unknown name, or a file-backed format given without its path.
         DataNotFoundError: the files are missing (the message says where we looked and how to get them).
+        InvalidDataError: non-finite inputs, or labels that are not 0 … C−1 with every class in train
+            (see `validate.validate_splits`); checked for every source before anything is built.
     """
     name, arg = split_spec(spec)
     info = DATASETS.get(name)
@@ -128,12 +131,17 @@ def load_dataset(spec: str, *, data_dir: str | Path | None = None, download: boo
             raise ConfigError(f"dataset {name} needs a file: use --dataset {name}:PATH")
         source = Path(arg).expanduser()
         label = f"{name}:{source.name}"
+        where = str(source)
     else:
         source = Path(data_dir).expanduser() if data_dir else default_data_dir()
-        label = name
+        label = where = name
         if download and info.downloadable:
             from .download import download as fetch
 
             fetch(name, source)
     raw = info.read(source)
-    return build_dataset(label, raw, split_seed=split_seed, augment=info.augment).to(device)
+    validate_splits(raw, where)
+    data = build_dataset(label, raw, split_seed=split_seed, augment=info.augment)
+    for split in ("train", "val", "test"):
+        check_standardised(getattr(data, f"x_{split}"), split, where)
+    return data.to(device)
