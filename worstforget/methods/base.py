@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, DivergedError
 from ..core.progress import NullProgress, Progress
 from ..core.seeds import generator
 from ..datasets import Dataset, augment_batch
@@ -251,11 +251,61 @@ class StreamSampler:
             return next(self._queue)
 
 
+class DivergenceWatch:
+    """A device-side record of the first optimisation step whose loss was not finite.
+
+    `observe` runs every step without a host synchronisation (no `.item()`, no Python branch on a tensor):
+    the step counter, the index of the first bad step and its loss stay on the loss's device, updated with
+    `torch.where`. `check` reads them — one synchronisation — and raises `DivergedError`; the loop calls it
+    once per epoch and at the end, where it also checks the parameters once (a last step can turn them
+    non-finite while its own loss was still finite).
+    """
+
+    def __init__(self, method: str, lr: float):
+        self.method, self.lr = method, lr
+        self.steps: torch.Tensor | None = None  # () long: steps observed
+        self.first_bad: torch.Tensor | None = None  # () long: 0-based index of the first bad step, −1 if none
+        self.bad_loss: torch.Tensor | None = None  # () the loss at that step
+
+    def observe(self, loss: torch.Tensor) -> None:
+        value = loss.detach().reshape(())
+        if self.steps is None:
+            self.steps = torch.zeros((), dtype=torch.long, device=value.device)
+            self.first_bad = torch.full((), -1, dtype=torch.long, device=value.device)
+            self.bad_loss = torch.zeros((), dtype=value.dtype, device=value.device)
+        new = (self.first_bad < 0) & ~torch.isfinite(value)
+        self.first_bad = torch.where(new, self.steps, self.first_bad)
+        self.bad_loss = torch.where(new, value, self.bad_loss)
+        self.steps = self.steps + 1
+
+    def check(self, total_steps: int, params: Any = None) -> None:
+        """Raise if a bad step was seen, or (with `params`) if any parameter is not finite."""
+        if self.first_bad is not None:
+            step = int(self.first_bad)  # the one synchronisation
+            if step >= 0:
+                loss = float(self.bad_loss)
+                kind = "NaN" if math.isnan(loss) else ("inf" if loss > 0 else "-inf")
+                raise DivergedError(f"{self.method} diverged at step {step + 1} of {total_steps} (loss is {kind}) "
+                                    f"with lr={self.lr:g}; {_LOWER_LR}", method=self.method, step=step + 1)
+        if params is not None:
+            tensors = [p.detach() for p in params]
+            if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+                raise DivergedError(f"{self.method} diverged: its parameters hold NaN or inf after the last of "
+                                    f"{total_steps} steps with lr={self.lr:g}; {_LOWER_LR}", method=self.method)
+
+
+_LOWER_LR = "lower its learning rate (--param lr=..., or --inner-lr in a search)"
+
+
 def run_loop(method: UnlearningMethod, stepper: Any, ctx: Context, *, progress: Progress | None = None,
              max_steps: int | None = None) -> None:
     """The shared epoch/phase/stream loop; `stepper.model` is the (possibly functional) model.
 
     With `max_steps`, epochs repeat (the method's epoch plan cycling) until exactly that many steps ran.
+
+    Raises:
+        DivergedError: a step's loss was NaN or ±inf (checked once per epoch from a device-side record, so
+            the steps never wait for the host), or the parameters are not finite after the last step.
     """
     data, w = ctx.data, ctx.weights
     bs = method.batch_size or 128
@@ -272,28 +322,38 @@ def run_loop(method: UnlearningMethod, stepper: Any, ctx: Context, *, progress: 
             return
         plan = plan * math.ceil(max_steps / per_plan)
     ctx.total_steps = max(1, max_steps if max_steps is not None else per_plan)
+    watch = DivergenceWatch(method.name, method.lr)
     task = (progress or NullProgress()).task(f"unlearn {method.name}", len(plan))
-    for epoch, phases in enumerate(plan):
-        ctx.epoch = epoch % method.epochs
-        for phase in phases:
-            if not runnable(phase):
-                continue
-            for _ in range(samplers[phase.streams[0]].steps_per_pass()):
-                if max_steps is not None and ctx.step >= max_steps:
-                    break
-                batches = {}
-                for s in phase.streams:
-                    idx = samplers[s].next()
-                    x = data.x_train[idx]
-                    if method.augment:
-                        x = augment_batch(x, data.augment, aug_g)
-                    batches[s] = Batch(idx=idx, x=x, y=data.y_train[idx], w=w[idx], norm=samplers[s].norm)
-                stepper.set_lr(method.lr * method.lr_scale(ctx))
-                loss = phase.loss(stepper.model, batches, ctx)
-                stepper.step(loss, ctx)
-                ctx.step += 1
-        task.advance(1)
-    task.close()
+    try:
+        for epoch, phases in enumerate(plan):
+            ctx.epoch = epoch % method.epochs
+            for phase in phases:
+                if not runnable(phase):
+                    continue
+                for _ in range(samplers[phase.streams[0]].steps_per_pass()):
+                    if max_steps is not None and ctx.step >= max_steps:
+                        break
+                    batches = {s: _next_batch(samplers[s], data, w, aug_g if method.augment else None)
+                               for s in phase.streams}
+                    stepper.set_lr(method.lr * method.lr_scale(ctx))
+                    loss = phase.loss(stepper.model, batches, ctx)
+                    watch.observe(loss)
+                    stepper.step(loss, ctx)
+                    ctx.step += 1
+            watch.check(ctx.total_steps)
+            task.advance(1)
+        watch.check(ctx.total_steps, params=stepper.model.parameters())
+    finally:
+        task.close()
+
+
+def _next_batch(sampler: StreamSampler, data: Dataset, w: torch.Tensor, aug_g: torch.Generator | None) -> Batch:
+    """The stream's next minibatch, augmented when a generator is given."""
+    idx = sampler.next()
+    x = data.x_train[idx]
+    if aug_g is not None:
+        x = augment_batch(x, data.augment, aug_g)
+    return Batch(idx=idx, x=x, y=data.y_train[idx], w=w[idx], norm=sampler.norm)
 
 
 def ce(model: nn.Module, batch: Batch, labels: torch.Tensor | None = None) -> torch.Tensor:
