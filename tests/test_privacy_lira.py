@@ -127,12 +127,18 @@ def test_tpr_at_fpr_by_hand():
     # (3,3) (3,4) (4,4) (5,4); FPR = FP/5, TPR = TP/4.
     members = np.array([0.95, 0.9, 0.6, 0.3])
     nonmembers = np.array([0.92, 0.5, 0.4, 0.2, 0.1])
-    assert tpr_at_fpr(members, nonmembers, 0.0) == 0.25  # FP = 0 → TP ≤ 1
-    assert tpr_at_fpr(members, nonmembers, 0.1) == 0.25  # FP ≤ 0.5 → still FP = 0
-    assert tpr_at_fpr(members, nonmembers, 0.2) == 0.75  # FP ≤ 1 → TP = 3
-    assert tpr_at_fpr(members, nonmembers, 0.2, strict=True) == 0.25  # FPR < 0.2 (LiRA's `<`)
-    assert tpr_at_fpr(members, nonmembers, 0.6) == 1.0  # FP ≤ 3 → TP = 4
-    np.testing.assert_array_equal(tpr_at_fpr(members, nonmembers, [0.0, 0.2, 1.0]), [0.25, 0.75, 1.0])
+    # Default: FPR < target, the reference's rule (tensorflow/privacy mi_lira_2021/plot.py).
+    assert tpr_at_fpr(members, nonmembers, 0.0) == 0.0  # no threshold has FPR < 0
+    assert tpr_at_fpr(members, nonmembers, 0.1) == 0.25  # FP < 0.5 → FP = 0 → TP = 1
+    assert tpr_at_fpr(members, nonmembers, 0.2) == 0.25  # FP < 1 → still FP = 0
+    assert tpr_at_fpr(members, nonmembers, 0.6) == 0.75  # FP < 3 → FP = 2 → TP = 3
+    np.testing.assert_array_equal(tpr_at_fpr(members, nonmembers, [0.0, 0.2, 1.0]), [0.0, 0.25, 1.0])
+    # strict=False: FPR ≤ target; differs exactly where the target is a multiple of 1/5.
+    assert tpr_at_fpr(members, nonmembers, 0.0, strict=False) == 0.25  # FP = 0 → TP ≤ 1
+    assert tpr_at_fpr(members, nonmembers, 0.1, strict=False) == 0.25
+    assert tpr_at_fpr(members, nonmembers, 0.2, strict=False) == 0.75  # FP ≤ 1 → TP = 3
+    assert tpr_at_fpr(members, nonmembers, 0.6, strict=False) == 1.0  # FP ≤ 3 → TP = 4
+    np.testing.assert_array_equal(tpr_at_fpr(members, nonmembers, [0.0, 0.2, 1.0], strict=False), [0.25, 0.75, 1.0])
     # AUC: pairs with m > n: .95 beats 5, .9 beats 4, .6 beats 4, .3 beats 2 → 15/20.
     assert auc(members, nonmembers) == 0.75
 
@@ -141,7 +147,7 @@ def test_roc_extremes_and_sklearn_agreement():
     rng = np.random.default_rng(7)
     a, b = rng.normal(size=500), rng.normal(size=500)
     assert abs(auc(a, b) - 0.5) < 0.06
-    assert auc(a + 100, b) == 1.0 and tpr_at_fpr(a + 100, b, 0.0) == 1.0
+    assert auc(a + 100, b) == 1.0 and tpr_at_fpr(a + 100, b, 0.001) == 1.0  # FPR < 1/500: FP = 0
     tied = np.round(rng.normal(size=300), 1)
     other = np.round(rng.normal(0.3, 1, size=200), 1)
     labels = np.r_[np.ones(300), np.zeros(200)]

@@ -169,7 +169,7 @@ def lira_attack_metrics(scores_pos, scores_neg, *, max_points: int = 200) -> dic
         max_points: Cap on the stored ROC points (log-spaced in FPR, see `roc.downsample_roc`).
 
     Returns:
-        JSON-ready dict: ``auc``, ``tpr_at_1pct_fpr``, ``tpr_at_0.1pct_fpr`` (largest TPR with FPR ≤
+        JSON-ready dict: ``auc``, ``tpr_at_1pct_fpr``, ``tpr_at_0.1pct_fpr`` (largest TPR with FPR <
         target), ``balanced_accuracy``, ``n_pos``, ``n_neg`` and ``roc_fpr``/``roc_tpr`` lists for
         log-log plots (the first point has FPR 0, which log axes omit).
 
@@ -177,7 +177,7 @@ def lira_attack_metrics(scores_pos, scores_neg, *, max_points: int = 200) -> dic
         PrivacyInputError: empty inputs or NaN scores (drop examples without shadow models first).
     """
     fpr, tpr = roc_curve(scores_pos, scores_neg)
-    low = _tpr_at(fpr, tpr, np.array([0.01, 0.001]), strict=False)
+    low = _tpr_at(fpr, tpr, np.array([0.01, 0.001]))  # FPR < target, as LiRA's plot.py
     f_ds, t_ds = downsample_roc(fpr, tpr, max_points)
     return {
         "auc": curve_area(fpr, tpr),

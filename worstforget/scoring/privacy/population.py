@@ -31,7 +31,7 @@ def loss_threshold_attack(loss_members, loss_nonmembers) -> dict[str, float]:
     pos = as_float_array(loss_members, "loss_members", ndim=1, finite=False)
     neg = as_float_array(loss_nonmembers, "loss_nonmembers", ndim=1, finite=False)
     fpr, tpr = roc_curve(-pos, -neg)
-    low = _tpr_at(fpr, tpr, np.array([0.01, 0.001]), strict=False)
+    low = _tpr_at(fpr, tpr, np.array([0.01, 0.001]))  # FPR < target, as LiRA's plot.py
     return {
         "auc": curve_area(fpr, tpr),
         "tpr_at_1pct_fpr": float(low[0]),

@@ -65,26 +65,30 @@ def auc(scores_members, scores_nonmembers) -> float:
     return float(u / (pos.size * neg.size))
 
 
-def _tpr_at(fpr_curve: np.ndarray, tpr_curve: np.ndarray, target, strict: bool) -> np.ndarray:
+def _tpr_at(fpr_curve: np.ndarray, tpr_curve: np.ndarray, target, strict: bool = True) -> np.ndarray:
     target = np.asarray(target, dtype=np.float64)
     if np.any(np.isnan(target)) or np.any(target < 0):
         raise PrivacyInputError(f"target FPR must be >= 0, got {target}")
-    # fpr_curve is non-decreasing and tpr_curve rises with it, so the largest TPR with FPR ≤ target sits at
-    # the last curve point with FPR ≤ target.
+    # fpr_curve is non-decreasing and tpr_curve rises with it, so the largest TPR with FPR < target (≤ when
+    # not strict) sits at the last curve point with FPR < target (≤).
     idx = np.searchsorted(fpr_curve, target, side="left" if strict else "right") - 1  # (...,)
     return np.where(idx >= 0, tpr_curve[np.maximum(idx, 0)], 0.0)
 
 
-def tpr_at_fpr(scores_members, scores_nonmembers, fpr=0.01, *, strict: bool = False):
-    """Largest TPR over thresholds whose FPR ≤ ``fpr`` (the LiRA low-FPR metric).
+def tpr_at_fpr(scores_members, scores_nonmembers, fpr=0.01, *, strict: bool = True):
+    """Largest TPR over thresholds whose FPR < ``fpr`` (the LiRA low-FPR metric, as the reference computes it).
+
+    The reference (tensorflow/privacy ``mi_lira_2021/plot.py``) reads ``tpr[np.where(fpr < .001)[0][-1]]``:
+    a strict ``<``. The two rules differ only when the target is an exact multiple of 1/n_neg — e.g. at
+    0.1% with 1,000 or 10,000 non-members, where ``≤`` also admits the threshold with exactly
+    n_neg/1000 false positives.
 
     Args:
         scores_members: (n_pos,) scores of members.
         scores_nonmembers: (n_neg,) scores of non-members.
         fpr: Target false-positive rate, a float or an array of them.
-        strict: Use FPR < target instead of ≤. LiRA's ``plot.py`` indexes ``tpr[np.where(fpr < .001)[0][-1]]``
-            (strict); the default ≤ is the usual definition and differs only when the target is an
-            exact multiple of 1/n_neg. With ``strict`` and a target of 0 the result is 0.
+        strict: True (default): FPR < target, the reference's rule; with a target of 0 the result is 0
+            (no threshold has a negative FPR). False: FPR ≤ target.
 
     Returns:
         A float for a scalar ``fpr``, else a float64 array shaped like ``fpr``.
