@@ -18,6 +18,7 @@ from worstforget.search import (
     search_worst_case,
     top_m,
 )
+from worstforget.search import loop
 from worstforget.search.problem import Problem
 from worstforget.search.solvers import SOLVERS
 from worstforget.setting import prepare_setting
@@ -75,7 +76,7 @@ def test_first_order_gradient_is_loss_plus_ridge(setting):
     torch.testing.assert_close(hg.grad, hg.per_sample + 2 * 0.1 * w)
 
 
-def test_search_moves_is_deterministic_and_resumes(setting, tmp_path):
+def test_search_moves_is_deterministic_and_resumes(setting, tmp_path, monkeypatch):
     cfg = SearchConfig(outer_steps=4, inner_steps=5)
     a = search_worst_case(setting, "finetune", {}, cfg, seed=1, state_dir=tmp_path / "a")
     b = search_worst_case(setting, "finetune", {}, cfg, seed=1, state_dir=tmp_path / "b")
@@ -84,18 +85,37 @@ def test_search_moves_is_deterministic_and_resumes(setting, tmp_path):
     assert a.history["overlap_with_initial"][-1] < 0.6  # the set left its (random) start
     w = a.weights
     assert float(w.min()) >= 0 and float(w.max()) <= 1 and abs(float(w.sum()) - len(a.indices)) < 1e-6
-    # interrupted after 2 steps, then resumed: same result as uninterrupted
-    half = search_worst_case(setting, "finetune", {}, replace(cfg, outer_steps=2), seed=1, state_dir=tmp_path / "c")
-    state = next((tmp_path / "c").glob("search-*.pt"))
-    target = tmp_path / "d" / f"search-{a.key}.pt"
-    target.parent.mkdir()
-    saved = torch.load(state, weights_only=True)
-    saved["key"], saved["done"] = a.key, False
-    torch.save(saved, target)
-    resumed = search_worst_case(setting, "finetune", {}, cfg, seed=1, state_dir=tmp_path / "d", resume=True)
-    assert len(half.history["objective"]) == 2
-    assert torch.equal(resumed.indices, a.indices)
-    torch.testing.assert_close(resumed.weights, a.weights)
+    # interrupted inside its third outer step (the lower level raises), then resumed: the resumed run computes
+    # steps 3 and 4 only and ends exactly where the uninterrupted one did
+    real, seeds = SOLVERS.get("first_order"), []
+
+    def interrupted(problem, w, seed):
+        seeds.append(seed)
+        if len(seeds) == 3:
+            raise KeyboardInterrupt
+        return real(problem, w, seed)
+
+    monkeypatch.setattr(loop, "SOLVERS", _Only(interrupted))
+    with pytest.raises(KeyboardInterrupt):
+        search_worst_case(setting, "finetune", {}, cfg, seed=1, state_dir=tmp_path / "c")
+    state = torch.load(next((tmp_path / "c").glob("search-*.pt")), weights_only=True)
+    assert state["step"] == 2 and not state["done"]
+    seeds.clear()
+    monkeypatch.setattr(loop, "SOLVERS", _Only(lambda problem, w, seed: seeds.append(seed) or real(problem, w, seed)))
+    resumed = search_worst_case(setting, "finetune", {}, cfg, seed=1, state_dir=tmp_path / "c", resume=True)
+    assert len(seeds) == 2
+    assert torch.equal(resumed.indices, a.indices) and torch.equal(resumed.weights, a.weights)
+    assert torch.equal(resumed.weight_history, a.weight_history) and resumed.history == a.history
+
+
+class _Only:
+    """A solver registry holding one solver, whatever name is asked for."""
+
+    def __init__(self, solver):
+        self.solver = solver
+
+    def get(self, name):
+        return self.solver
 
 
 def test_planted_prototypes_are_found(tmp_path):

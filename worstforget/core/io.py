@@ -54,20 +54,32 @@ def from_checked_dict(cls: type, values: dict, what: str):
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
+
+    The new content is synced to disk before the rename and the rename is synced after it, so a crash or
+    a power cut leaves the old file or the new one, never an empty or partial one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        _sync_file(Path(tmp))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are meant to be shared
         os.replace(tmp, path)
+        _sync_dir(path.parent)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Replace `path` by `data` atomically and durably (see `atomic_path`)."""
+    with atomic_path(path) as tmp:
+        _write_synced(tmp, data)
 
 
 def json_bytes(obj: Any) -> bytes:
@@ -81,6 +93,8 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def _write_synced(path: Path, data: bytes) -> None:
+    if path.is_file() and path.stat().st_nlink > 1:  # a hard link shared with the previous result: never
+        path.unlink()  # write through it, write a fresh inode
     with open(path, "wb") as fh:
         fh.write(data)
         fh.flush()
@@ -96,11 +110,29 @@ def check_output_dir(out: str | Path, *, expected_bytes: int = 0, what: str = "-
     out = Path(out).expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise WorstforgetError(f"{what} {out} is a file; give a folder path")
-    ancestor = out
+    _check_writable(out, expected_bytes, what, fix="give a folder path")
+    return out
+
+
+def check_output_file(path: str | Path, *, expected_bytes: int = 0, what: str = "--out") -> Path:
+    """`check_output_dir` for one output file (written beside itself and renamed): refuse a folder in its
+    place, a file among its parents, a folder that cannot be written, or too little free space."""
+    path = Path(path).expanduser().absolute()
+    if path.is_dir():
+        raise WorstforgetError(f"{what} {path} is a folder; give a file name such as {path / 'out.json'}")
+    _check_writable(path.parent, expected_bytes, what, fix="give a file path inside a folder", shown=path)
+    return path
+
+
+def _check_writable(folder: Path, expected_bytes: int, what: str, *, fix: str, shown: Path | None = None) -> None:
+    """The nearest existing ancestor of `folder` (itself included) must be a folder that takes new entries
+    and has room for them."""
+    out = shown or folder
+    ancestor = folder
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise WorstforgetError(f"{what} {out} lies under {ancestor}, which is a file; give a folder path")
+        raise WorstforgetError(f"{what} {out} lies under {ancestor}, which is a file; {fix}")
     try:  # a real probe: permission bits say nothing for root or read-only mounts
         fd, probe = tempfile.mkstemp(prefix=".worstforget-probe-", dir=ancestor)
         os.close(fd)
@@ -109,11 +141,10 @@ def check_output_dir(out: str | Path, *, expected_bytes: int = 0, what: str = "-
         raise WorstforgetError(f"{what} {out} cannot be written ({exc.strerror or exc} in {ancestor}); "
                                "choose a writable folder") from None
     free = shutil.disk_usage(ancestor).free
-    needed = MIN_FREE_BYTES + 2 * int(expected_bytes)  # the new set is written beside the old one
+    needed = MIN_FREE_BYTES + 2 * int(expected_bytes)  # the new output is written beside the old one
     if free < needed:
         raise WorstforgetError(f"{what} {out}: only {free / 2**20:.1f} MiB free on its disk, about "
                                f"{needed / 2**20:.1f} MiB needed; free space or choose another folder")
-    return out
 
 
 def write_result_folder(out: str | Path, files: dict[str, bytes]) -> Path:
@@ -123,10 +154,10 @@ def write_result_folder(out: str | Path, files: dict[str, bytes]) -> Path:
     temporary sibling folder, which then takes the place of `out`.
     """
     out = Path(out).expanduser().absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    old = None
+    tmp = old = None
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
         if out.is_dir():
             for entry in out.iterdir():
                 if entry.name not in files:
@@ -146,7 +177,8 @@ def write_result_folder(out: str | Path, files: dict[str, bytes]) -> Path:
     except OSError as exc:
         if old is not None and old.exists() and not out.exists():
             os.rename(old, out)  # put the previous result back
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
         raise WorstforgetError(f"could not write the results to {out} ({reason}); the previous contents are "
                                "unchanged — free space or choose another --out") from None
@@ -167,6 +199,14 @@ def _link_file(src, dst) -> None:
         os.link(src, dst)  # same file system: no copy
     except OSError:
         shutil.copy2(src, dst)
+
+
+def _sync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _sync_dir(path: Path) -> None:

@@ -5,14 +5,21 @@ from the checkpoint after step t continues exactly as an uninterrupted run would
 """
 from __future__ import annotations
 
+import io
+import logging
+import math
+import os
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from ..core.cache import content_digest, file_lock
 from ..core.errors import WorstforgetError
 from ..core.hashing import stable_hash
-from ..core.io import atomic_path
+from ..core.io import write_bytes_atomic
 from ..core.progress import NullProgress, Progress
 from ..core.runtime import Timer
 from ..core.seeds import derive_seed, generator
@@ -23,7 +30,8 @@ from .problem import Problem
 from .projection import project_capped_simplex, top_m
 from .solvers import SOLVERS, check_solver
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: a small state file plus appended weight rows (O(N) bytes per outer step)
+LOGGER = logging.getLogger("worstforget")
 
 
 @dataclass
@@ -82,7 +90,7 @@ def search_worst_case(setting: Setting, method: str, params: dict | None, cfg: S
         params: its hyper-parameters.
         cfg: search settings.
         seed: seeds the lower-level runs and the tie-break of the initial set.
-        state_dir: where the per-step checkpoint lives (default: the cache folder).
+        state_dir: where the per-step checkpoint lives (default: the cache folder); none without the cache.
         resume: continue from a checkpoint of the same search (same key) if one exists.
         reference_sets: named unit-index sets (random sets, heuristic) whose overlap is logged each step.
         progress: progress sink.
@@ -94,7 +102,9 @@ def search_worst_case(setting: Setting, method: str, params: dict | None, cfg: S
     check_solver(cfg.solver, instance)
     problem = Problem(setting=setting, method=instance, config=cfg, progress=progress)
     key = search_key(setting, instance.name, params, cfg, seed)
-    state_path = Path(state_dir or setting.records.root / "search") / f"search-{key}.pt"
+    checkpoint = None
+    if setting.records.enabled:
+        checkpoint = SearchCheckpoint(Path(state_dir or setting.records.root / "search"), key, problem.num_vars)
     w0, initial = initial_weights(problem, seed)
     w, start = w0.clone(), 0
     history: dict[str, list] = {"objective": [], "overlap_with_initial": [], "step_size": []}
@@ -103,47 +113,150 @@ def search_worst_case(setting: Setting, method: str, params: dict | None, cfg: S
     weights = [w0.clone()]
     elapsed = 0.0
     last_grad = torch.zeros_like(w0)
-    state = _load_state(state_path) if setting.records.enabled else None
-    if state is not None and (resume or state.get("done")):
-        if state.get("key") != key:
-            raise WorstforgetError(f"checkpoint {state_path} belongs to another search; delete it or drop --resume")
-        w, start, history, elapsed = state["w"], state["step"], state["history"], state["seconds"]
-        weights, last_grad = list(state["weights"]), state["last_grad"]
-    task = (progress or NullProgress()).task(f"search ({cfg.solver}, {instance.name})", cfg.outer_steps)
-    task.advance(start)
-    m = problem.budget
-    for t in range(start, cfg.outer_steps):
-        with Timer() as timer:
-            hg = solve(problem, w.to(setting.data.device), derive_seed(seed, "outer-step", t))
-            grad = hg.grad.cpu()
-            scale = grad.std().clamp_min(1e-12) if cfg.normalize_step else torch.tensor(1.0, dtype=torch.float64)
-            step = cfg.upper_lr / float(scale)
-            w = project_capped_simplex(w - step * grad, m)
-        elapsed += timer.seconds
-        last_grad = grad
-        units = top_m(w, m, tie_break=-grad)  # among equal weights, prefer the lower objective
-        history["objective"].append(hg.value)
-        history["step_size"].append(step)
-        history["overlap_with_initial"].append(overlap(units, initial))
-        for name, ref in (reference_sets or {}).items():
-            history[f"overlap_with_{name}"].append(overlap(units, ref))
-        weights.append(w.clone())
-        if setting.records.enabled:
-            with atomic_path(state_path) as tmp:
-                torch.save({"key": key, "w": w, "step": t + 1, "history": history, "seconds": elapsed,
-                            "weights": torch.stack(weights), "last_grad": last_grad, "done": t + 1 == cfg.outer_steps}, tmp)
-        task.advance(1, objective=hg.value, moved=1 - history["overlap_with_initial"][-1])
-    task.close()
+    # one process at a time runs a given search: a second one waits, then finds it done
+    with checkpoint.lock() if checkpoint else nullcontext():
+        state = checkpoint.load(cfg.outer_steps) if checkpoint else None
+        if state is not None and (resume or state["done"]):
+            start, history, elapsed = state["step"], state["history"], state["seconds"]
+            weights, last_grad = state["weights"], state["last_grad"]
+            w = weights[-1].clone()
+        if checkpoint:
+            checkpoint.begin(weights)
+        task = (progress or NullProgress()).task(f"search ({cfg.solver}, {instance.name})", cfg.outer_steps)
+        task.advance(start)
+        m = problem.budget
+        for t in range(start, cfg.outer_steps):
+            with Timer() as timer:
+                hg = solve(problem, w.to(setting.data.device), derive_seed(seed, "outer-step", t))
+                grad = hg.grad.cpu()
+                check_hypergradient(hg, grad, t, cfg, instance.name)
+                scale = grad.std().clamp_min(1e-12) if cfg.normalize_step else torch.tensor(1.0, dtype=torch.float64)
+                step = cfg.upper_lr / float(scale)
+                w = project_capped_simplex(w - step * grad, m)
+            elapsed += timer.seconds
+            last_grad = grad
+            units = top_m(w, m, tie_break=-grad)  # among equal weights, prefer the lower objective
+            history["objective"].append(hg.value)
+            history["step_size"].append(step)
+            history["overlap_with_initial"].append(overlap(units, initial))
+            for name, ref in (reference_sets or {}).items():
+                history[f"overlap_with_{name}"].append(overlap(units, ref))
+            weights.append(w.clone())
+            if checkpoint:
+                checkpoint.save(w, step=t + 1, done=t + 1 == cfg.outer_steps, history=history, seconds=elapsed,
+                                last_grad=last_grad)
+            task.advance(1, objective=hg.value, moved=1 - history["overlap_with_initial"][-1])
+        task.close()
     units = top_m(w, m, tie_break=-last_grad)
     return SearchResult(weights=w, units=units, indices=problem.members(units), initial_units=initial,
                         weight_history=torch.stack(weights), history=history, seconds=elapsed, key=key)
 
 
-def _load_state(path: Path) -> dict | None:
-    """The search checkpoint, or None when there is none or it cannot be read (then it is recomputed)."""
-    if not path.is_file():
+def check_hypergradient(hg, grad: torch.Tensor, t: int, cfg: SearchConfig, method: str) -> None:
+    """A NaN or ±inf hypergradient means the lower level diverged: stop with the step, not a garbage set."""
+    if bool(torch.isfinite(grad).all()) and math.isfinite(float(hg.value)):
+        return
+    what = "gradient" if not bool(torch.isfinite(grad).all()) else "objective"
+    raise WorstforgetError(f"the hypergradient's {what} holds NaN or inf at outer step {t + 1} of "
+                           f"{cfg.outer_steps} ({method}, {cfg.solver} solver); the lower level diverged: lower "
+                           "--inner-lr or the method's lr (--param lr=...)")
+
+
+class SearchCheckpoint:
+    """The per-step checkpoint of one search: O(N) bytes written per outer step, whatever the step.
+
+    `search-<key>.pt` (torch, weights only) holds the step, whether the search is done, the history, the
+    elapsed seconds, the last gradient, one digest per weight row and a digest of all of it; the weights
+    after every step go to `search-<key>.rows`, one float64 row of N values appended per step (row 0 = w₀).
+    The rows file is written before the state that counts its rows, so a kill between the two leaves one
+    row too many, which is dropped on resume. A checkpoint whose digests do not match, which is truncated
+    or foreign, is never trusted: the search starts again from step 0 (one warning line).
+    """
+
+    def __init__(self, folder: Path, key: str, num_vars: int):
+        self.state_path = folder / f"search-{key}.pt"
+        self.rows_path = folder / f"search-{key}.rows"
+        self.key, self.num_vars = key, num_vars
+        self.row_digests: list[str] = []
+
+    @property
+    def row_bytes(self) -> int:
+        return 8 * self.num_vars
+
+    def lock(self):
+        return file_lock(self.state_path.with_name(f"{self.state_path.name}.lock"))
+
+    def load(self, outer_steps: int) -> dict | None:
+        """The verified state, with `weights` (its rows as tensors), or None (absent or untrusted)."""
+        if not self.state_path.is_file():
+            return None
+        try:
+            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+            problem = self._problem(state, outer_steps)
+        except Exception as exc:  # a truncated or foreign file: torch raises many types
+            problem = f"is unreadable ({type(exc).__name__})"
+        if problem is None:
+            try:
+                state["weights"] = self._read_rows(state["step"] + 1)
+            except OSError as exc:
+                problem = f"has unreadable weight rows ({exc.strerror or exc})"
+        if problem is None and [content_digest(r) for r in state["weights"]] != state["row_digests"]:
+            problem = "has damaged or missing weight rows"
+        if problem is not None:
+            LOGGER.warning("search checkpoint %s %s; starting the search from its first step", self.state_path,
+                           problem)
+            return None
+        self.row_digests = list(state["row_digests"])
+        return state
+
+    def _problem(self, state, outer_steps: int) -> str | None:
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION or "digest" not in state:
+            return "was written by another version"
+        body = {k: v for k, v in state.items() if k != "digest"}
+        if content_digest(body) != state["digest"]:
+            return "fails its checksum (damaged)"
+        if state["key"] != self.key:
+            return "belongs to another search"
+        step = state["step"]
+        if not (isinstance(step, int) and 0 < step <= outer_steps and len(state["row_digests"]) == step + 1
+                and tuple(state["last_grad"].shape) == (self.num_vars,)):
+            return "is inconsistent"
         return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a truncated or foreign file is never trusted
-        return None
+
+    def _read_rows(self, count: int) -> list[torch.Tensor]:
+        with open(self.rows_path, "rb") as fh:
+            data = fh.read(count * self.row_bytes)
+        if len(data) != count * self.row_bytes:
+            return []  # too short: fails the digest comparison
+        arr = np.frombuffer(data, dtype=np.float64).reshape(count, self.num_vars)
+        return [torch.from_numpy(row.copy()) for row in arr]
+
+    def begin(self, weights: list[torch.Tensor]) -> None:
+        """Make the rows file hold exactly `weights` (w₀ alone on a fresh start, the verified rows on resume)."""
+        self.rows_path.parent.mkdir(parents=True, exist_ok=True)
+        if len(weights) == 1:  # fresh: an older state must not outlive the rows it counted
+            self.state_path.unlink(missing_ok=True)
+            self.row_digests = []
+            with open(self.rows_path, "wb") as fh:
+                self._append(fh, weights[0])
+        else:  # drop a row written by a step whose state was never saved
+            os.truncate(self.rows_path, len(weights) * self.row_bytes)
+
+    def save(self, w: torch.Tensor, *, step: int, done: bool, history: dict, seconds: float,
+             last_grad: torch.Tensor) -> None:
+        """Append the row of step `step` and replace the state (atomically)."""
+        with open(self.rows_path, "r+b") as fh:
+            fh.seek(step * self.row_bytes)
+            self._append(fh, w)
+        body = {"version": STATE_VERSION, "key": self.key, "step": step, "done": done, "history": history,
+                "seconds": float(seconds), "last_grad": last_grad.double().cpu(), "row_digests": self.row_digests}
+        buf = io.BytesIO()
+        torch.save({**body, "digest": content_digest(body)}, buf)
+        write_bytes_atomic(self.state_path, buf.getvalue())
+
+    def _append(self, fh, w: torch.Tensor) -> None:
+        row = w.detach().double().cpu().contiguous()
+        fh.write(row.numpy().tobytes())
+        fh.flush()
+        os.fsync(fh.fileno())
+        self.row_digests.append(content_digest(row))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,11 +55,13 @@ class Original:
 
 def obtain_original(spec: ModelSpec, data: Dataset, *, checkpoint: str | Path | None = None,
                     progress: Progress | None = None, cache: ModelCache | None = None) -> Original:
-    """The user's checkpoint, or the model of `spec` from the cache, or trained now (and timed, and cached)."""
+    """The user's checkpoint, or the model of `spec` from the cache, or trained now (and timed, and cached).
+
+    Training holds the model's cache lock: a second process asking for the same model waits, then loads it.
+    """
     if checkpoint is not None:
         model = spec.build(data)
-        load_checkpoint(model, checkpoint)
-        digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
+        digest = load_checkpoint(model, checkpoint)
         # the file's content, the architecture and the data determine everything downstream (not the recipe)
         key = stable_hash({"checkpoint": digest, "data": data.fingerprint, "model": spec.name, "norm": spec.norm,
                            "params": spec.params})
@@ -66,14 +69,15 @@ def obtain_original(spec: ModelSpec, data: Dataset, *, checkpoint: str | Path | 
     key = stable_hash(spec.key(data))
     cache = cache or ModelCache()
     model = spec.build(data)
-    meta = cache.load_with_meta(key, model)
-    if meta is not None:
-        seconds = meta.get("train_seconds")
-        return Original(model.eval(), key, float(seconds) if seconds is not None else None, "cache")
-    with Timer() as timer:
-        fit(model, data, spec.train, seed=spec.seed, progress=progress, description="train original")
-        sync(data.device)
-    cache.save(key, model, meta={**spec.to_dict(), "train_seconds": timer.seconds})
+    with cache.lock(key):
+        meta = cache.load_with_meta(key, model)
+        if meta is not None:
+            seconds = meta.get("train_seconds")
+            return Original(model.eval(), key, float(seconds) if seconds is not None else None, "cache")
+        with Timer() as timer:
+            fit(model, data, spec.train, seed=spec.seed, progress=progress, description="train original")
+            sync(data.device)
+        cache.save(key, model, meta={**spec.to_dict(), "train_seconds": timer.seconds})
     return Original(model.eval(), key, timer.seconds, "trained")
 
 
@@ -84,25 +88,39 @@ def original_model(spec: ModelSpec, data: Dataset, *, checkpoint: str | Path | N
     return original.model, original.key
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Load a state dict (or {'state_dict': ...}) saved by torch.save, never executing pickled code."""
+def load_checkpoint(model: nn.Module, path: str | Path) -> str:
+    """Load a state dict saved by torch.save — bare, or wrapped as {'state_dict': ...} or
+    {'model_state_dict': ...}, with or without DataParallel's `module.` prefixes — never executing pickled
+    code. Returns the SHA-256 of the file's bytes (the very bytes loaded), which keys everything downstream."""
     path = Path(path)
     if not path.is_file():
         raise WorstforgetError(f"checkpoint {path} does not exist; pass the path of a saved state_dict")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise WorstforgetError(f"cannot read checkpoint {path} ({exc.strerror or exc})") from None
+    try:
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for foreign files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WorstforgetError(f"cannot read checkpoint {path} as weights-only tensors ({first[:160]}); "
                                "save it with torch.save(model.state_dict(), PATH)") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    for wrapper in ("state_dict", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+            break
     if not isinstance(state, dict):
         raise WorstforgetError(f"checkpoint {path} holds a {type(state).__name__}, not a state_dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    others = sorted(str(k) for k, v in state.items() if not isinstance(v, torch.Tensor))
+    if others:
+        raise WorstforgetError(f"checkpoint {path} is not a state_dict ({', '.join(others[:3])} "
+                               f"{'is not a tensor' if len(others) == 1 else 'are not tensors'}); "
+                               "save it with torch.save(model.state_dict(), PATH)")
+    state = {str(k).removeprefix("module."): v for k, v in state.items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:200]
         raise WorstforgetError(f"checkpoint {path} does not match the chosen architecture ({detail}); "
                                "pick the --model (and --norm) it was trained with") from None
+    return hashlib.sha256(raw).hexdigest()
