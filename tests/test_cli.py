@@ -133,3 +133,30 @@ def test_unlearn_unknown_param_exits_2(cli_runner, tmp_path):
     assert_clean_error(result, 2)
     assert "nosuch" in result.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kind", ["methods", "datasets", "models", "solvers", "attacks", "selectors", "objectives",
+                                  "baselines", "optimizers", "schedules", "recipes"])
+def test_list_shows_every_entry_of_each_registry(cli_runner, kind):
+    from worstforget.cli.basic import registries
+
+    result = run(cli_runner, "list", kind)
+    assert result.exit_code == 0, result.output
+    for name in registries()[kind].names():
+        assert name in result.output, (kind, name)
+
+
+def test_schedule_choices_come_from_the_registry(cli_runner, tmp_path):
+    result = run(cli_runner, "train", *FAST, "--schedule", "onecycle", "--cache-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    bad = run(cli_runner, "train", *FAST, "--schedule", "linear", "--cache-dir", str(tmp_path))
+    assert bad.exit_code == 2 and "onecycle" in bad.output
+
+
+def test_recipe_replaces_the_defaults_and_explicit_options_win(tmp_path):
+    from worstforget.setting import prepare_setting
+
+    setting = prepare_setting(dataset="synthetic", recipe="fast", train_overrides={"epochs": 1},
+                              cache_dir=str(tmp_path))
+    cfg = setting.spec.train
+    assert (cfg.epochs, cfg.lr, cfg.schedule, cfg.nesterov, cfg.label_smoothing) == (1, 0.4, "onecycle", True, 0.1)

@@ -447,3 +447,13 @@ def test_epsilon_on_a_grid_point_can_differ_from_the_released_float32_grid_up_to
     released = _released_style_epsilon(retrain, unlearn)
     assert ours == EPSILON_CAP
     assert released == pytest.approx(math.log(3 * (1 - DELTA) / 1), abs=1e-3)  # 1.10, from the band family
+
+
+def test_training_that_diverges_stops_with_one_line_and_writes_nothing(cli_runner, tmp_path):
+    out = tmp_path / "train.json"
+    result = cli_runner.invoke(cli, ["--quiet", "train", "--dataset", "synthetic", "--epochs", "3", "--lr", "1e9",
+                                     "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "train original diverged at step" in lines[0] and "--lr" in lines[0], result.output
+    assert not out.exists() and not list((tmp_path / "cache").glob("models/*.pt"))

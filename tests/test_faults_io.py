@@ -781,8 +781,6 @@ def test_two_runs_of_one_search_take_turns(search_setting, tmp_path, monkeypatch
 
 # --- left to the commands that own these outputs (see the reasons) ------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="report_cmd must call core.io.check_output_file(path) before loading and "
-                                       "plotting; today the write fails late with an 'unexpected ...' error")
 @pytest.mark.parametrize("kind", ["under_a_file", "unwritable"])
 def test_report_refuses_an_unusable_out_in_one_line(checkpoint_search, tmp_path, kind):
     target = _bad_target(tmp_path, kind)
@@ -791,10 +789,21 @@ def test_report_refuses_an_unusable_out_in_one_line(checkpoint_search, tmp_path,
     assert "unexpected" not in result.output and str(target) in result.output
 
 
-@pytest.mark.xfail(strict=True, reason="tune_command must read an existing --update-params file "
-                                       "(load_params_file) before tuning; today it is read after the work")
 def test_tune_refuses_an_update_params_file_it_cannot_merge_before_tuning(tmp_path):
     (tmp_path / "notes.txt").write_text("not JSON\n")
     result = invoke(*FILE_OUTPUTS["tune-update-params"], tmp_path / "notes.txt", "--cache-dir", tmp_path / "cache")
     assert_clean_error(result, 1)
     assert trained_models(tmp_path / "cache") == []
+
+
+def test_an_out_folder_containing_the_working_folder_is_refused(tmp_path, monkeypatch):
+    from worstforget.core.errors import WorstforgetError
+    from worstforget.core.io import check_output_dir
+
+    work = tmp_path / "project" / "src"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    for out in (".", "..", str(tmp_path / "project")):
+        with pytest.raises(WorstforgetError, match="contains the working folder"):
+            check_output_dir(out)
+    assert check_output_dir("results") == work / "results"  # a new folder below is fine

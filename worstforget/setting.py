@@ -38,6 +38,21 @@ class Setting:
     mia_seed: int = 0
     mia_resamples: int = MIA_RESAMPLES
 
+    def references(self, num_models: int = 16, *, seed: int = 0, progress: Progress | None = None):
+        """Reference models of this setting (training/reference.py `ReferenceStats`): `num_models` models of the
+        original's recipe on random halves of the training split, trained on first use, kept in the setting's
+        cache folder and in memory (keyed by recipe, data, models and seed)."""
+        from .core.cache import ArrayCache
+        from .training.reference import reference_key, reference_statistics
+
+        memo = self.__dict__.setdefault("_references", {})  # not a field: `replace` starts a fresh memo
+        key = reference_key(self.spec, self.data, num_models=num_models, seed=seed)
+        if key not in memo:
+            cache = ArrayCache(self.records.root, enabled=self.records.enabled)
+            memo[key] = reference_statistics(self.spec, self.data, num_models=num_models, seed=seed,
+                                             progress=progress, cache=cache)
+        return memo[key]
+
     def describe(self) -> dict:
         return {"dataset": self.data.describe(), "model": self.spec.to_dict(), "original_key": self.original_key,
                 "original_source": self.original_source, "original_train_seconds": self.train_seconds}
@@ -59,7 +74,8 @@ def prepare_setting(*, dataset: str = "digits", model: str | None = None, norm: 
                     data_dir: str | None = None, download: bool = False, device: str = "auto",
                     checkpoint: str | None = None, train_overrides: dict | None = None, seed: int = 0,
                     split_seed: int = 0, cache: bool = True, cache_dir: str | None = None,
-                    mia_resamples: int = MIA_RESAMPLES, progress: Progress | None = None) -> Setting:
+                    mia_resamples: int = MIA_RESAMPLES, recipe: str | None = None,
+                    progress: Progress | None = None) -> Setting:
     """Load the data and obtain the original model (cached training, or a user checkpoint)."""
     if mia_resamples < 1:
         raise ConfigError("--mia-resamples must be at least 1")
@@ -68,7 +84,10 @@ def prepare_setting(*, dataset: str = "digits", model: str | None = None, norm: 
         os.environ["WORSTFORGET_CACHE"] = str(cache_dir)
     info = dataset_info(dataset)
     data = load_dataset(dataset, data_dir=data_dir, download=download, split_seed=split_seed, device=str(dev))
-    train_cfg = TrainConfig.from_dict(info.default_train).with_updates(**(train_overrides or {})).validate()
+    from .training.recipes import apply_recipe  # a recipe replaces the dataset's defaults; explicit options win
+
+    train_cfg = apply_recipe(TrainConfig.from_dict(info.default_train), recipe).with_updates(
+        **(train_overrides or {})).validate()
     spec = ModelSpec(name=model or info.default_model, train=train_cfg, seed=seed, norm=norm)
     original = obtain_original(spec, data, checkpoint=checkpoint, progress=progress,
                                cache=ModelCache(cache_dir, enabled=cache))

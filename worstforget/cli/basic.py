@@ -70,13 +70,13 @@ def _params_option(fn):
 @pass_app
 def train_command(app, architecture: str, params: tuple[str, ...], out: str | None, **opts) -> None:
     """Train (or fetch from the cache) the original model and report its accuracy."""
-    from ..core.io import check_output_dir, write_json
+    from ..core.io import check_output_file, write_json
     from ..methods import make_method, parse_params
     from ..training.loop import split_accuracies
 
     hyper = parse_params(architecture, params) if architecture != "single" else {}
     if out:
-        check_output_dir(Path(out).parent, what="--out file's folder")
+        check_output_file(out)
     with RichProgress(app.err) as progress:
         setting = setting_from_options(app, progress, opts)
         data, model = setting.data, setting.original
@@ -188,7 +188,7 @@ def tune_command(app, method, grid_specs, params, forget_ratio, num_sets, seed, 
     from rich.table import Table
 
     from ..audit.tune import parse_grid, tune
-    from ..core.io import check_output_dir, write_json
+    from ..core.io import check_output_file, write_json
     from ..core.provenance import code_version
     from ..core.stats import fmt_agg
     from ..methods import METHODS, parse_params
@@ -198,9 +198,10 @@ def tune_command(app, method, grid_specs, params, forget_ratio, num_sets, seed, 
     grid = parse_grid(name, grid_specs)
     base = parse_params(name, params)
     forget_size(100, forget_ratio)
-    for path in (out, update_params):
+    for path, what in ((out, "--out"), (update_params, "--update-params")):
         if path:
-            check_output_dir(Path(path).parent, what="output file's folder")
+            check_output_file(path, what=what)
+    merged = load_params_file(update_params) if update_params and Path(update_params).is_file() else {}
     with RichProgress(app.err) as progress:
         setting = setting_from_options(app, progress, opts)
         record = tune(setting, name, grid, base=base, forget_ratio=forget_ratio, num_sets=num_sets, seed=seed,
@@ -209,7 +210,6 @@ def tune_command(app, method, grid_specs, params, forget_ratio, num_sets, seed, 
     if out:
         write_json(out, record)
     if update_params:
-        merged = load_params_file(update_params) if Path(update_params).is_file() else {}
         merged[name] = record["best"]
         write_json(update_params, merged)
     table = Table(title=f"{name}: Avg. Gap to Retrain on {num_sets} random sets ({setting.data.name})")

@@ -38,7 +38,7 @@ def report_command(app, dirs: tuple[Path, ...], fmt: str, out: Path | None, data
     import json
 
     from ..core.errors import WorstforgetError
-    from ..core.io import atomic_path, to_jsonable
+    from ..core.io import atomic_path, check_output_file, to_jsonable
     from ..report import load, plots, render
 
     folders = list(dirs)
@@ -49,6 +49,7 @@ def report_command(app, dirs: tuple[Path, ...], fmt: str, out: Path | None, data
     path = (out or default_report_path(folders, fmt)).expanduser()
     if path.is_dir():
         raise WorstforgetError(f"--out {path} is a folder; give a file name such as {path / ('report.' + fmt)}")
+    check_output_file(path)
     for r in results:
         load.attach_training_data(r, data_dir=data_dir)
 

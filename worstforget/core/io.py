@@ -110,6 +110,10 @@ def check_output_dir(out: str | Path, *, expected_bytes: int = 0, what: str = "-
     out = Path(out).expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise WorstforgetError(f"{what} {out} is a file; give a folder path")
+    here = Path.cwd().resolve()
+    if out.exists() and (out.resolve() == here or out.resolve() in here.parents):
+        # the folder is replaced as a unit (renamed away, then deleted): never the one we are working in
+        raise WorstforgetError(f"{what} {out} contains the working folder; give a new or separate folder for results")
     _check_writable(out, expected_bytes, what, fix="give a folder path")
     return out
 

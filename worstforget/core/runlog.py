@@ -15,13 +15,21 @@ from .runtime import cache_root
 
 LOGGER = logging.getLogger("worstforget")
 _handler: logging.FileHandler | None = None
+_echo: logging.Handler | None = None
 
 
-def start_run_log(command: str, root: str | Path | None = None) -> Path | None:
+def start_run_log(command: str, root: str | Path | None = None, *, echo_warnings: bool = False) -> Path | None:
     """Open `<root or cache>/logs/<UTC time>-<command>-<pid>.log` as the run log; None if it cannot be made
-    (an unwritable cache never stops a run: the log is a convenience)."""
-    global _handler
+    (an unwritable cache never stops a run: the log is a convenience). With `echo_warnings`, warnings (a
+    damaged cache entry being recomputed...) are also printed on stderr."""
+    global _handler, _echo
     stop_run_log()
+    if echo_warnings:
+        _echo = logging.StreamHandler()
+        _echo.setLevel(logging.WARNING)
+        _echo.setFormatter(logging.Formatter("warning: %(message)s"))
+        LOGGER.addHandler(_echo)
+        LOGGER.setLevel(logging.INFO)
     folder = Path(root) if root else cache_root() / "logs"
     path = folder / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{command}-{os.getpid()}.log"
     try:
@@ -36,7 +44,10 @@ def start_run_log(command: str, root: str | Path | None = None) -> Path | None:
 
 
 def stop_run_log() -> None:
-    global _handler
+    global _handler, _echo
+    if _echo is not None:
+        LOGGER.removeHandler(_echo)
+        _echo = None
     if _handler is not None:
         LOGGER.removeHandler(_handler)
         _handler.close()

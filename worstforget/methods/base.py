@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.errors import ConfigError, DivergedError
+from ..core.errors import ConfigError
 from ..core.progress import NullProgress, Progress
 from ..core.seeds import generator
 from ..datasets import Dataset, augment_batch
+from ..training.divergence import DivergenceWatch
 from ..training.optim import lr_factor, make_optimizer
 
 STREAMS = ("retain", "forget", "all")
@@ -249,52 +250,6 @@ class StreamSampler:
             perm = self.active[torch.randperm(len(self.active), generator=self.g).to(self.active.device)]
             self._queue = iter(perm.split(self.batch_size))
             return next(self._queue)
-
-
-class DivergenceWatch:
-    """A device-side record of the first optimisation step whose loss was not finite.
-
-    `observe` runs every step without a host synchronisation (no `.item()`, no Python branch on a tensor):
-    the step counter, the index of the first bad step and its loss stay on the loss's device, updated with
-    `torch.where`. `check` reads them — one synchronisation — and raises `DivergedError`; the loop calls it
-    once per epoch and at the end, where it also checks the parameters once (a last step can turn them
-    non-finite while its own loss was still finite).
-    """
-
-    def __init__(self, method: str, lr: float):
-        self.method, self.lr = method, lr
-        self.steps: torch.Tensor | None = None  # () long: steps observed
-        self.first_bad: torch.Tensor | None = None  # () long: 0-based index of the first bad step, −1 if none
-        self.bad_loss: torch.Tensor | None = None  # () the loss at that step
-
-    def observe(self, loss: torch.Tensor) -> None:
-        value = loss.detach().reshape(())
-        if self.steps is None:
-            self.steps = torch.zeros((), dtype=torch.long, device=value.device)
-            self.first_bad = torch.full((), -1, dtype=torch.long, device=value.device)
-            self.bad_loss = torch.zeros((), dtype=value.dtype, device=value.device)
-        new = (self.first_bad < 0) & ~torch.isfinite(value)
-        self.first_bad = torch.where(new, self.steps, self.first_bad)
-        self.bad_loss = torch.where(new, value, self.bad_loss)
-        self.steps = self.steps + 1
-
-    def check(self, total_steps: int, params: Any = None) -> None:
-        """Raise if a bad step was seen, or (with `params`) if any parameter is not finite."""
-        if self.first_bad is not None:
-            step = int(self.first_bad)  # the one synchronisation
-            if step >= 0:
-                loss = float(self.bad_loss)
-                kind = "NaN" if math.isnan(loss) else ("inf" if loss > 0 else "-inf")
-                raise DivergedError(f"{self.method} diverged at step {step + 1} of {total_steps} (loss is {kind}) "
-                                    f"with lr={self.lr:g}; {_LOWER_LR}", method=self.method, step=step + 1)
-        if params is not None:
-            tensors = [p.detach() for p in params]
-            if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
-                raise DivergedError(f"{self.method} diverged: its parameters hold NaN or inf after the last of "
-                                    f"{total_steps} steps with lr={self.lr:g}; {_LOWER_LR}", method=self.method)
-
-
-_LOWER_LR = "lower its learning rate (--param lr=..., or --inner-lr in a search)"
 
 
 def run_loop(method: UnlearningMethod, stepper: Any, ctx: Context, *, progress: Progress | None = None,

@@ -15,6 +15,7 @@ from ..core.progress import NullProgress, Progress
 from ..core.seeds import generator
 from ..datasets import Dataset, augment_batch
 from .accel import Accel, current_accel, prepare_input, prepare_model
+from .divergence import TRAIN_HINT, DivergenceWatch
 from .optim import lr_factor
 
 
@@ -104,6 +105,7 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int,
     total = cfg.epochs * steps_per_epoch
     best_acc, best_state = -1.0, None
     task = (progress or NullProgress()).task(description, cfg.epochs)
+    watch = DivergenceWatch(description, cfg.lr, TRAIN_HINT)  # no host sync per step; read once per epoch
     step = 0
     for _ in range(cfg.epochs):
         perm = active[torch.randperm(len(active), generator=order_g).to(device)]
@@ -121,12 +123,15 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            watch.observe(loss)
             step += 1
+        last_loss = watch.check(total, also=loss)
         val_acc = accuracy(model, data.x_val, data.y_val, accel=accel) if cfg.select_best and len(data.y_val) else None
         if val_acc is not None and val_acc > best_acc:
             best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
-        task.advance(1, loss=float(loss.detach()), val_acc=val_acc)
+        task.advance(1, loss=last_loss, val_acc=val_acc)
     task.close()
+    watch.check(total, model.parameters())
     if best_state is not None:
         model.load_state_dict(best_state)
     return model.eval()
