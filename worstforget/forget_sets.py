@@ -4,6 +4,8 @@ random: uniform; loss_quantile: the m samples at a quantile of the original mode
 easiest); memorization_proxy: held-out retraining (Feldman-style) — models trained on random halves
 estimate how much more confidently a sample is predicted when it was trained on; class: whole random
 classes; worst_case: the bi-level search (see `search`).
+exposure: the samples on which the original model stands out most from the setting's reference models
+(models on random halves that never trained on them), in the units of the search's exposure objective.
 """
 from __future__ import annotations
 
@@ -54,6 +56,32 @@ def select_memorization(setting: Setting, *, ratio: float, seed: int = 0, num_mo
                         **_) -> torch.Tensor:
     """The m most memorised samples by a held-out-retraining proxy (the RUM line of work)."""
     scores = memorization_scores(setting, num_models=num_models, seed=seed, progress=progress)
+    m = forget_size(setting.data.num_train, ratio)
+    return torch.as_tensor(np.sort(np.argsort(-scores, kind="stable")[:m]), dtype=torch.long)
+
+
+def exposure_scores(setting: Setting, num_models: int = 16, *, reference_seed: int = 0,
+                    progress=None) -> np.ndarray:
+    """(num_train,) one-shot exposure of the original model against the setting's `num_models` reference models
+    (training/reference.py `exposure`, the search's exposure objective): higher = more exposed."""
+    from .training.loop import predict_logits
+    from .training.reference import SampleReferences, exposure
+
+    stats = setting.references(num_models, seed=reference_seed, progress=progress)
+    refs = SampleReferences.from_stats(stats, device=setting.data.device)
+    logits = predict_logits(setting.original, setting.data.x_train).double()
+    return exposure(logits, setting.data.y_train, refs).cpu().numpy()
+
+
+@SELECTORS.register("exposure")
+def select_exposure(setting: Setting, *, ratio: float, num_models: int = 16, reference_seed: int = 0,
+                    progress=None, **_) -> torch.Tensor:
+    """The m samples the original model is most distinguishable on from models that never trained on them.
+
+    Deterministic given the reference models (the same ones the search's exposure objective reads by default),
+    so the selection seed is not used.
+    """
+    scores = exposure_scores(setting, num_models, reference_seed=reference_seed, progress=progress)
     m = forget_size(setting.data.num_train, ratio)
     return torch.as_tensor(np.sort(np.argsort(-scores, kind="stable")[:m]), dtype=torch.long)
 

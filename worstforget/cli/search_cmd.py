@@ -18,6 +18,8 @@ from .basic import _params_option
               help="first-order: sign-SGD lower level (the paper's); unrolled: differentiate through SGD steps.")
 @click.option("--unroll-backend", type=click.Choice(["higher", "torch.func"]), default="higher", show_default=True,
               help="How --solver unrolled differentiates the lower level (same hypergradient; torch.func ~10% faster).")
+@click.option("--lower-level", type=click.Choice(["sign", "method"]), default="sign", show_default=True,
+              help="first-order's inner steps: sign-SGD (the paper's) or the method's own optimizer and lr.")
 @click.option("--outer-steps", type=click.IntRange(min=1), default=20, show_default=True, help="Upper-level steps.")
 @click.option("--inner-steps", type=click.IntRange(min=1), default=None,
               help="Lower-level optimisation steps [default: 2 epochs first-order, 10 unrolled].")
@@ -29,6 +31,8 @@ from .basic import _params_option
 @click.option("--gamma", type=click.FloatRange(min=0), default=1e-4, show_default=True, help="γ of the ‖w‖² term.")
 @click.option("--objective", type=RegistryChoice("..search.objectives:OBJECTIVES"), default="loss", show_default=True,
               help="Per-sample upper objective (see `worstforget list objectives`).")
+@click.option("--reference-models", type=click.IntRange(min=2), default=16, show_default=True,
+              help="Models on random halves behind --objective exposure (trained once per setting, cached).")
 @click.option("--granularity", type=click.Choice(["sample", "class"]), default="sample", show_default=True)
 @click.option("--init", type=click.Choice(["uniform", "random"]), default="uniform", show_default=True,
               help="Start from w = m/N or from a random binary set.")
@@ -55,7 +59,7 @@ from .basic import _params_option
               help="Output folder [default: ./worstforget-out/search-DATASET-METHOD].")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of tables.")
 @pass_app
-def search_command(app, method, forget_ratio, solver, unroll_backend, outer_steps, inner_steps, inner_lr, upper_lr, raw_step, gamma,
+def search_command(app, method, forget_ratio, solver, unroll_backend, lower_level, reference_models, outer_steps, inner_steps, inner_lr, upper_lr, raw_step, gamma,
                    objective, granularity, init, num_random, baselines, eval_methods, params_file, num_seeds, seed, stability,
                    attacks, num_models, params, resume, out, as_json, **opts) -> None:
     """Search the worst-case forget set for METHOD and report it against random sets of the same size."""
@@ -79,7 +83,8 @@ def search_command(app, method, forget_ratio, solver, unroll_backend, outer_step
     cfg = SearchConfig(forget_ratio=forget_ratio, solver=solver, outer_steps=outer_steps,
                        inner_steps=inner_steps, inner_lr=inner_lr, upper_lr=upper_lr, normalize_step=not raw_step,
                        gamma=gamma, objective=objective, granularity=granularity, init=init,
-                       unroll_backend=unroll_backend).validate()
+                       unroll_backend=unroll_backend, lower_level=lower_level,
+                       reference_models=reference_models).validate()
     check_solver(cfg.solver, make_method(name, hyper))
     extra = METHODS.names() if eval_methods.strip() == "all" else [m for m in eval_methods.split(",") if m.strip()]
     options = AuditOptions(num_random=num_random, eval_methods=extra, eval_params=tuned, seeds=num_seeds,

@@ -8,21 +8,26 @@ from ..core.io import from_checked_dict
 
 # How the unrolled solver differentiates through the lower level (search/solvers/unrolled.py); same steps.
 UNROLL_BACKENDS: tuple[str, ...] = ("higher", "torch.func")
+# What the first-order solver's K inner steps are (search/solvers/first_order.py): the paper's sign-SGD
+# steps, or the audited method's own optimiser and learning rate (the run an attacker actually faces).
+LOWER_LEVELS: tuple[str, ...] = ("sign", "method")
 
 
 @dataclass(frozen=True)
 class SearchConfig:
     forget_ratio: float = 0.1  # m = ratio · N samples (or ratio · C classes)
-    solver: str = "first_order"  # first_order (sign-SGD lower level, the paper's) | unrolled (exact, through K steps)
+    solver: str = "first_order"  # first_order (first-order hypergradient) | unrolled (exact, through K steps)
+    lower_level: str = "sign"  # first_order's K steps: sign (sign-SGD, the paper's) | method (its own optimiser, lr)
     unroll_backend: str = "higher"  # the unrolled solver's autodiff: higher | torch.func (UNROLL_BACKENDS)
     outer_steps: int = 20  # upper-level projected-gradient steps
     inner_steps: int | None = None  # lower-level optimisation steps; None: 2 epochs (first_order) / 10 (unrolled)
-    inner_lr: float | None = None  # lower-level lr; None: 1e-3 for sign steps, the method's lr when unrolled
+    inner_lr: float | None = None  # lower-level lr; None: 1e-3 for sign steps, else the method's lr
     inner_batch_size: int | None = None  # None: the dataset's training batch size
     upper_lr: float = 0.5  # α; in units of the gradient's std when normalize_step
     normalize_step: bool = True  # divide the upper gradient by its std (False: the paper's raw step)
     gamma: float = 1e-4  # γ of the ‖w‖² term
-    objective: str = "loss"  # loss | margin (minus the logit-scaled confidence; keeps ranking easy samples)
+    objective: str = "loss"  # a name in search.objectives.OBJECTIVES: loss | margin | exposure
+    reference_models: int = 16  # models on random halves behind objectives that read references (exposure)
     granularity: str = "sample"  # sample | class
     init: str = "uniform"  # uniform (w = m/N) | random (a random binary set, the reference code's start)
 
@@ -37,7 +42,14 @@ class SearchConfig:
             raise ConfigError("--upper-lr must be positive")
         if self.gamma < 0:
             raise ConfigError("--gamma must be non-negative")
-        for name, value, allowed in (("objective", self.objective, ("loss", "margin")),
+        if self.reference_models < 2:
+            raise ConfigError(f"--reference-models must be at least 2 (each sample held out by half of them), "
+                              f"got {self.reference_models}")
+        from .objectives import OBJECTIVES
+
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES.names())}, got {self.objective!r}")
+        for name, value, allowed in (("lower-level", self.lower_level, LOWER_LEVELS),
                                      ("granularity", self.granularity, ("sample", "class")),
                                      ("init", self.init, ("uniform", "random")),
                                      ("unroll-backend", self.unroll_backend, UNROLL_BACKENDS)):

@@ -1,7 +1,7 @@
 """The bi-level problem instance shared by both solvers: data, original model, lower-level method, budget."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -10,7 +10,7 @@ from ..methods import UnlearningMethod
 from ..setting import Setting
 from ..training.loop import predict_logits
 from .config import SearchConfig
-from .objectives import class_means, per_sample_objective
+from .objectives import SampleReferences, class_means, per_sample_objective, uses_references
 
 
 @dataclass
@@ -21,6 +21,7 @@ class Problem:
     method: UnlearningMethod  # resolved (batch size set); the lower level's copy is derived per solver
     config: SearchConfig
     progress: Any = None  # sink for the lower level's progress bars
+    _references: SampleReferences | None = field(default=None, init=False, repr=False)
 
     @property
     def data(self):
@@ -56,10 +57,25 @@ class Problem:
         """Per-sample objective values → the upper variable's coordinates (class means for classes)."""
         return class_means(per_sample, self.data.y_train, self.data.num_classes) if self.by_class else per_sample
 
+    def references(self) -> SampleReferences | None:
+        """The objective's per-sample reference constants (None when it reads none), float64 on the device:
+        `config.reference_models` models of the original's recipe on random halves, trained on first use."""
+        if not uses_references(self.config.objective):
+            return None
+        if self._references is None:
+            stats = self.setting.references(self.config.reference_models, progress=self.progress)
+            self._references = SampleReferences.from_stats(stats, device=self.data.device)
+        return self._references
+
+    def objective(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-sample upper-objective values of training-split logits, in the logits' dtype. (N,)"""
+        refs = self.references()
+        return per_sample_objective(logits, self.data.y_train, self.config.objective,
+                                    None if refs is None else refs.to(logits.dtype))
+
     def values(self, model) -> torch.Tensor:
         """Per-sample upper-objective values of a model (eval mode, no augmentation), float64. (N,)"""
-        logits = predict_logits(model, self.data.x_train)
-        return per_sample_objective(logits.double(), self.data.y_train, self.config.objective)
+        return self.objective(predict_logits(model, self.data.x_train).double())
 
     def members(self, unit_indices: torch.Tensor) -> torch.Tensor:
         """Training indices of a forget set given as sample or class indices."""

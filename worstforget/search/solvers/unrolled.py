@@ -28,7 +28,6 @@ from torch import nn
 from ...core.errors import ConfigError
 from ...methods import UnlearningMethod
 from ..config import UNROLL_BACKENDS
-from ..objectives import per_sample_objective
 from ..problem import Problem
 from .base import Hypergradient, check_solver
 
@@ -74,7 +73,7 @@ def unrolled_hypergradient(problem: Problem, w_var: torch.Tensor, seed: int) -> 
                          max_steps=problem.inner_steps, progress=problem.progress,
                          stepper=Unroll(cfg.unroll_backend))
     logits = torch.cat([model(chunk) for chunk in data.x_train.split(1024)])  # eval mode, no augmentation
-    per_sample = per_sample_objective(logits, data.y_train, cfg.objective)
+    per_sample = problem.objective(logits)  # reference statistics, if read, are constants in w
     reduced = problem.reduce(per_sample)
     value = (reduced * w_var).sum() + cfg.gamma * (w_var**2).sum()
     (grad,) = torch.autograd.grad(value, w_var)
