@@ -39,8 +39,10 @@ def margin_objective(logits: torch.Tensor, y: torch.Tensor, refs: SampleReferenc
 
 @OBJECTIVES.register("exposure")
 def exposure_objective(logits: torch.Tensor, y: torch.Tensor, refs: SampleReferences | None) -> torch.Tensor:
-    """Minus the exposure |φ − mean φ of reference models that never trained on the sample| (φ: logit-scaled
-    confidence), two-sided; see training/reference.py `exposure` for the measurements behind the form.
+    """Minus |φ − mean φ of models that never trained on the sample|, φ the logit-scaled confidence.
+
+    Two-sided (over-forgetting stands out as much as under-forgetting); see training/reference.py `exposure`
+    for the measurements behind the units and the form.
 
     Read with `--lower-level method`: with the paper's sign steps (lr 1e-3) the model hardly moves and the
     search found sets at TPR@0.1%FPR 0.23 (digits, finetune), no better than the loss objective's 0.18.
