@@ -71,7 +71,7 @@ def main() -> None:
             if f"{prefix}_auc" not in scores:  # too few models for this attack
                 continue
             rows.append(_row(f"finetune, random {FORGET_RATIO:.0%}", models, name, scores[f"{prefix}_auc"]["value"],
-                             scores[f"{prefix}_tpr_at_1pct_fpr"], scores[f"{prefix}_tpr_at_0.1pct_fpr"]))
+                             scores[f"{prefix}_tpr_at_1pct_fpr"]["value"], scores[f"{prefix}_tpr_at_0.1pct_fpr"]["value"]))
 
     command = "python experiments/rmia_vs_lira.py " + " ".join(sys.argv[1:])
     legend = (f"N = models per attack. Original: N shadow models on random halves of train ∪ test, leave-one-out "

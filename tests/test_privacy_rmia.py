@@ -196,7 +196,9 @@ def test_rmia_attack_exposes_models_that_keep_members_confident():
     low, value, high = (remembers["rmia_auc"][k] for k in ("low", "value", "high"))
     assert 0 <= low <= value <= high <= 1
     assert remembers["rmia_per_example"].shape == (40,) and remembers["rmia_per_example"].mean() > 0
-    assert 0 <= remembers["rmia_tpr_at_0.1pct_fpr"] <= remembers["rmia_tpr_at_1pct_fpr"] <= 1
+    assert 0 <= remembers["rmia_tpr_at_0.1pct_fpr"]["value"] <= remembers["rmia_tpr_at_1pct_fpr"]["value"] <= 1
+    for key in ("rmia_tpr_at_0.1pct_fpr", "rmia_tpr_at_1pct_fpr"):
+        assert remembers[key]["low"] <= remembers[key]["value"] <= remembers[key]["high"]
     assert remembers["rmia_roc"]["roc_fpr"][0] == 0 and remembers["rmia_roc"]["roc_tpr"][-1] == 1
     assert remembers["rmia_params"] == {"offline_a": RMIA_OFFLINE_A, "gamma": RMIA_GAMMA, "references": 4}
 

@@ -21,7 +21,7 @@ from ..core.errors import ConfigError
 from ..core.hashing import stable_hash
 from ..core.progress import Progress
 from ..core.seeds import derive_seed, generator
-from ..scoring.metrics import logit_scaled_confidence
+from ..training.outputs import logit_scaled_confidence
 from ..scoring.privacy import (
     RMIA_GAMMA,
     RMIA_OFFLINE_A,

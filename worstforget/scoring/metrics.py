@@ -10,6 +10,7 @@ from torch import nn
 from ..datasets import Dataset
 from ..setting import forget_mask, forgotten_classes
 from ..training.loop import predict_logits
+from ..training.outputs import logit_scaled_confidence
 
 GAP_METRICS = ("UA", "MIA", "RA", "TA")  # Avg. Gap is the mean |Δ| to Retrain over these (the paper's)
 GAP_METRICS_LOGIT = ("UA", "MIA_logit", "RA", "TA")  # the same with the SVC on standardised logit-scaled confidence
@@ -129,10 +130,3 @@ def avg_gap(metrics: dict[str, float], reference: dict[str, float], keys: tuple[
     """Mean |metric − Retrain's| over UA, MIA-Efficacy, RA and TA (the paper's Avg. Gap; `keys` chooses the
     MIA column)."""
     return float(np.mean([abs(metrics[k] - reference[k]) for k in keys]))
-
-
-def logit_scaled_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """log p_y − log Σ_{j≠y} p_j, computed stably from logits. (N,)"""
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.scatter(1, y[:, None], float("-inf"))
-    return true - torch.logsumexp(others, dim=1)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.registry import Registry
-from ..scoring.metrics import logit_scaled_confidence
+from ..training.outputs import logit_scaled_confidence
 from ..training.reference import SampleReferences, exposure
 
 Objective = Callable[[torch.Tensor, torch.Tensor, "SampleReferences | None"], torch.Tensor]

@@ -28,6 +28,7 @@ from ..core.progress import Progress
 from ..core.seeds import derive_seed, generator
 from ..datasets import Dataset
 from .loop import predict_logits
+from .outputs import logit_scaled_confidence
 
 if TYPE_CHECKING:
     from .original import ModelSpec
@@ -151,7 +152,6 @@ def reference_statistics(spec: ModelSpec, data: Dataset, *, num_models: int = 16
 
 
 def _train(spec, data: Dataset, num_models: int, seed: int, progress, fit_ensemble) -> ReferenceStats:
-    from ..scoring.metrics import logit_scaled_confidence
 
     masks = reference_masks(num_models, data.num_train, seed)
     models = fit_ensemble(spec, data, seeds=[derive_seed(seed, STREAM, i) for i in range(num_models)],
@@ -184,6 +184,5 @@ def exposure(logits: torch.Tensor, y: torch.Tensor, refs: SampleReferences) -> t
     std of φ 1.23 standardized vs 1.64 here, mean OUT φ 3.4 vs 2.9), away from the atypical samples an
     attack exposes most.
     """
-    from ..scoring.metrics import logit_scaled_confidence  # one implementation; scoring sits above training
 
     return (logit_scaled_confidence(logits, y) - refs.lsc_mean).abs()

@@ -81,7 +81,7 @@ def logit_scaled_confidence(logits, labels, *, floor: float | None = None) -> np
     if floor is None:  # the project's one exact implementation (torch; differentiable where the search needs it)
         import torch
 
-        from ..metrics import logit_scaled_confidence as exact
+        from ...training.outputs import logit_scaled_confidence as exact
 
         flat = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float64)).reshape(-1, num_classes)
         return exact(flat, torch.from_numpy(np.array(y, dtype=np.int64).reshape(-1))).numpy().reshape(y.shape)
