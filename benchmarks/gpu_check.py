@@ -66,6 +66,7 @@ from worstforget.training.timing import (  # noqa: E402
 FORGET_RATIO = 0.1  # the paper's 10% forget sets
 FT_EPOCHS = 10  # every method's default epochs: the per-method cost is projected from FT's epoch time
 SEARCH_OUTER, SEARCH_INNER_EPOCHS = 20, 2  # the library's default search (first-order lower level: 2 epochs)
+REFERENCE_MODELS = 16  # the exposure objective's reference models (the search's --reference-models)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         torch.set_num_threads(1)  # tiny tensors: more threads only add contention
     device = torch.device("cpu") if args.tiny else resolve_device(args.device)
-    out = Path(args.out) if args.out else default_out()
+    out = Path(args.out) if args.out else default_out(args.tiny)
     accel = current_accel()
     fast = recipe_config("fast").with_updates(epochs=args.epochs)
     paper = recipe_config("paper")
@@ -364,7 +365,9 @@ def check(args, scale: Scale, device: torch.device, accel: Accel, fast, paper, s
             inner = scale.unrolled_inner_steps if unrolled else scale.search_inner_steps
             outer = 1 if unrolled else 2
             extra = {"inner_batch_size": scale.unrolled_batch} if unrolled else {}
-            cfg = SearchConfig(outer_steps=outer, inner_steps=inner, **variant, **extra)
+            # the loss objective times the outer steps alone; the exposure objective's one-off reference models
+            # are projected separately (T_refs), and its steps cost the same
+            cfg = SearchConfig(outer_steps=outer, inner_steps=inner, objective="loss", **variant, **extra)
             result, seconds = timed(lambda: search_worst_case(here, "finetune", {}, cfg, seed=args.seed), device)
             batch = cfg.inner_batch_size or fast.batch_size
             detail = (f"{outer} outer × {inner} inner steps (batch {batch}) on {sub.num_train:,} samples, "
@@ -464,12 +467,15 @@ def project(table: Table, m: dict, data, fast, paper) -> None:
                                           full_outer=SEARCH_OUTER, full_inner_images=SEARCH_INNER_EPOCHS * n,
                                           per_image_scale=scale)
         costs = UnitCosts(original=full_epochs * epoch_s, search=search_s, method=FT_EPOCHS * m["ft_epoch"] * scale,
-                          retrain=retain_share * full_epochs * epoch_s, evaluate=m.get("evaluate", 0.0))
+                          retrain=retain_share * full_epochs * epoch_s, evaluate=m.get("evaluate", 0.0),
+                          references=REFERENCE_MODELS * 0.5 * full_epochs * epoch_s)
         total = project_audit_seconds(costs)
         table.set(key, total / 3600, (
             f"{AUDIT_FORMULA} with W=1 searched set, R=5 random sets, S=2 seeds, M=10 methods; "
             f"T_orig={costs.original:,.0f} s ({full_epochs} epochs × {epoch_s:.1f} s), "
-            f"T_search={costs.search:,.0f} s ({SEARCH_OUTER} outer × {SEARCH_INNER_EPOCHS} epochs of sign-SGD), "
+            f"T_refs={costs.references:,.0f} s ({REFERENCE_MODELS} reference models on half the data each, trained one "
+            "after another: the exposure objective's one-off), "
+            f"T_search={costs.search:,.0f} s ({SEARCH_OUTER} outer × {SEARCH_INNER_EPOCHS} epochs of lower-level steps), "
             f"T_method={costs.method:,.0f} s (FT, {FT_EPOCHS} epochs: an upper bound for GA/BS/BE, which touch "
             f"only the forget set), T_retrain={costs.retrain:,.0f} s ({retain_share:.0%} of T_orig), "
             f"T_eval={costs.evaluate:.1f} s; one device, units one after another"
@@ -505,15 +511,21 @@ def _describe(active: dict) -> str:
             f"compile {'on' if active['compile'] else 'off'}")
 
 
-def default_out() -> Path:
+def default_out(tiny: bool) -> Path:
+    """$OUT/gpu.md on the device machine; results/gpu.md for a real run here; a temporary file for --tiny
+    (a smoke test must never replace the committed measurement)."""
     env = os.environ.get("OUT")
-    return Path(env) / "gpu.md" if env else Path(__file__).resolve().parent.parent / "results" / "gpu.md"
+    if env:
+        return Path(env) / "gpu.md"
+    if tiny:
+        return Path(tempfile.gettempdir()) / "worstforget-gpu-check-tiny.md"
+    return Path(__file__).resolve().parent.parent / "results" / "gpu.md"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default=None, help="folder with the CIFAR-10 python batches")
-    parser.add_argument("--out", default=None, help="where to write the table (default $OUT/gpu.md or results/gpu.md)")
+    parser.add_argument("--out", default=None, help="where to write the table (default $OUT/gpu.md, else results/gpu.md; --tiny: a temporary file)")
     parser.add_argument("--budget-s", type=float, default=400.0, help="wall-clock budget of all phases (seconds)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs of the original training (default: the fast recipe's; capped to fit)")

@@ -148,7 +148,8 @@ def test_exposure_objective_against_a_hand_computation_on_both_sides():
 
 
 def test_search_config_validates_lower_level_reference_models_and_objective():
-    assert SearchConfig().lower_level == "sign" and SearchConfig().reference_models == 16
+    default = SearchConfig()  # the audit's defaults: the measured strongest search
+    assert (default.objective, default.lower_level, default.reference_models) == ("exposure", "method", 16)
     SearchConfig(objective="exposure", lower_level="method", reference_models=2).validate()
     with pytest.raises(ConfigError, match="--lower-level"):
         SearchConfig(lower_level="adam").validate()
@@ -162,7 +163,7 @@ def test_lower_level_method_runs_the_methods_own_optimizer_and_lr(watched, setti
     method = make_method("finetune", {"lr": 0.07, "momentum": 0.5, "weight_decay": 1e-3}).resolved(32)
     base = dict(objective="exposure", reference_models=4, inner_steps=5, outer_steps=1)
     own = Problem(setting=setting, method=method, config=SearchConfig(lower_level="method", **base).validate())
-    sign = Problem(setting=setting, method=method, config=SearchConfig(**base).validate())
+    sign = Problem(setting=setting, method=method, config=SearchConfig(lower_level="sign", **base).validate())
     assert lower_method(own) == method  # the method itself: sgd, lr 0.07, momentum 0.5
     assert (lower_method(sign).optimizer, lower_method(sign).lr, lower_method(sign).momentum) == ("sign", 1e-3, 0.0)
     lr_set = Problem(setting=setting, method=method,

@@ -307,6 +307,8 @@ def test_project_audit_seconds_is_the_stated_formula():
     # T_orig + W·T_search + (W + R)·S·(M·(T_method + T_eval) + T_retrain + T_eval)
     assert project_audit_seconds(costs) == 100 + 50 + 6 * 2 * (10 * 5 + 90 + 2)
     assert project_audit_seconds(costs, methods=1, random_sets=0, seeds=1) == 100 + 50 + (5 + 92)
+    with_refs = UnitCosts(original=100, search=50, method=3, retrain=90, evaluate=2, references=800)
+    assert project_audit_seconds(with_refs) == project_audit_seconds(costs) + 800  # once per setting
 
 
 def test_project_search_seconds_from_a_short_run():
@@ -391,7 +393,7 @@ def test_gpu_check_tiny_prints_and_writes_one_complete_table(tmp_path, capsys):
     assert rows["host syncs per training step"][0] == "n/a"
     assert rows["train images/s with torch.compile"][0] == "skipped"
     assert "resnet18 with BatchNorm" in rows["ensemble of 2 models, 1 epoch (s)"][1]
-    assert "T = T_orig + W·T_search" in rows["projected main table, paper recipe (h)"][1]
+    assert "T = T_orig + T_refs + W·T_search" in rows["projected main table, paper recipe (h)"][1]
     assert _number(rows["projected main table, paper recipe (h)"][0]) > _number(rows["projected main table, fast recipe (h)"][0])
 
 

@@ -124,6 +124,7 @@ def double_problem(setting, method, backend: str, *, n: int = 40, steps: int = 3
     small = replace(data, x_train=data.x_train[:n].double(), y_train=data.y_train[:n],
                     x_val=data.x_val.double(), x_test=data.x_test.double())
     local = replace(setting, data=small, original=copy.deepcopy(setting.original).double())
+    cfg.setdefault("objective", "loss")  # exposure has its own finite-difference test (tests/test_exposure.py)
     config = SearchConfig(solver="unrolled", unroll_backend=backend, inner_steps=steps, gamma=1e-3, **cfg).validate()
     return Problem(setting=local, method=method, config=config)
 

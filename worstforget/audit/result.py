@@ -30,11 +30,11 @@ from ..core.errors import WorstforgetError
 from ..core.io import json_bytes, to_jsonable, write_result_folder
 from ..core.stats import aggregate
 from ..scoring.metrics import GAP_METRICS, GAP_METRICS_LOGIT, avg_gap, mia_flags
+from .kinds import KIND_LABELS, KIND_NAMES, SET_KINDS  # noqa: F401  (re-exported)
 from .verdict import verdict
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
-SET_KINDS = ("worst_case", "heuristic", "memorization", "exposure", "random", "given")  # display order
 CSV_FIELDS = ("set_kind", "set_index", "method", "seed", "metric", "value")
 
 

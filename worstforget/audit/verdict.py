@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.stats import difference_interval, fmt_agg
+from .kinds import KIND_NAMES
 
-KIND_LABELS = {"worst_case": "searched worst-case", "heuristic": "lowest-objective heuristic",
-               "memorization": "memorization heuristic", "exposure": "exposure heuristic", "random": "random"}
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ def verdict(summary: dict, evaluation: dict | None = None) -> list[dict]:
             flagged = {kind: summary["sets"][kind].get("flags", {}).get(m.flagged_by, []) for kind in values}
             flagged = {k: f for k, f in flagged.items() if f}
             if flagged:
-                entry["skipped"] = "; ".join(f"{m.flagged_by} {'/'.join(f)} on the {KIND_LABELS.get(k, k)} sets"
+                entry["skipped"] = "; ".join(f"{m.flagged_by} {'/'.join(f)} on the {KIND_NAMES.get(k, k)} sets"
                                              for k, f in flagged.items())
                 entries.append(entry)
                 continue
@@ -80,7 +79,7 @@ def verdict_lines(entries: list[dict], digits: dict[str, int] | None = None) -> 
             lines.append(f"{e['label']}: no verdict — {e['skipped']}.")
             continue
         best, rand = e["values"][e["hardest"]], e["values"]["random"]
-        name = f"the {KIND_LABELS.get(e['hardest'], e['hardest'])} set"
+        name = f"the {KIND_NAMES.get(e['hardest'], e['hardest'])} set"
         d0, lo, hi = e["over_random"] or (best["mean"] - rand["mean"], float("nan"), float("nan"))
         if lo > 0:
             head = f"hardest is {name}"
@@ -92,7 +91,7 @@ def verdict_lines(entries: list[dict], digits: dict[str, int] | None = None) -> 
                 f"{fmt_agg(rand, d, interval=False)}; difference {d0:+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]).")
         beaten = e.get("beats_search") or {}
         if beaten:
-            names = ", ".join(f"the {KIND_LABELS.get(k, k)} set by {v[0]:+.{d}f} [{v[1]:+.{d}f}, {v[2]:+.{d}f}]"
+            names = ", ".join(f"the {KIND_NAMES.get(k, k)} set by {v[0]:+.{d}f} [{v[1]:+.{d}f}, {v[2]:+.{d}f}]"
                               for k, v in beaten.items())
             text += f" WARNING: the searched set is not the worst case by this measure — {names}."
         lines.append(text)

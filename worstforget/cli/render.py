@@ -2,10 +2,9 @@
 compact `mean±std` cells, short column names, and a legend for every abbreviation."""
 from __future__ import annotations
 
+from ..audit.kinds import KIND_LABELS
 from ..core.stats import fmt_agg
 
-KIND_LABELS = {"worst_case": "worst-case", "heuristic": "heuristic", "memorization": "memorization",
-               "exposure": "exposure", "random": "random", "given": "given"}
 ACCURACY = (("UA", "UA", 1), ("RA", "RA", 1), ("TA", "TA", 1), ("RTE", "RTE s", 2), ("RTE_fraction", "×Retr", 2))
 MEMBERSHIP = (("MIA", "MIA", 1), ("MIA_logit", "MIA-l", 1), ("avg_gap", "Gap", 2), ("avg_gap_logit", "Gap-l", 2))
 LEGEND = ("UA = 100 − forget acc., RA/TA = retain/test acc. (%), RTE s = run time (s), ×Retr = fraction of "
@@ -88,6 +87,8 @@ def search_line(summary: dict) -> str:
     line = (f"search: {trace['seconds']:.1f}s"
             + (f" ({ratio:.2f}× {trace['cost_reference']})" if ratio is not None else "")
             + f", {len(trace['objective'])} outer steps, set moved {moved:.0%} away from its start")
+    if trace.get("init"):
+        line += f" (started from the {KIND_LABELS.get(trace['init']['baseline'], trace['init']['baseline'])} set)"
     if trace.get("train_seconds") is None:
         line += " (training time of the original unknown: cost against one Retrain)"
     overlaps = s.get("baseline_overlap") or {}

@@ -32,7 +32,7 @@ from .tables import (
 FIGSIZE = (6.4, 4.0)  # inches
 DPI = 100
 PIXELS = (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI))  # (width, height) of every saved PNG
-KIND_COLORS = {"worst_case": "#c0392b", "heuristic": "#e67e22", "memorization": "#8e44ad", "exposure": "#16a085",
+KIND_COLORS = {"worst_case": "#c0392b", "heuristic": "#e67e22", "lowest_loss": "#d35400", "memorization": "#8e44ad", "exposure": "#16a085",
                "random": "#2980b9", "given": "#7f8c8d"}
 INSTALL_HINT = "pip install 'worstforget[plots]'"
 

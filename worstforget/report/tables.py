@@ -14,12 +14,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ..audit.kinds import KIND_LABELS, SET_KINDS
 from ..core.errors import WorstforgetError
 from ..core.stats import fmt_agg
 
-KIND_LABELS = {"worst_case": "worst-case", "heuristic": "heuristic", "memorization": "memorization",
-               "exposure": "exposure", "random": "random", "given": "given"}
-SET_KINDS = tuple(KIND_LABELS)
 METRIC_COLUMNS = (("UA", "UA"), ("MIA", "MIA"), ("RA", "RA"), ("TA", "TA"), ("RTE", "RTE (s)"))
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..core.cache import content_digest, file_lock
-from ..core.errors import WorstforgetError
+from ..core.errors import ConfigError, WorstforgetError
 from ..core.hashing import stable_hash
 from ..core.io import write_bytes_atomic
 from ..core.progress import NullProgress, Progress
@@ -59,18 +59,27 @@ def jaccard(a: torch.Tensor, b: torch.Tensor) -> float:
     return inter / union if union else float("nan")
 
 
-def search_key(setting: Setting, method: str, params: dict, cfg: SearchConfig, seed: int) -> str:
+def search_key(setting: Setting, method: str, params: dict, cfg: SearchConfig, seed: int,
+               init_units: torch.Tensor | None = None) -> str:
     return stable_hash({"v": STATE_VERSION, "original": setting.original_key, "method": method, "params": params,
-                        "search": cfg.to_dict(), "seed": seed, "spec": setting.spec.to_dict()})
+                        "search": cfg.to_dict(), "seed": seed, "spec": setting.spec.to_dict(),
+                        **({"init_units": init_units.cpu()} if init_units is not None else {})})
 
 
-def initial_weights(problem: Problem, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def initial_weights(problem: Problem, seed: int,
+                    init_units: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """w₀ and its top-m set. Uniform w₀ = m/n has only ties; they are broken by a seeded permutation,
-    so the 'initial set' is a random set and moving away from it is the sanity check that matters."""
+    so the 'initial set' is a random set and moving away from it is the sanity check that matters.
+    `init = "heuristic"` starts from the binary w of `init_units` (a baseline set the caller chose)."""
     n, m = problem.num_vars, problem.budget
     tie = torch.randperm(n, generator=generator(seed, "search-init")).double()
-    if problem.config.init == "random":
-        units = top_m(torch.zeros(n), m, tie_break=tie)
+    if problem.config.init in ("random", "heuristic"):
+        if problem.config.init == "heuristic":
+            if init_units is None or len(init_units) != m:
+                raise ConfigError(f"--init heuristic needs a start set of {m} units (none or a wrong size was given)")
+            units = init_units.cpu().sort().values
+        else:
+            units = top_m(torch.zeros(n), m, tie_break=tie)
         w0 = torch.zeros(n, dtype=torch.float64)
         w0[units] = 1.0
         return w0, units
@@ -81,7 +90,7 @@ def initial_weights(problem: Problem, seed: int) -> tuple[torch.Tensor, torch.Te
 def search_worst_case(setting: Setting, method: str, params: dict | None, cfg: SearchConfig, *, seed: int = 0,
                       state_dir: str | Path | None = None, resume: bool = False,
                       reference_sets: dict[str, torch.Tensor] | None = None,
-                      progress: Progress | None = None) -> SearchResult:
+                      init_units: torch.Tensor | None = None, progress: Progress | None = None) -> SearchResult:
     """Find the forget set (of size ratio·N) that the method finds hardest to erase.
 
     Args:
@@ -92,7 +101,8 @@ def search_worst_case(setting: Setting, method: str, params: dict | None, cfg: S
         seed: seeds the lower-level runs and the tie-break of the initial set.
         state_dir: where the per-step checkpoint lives (default: the cache folder); none without the cache.
         resume: continue from a checkpoint of the same search (same key) if one exists.
-        reference_sets: named unit-index sets (random sets, heuristic) whose overlap is logged each step.
+        reference_sets: named unit-index sets (random sets, baselines) whose overlap is logged each step.
+        init_units: the start set for `cfg.init == "heuristic"`.
         progress: progress sink.
     """
     cfg = cfg.validate()
@@ -101,11 +111,11 @@ def search_worst_case(setting: Setting, method: str, params: dict | None, cfg: S
     solve = SOLVERS.get(cfg.solver)
     check_solver(cfg.solver, instance)
     problem = Problem(setting=setting, method=instance, config=cfg, progress=progress)
-    key = search_key(setting, instance.name, params, cfg, seed)
+    key = search_key(setting, instance.name, params, cfg, seed, init_units if cfg.init == "heuristic" else None)
     checkpoint = None
     if setting.records.enabled:
         checkpoint = SearchCheckpoint(Path(state_dir or setting.records.root / "search"), key, problem.num_vars)
-    w0, initial = initial_weights(problem, seed)
+    w0, initial = initial_weights(problem, seed, init_units)
     w, start = w0.clone(), 0
     history: dict[str, list] = {"objective": [], "overlap_with_initial": [], "step_size": []}
     for name in (reference_sets or {}):

@@ -27,14 +27,14 @@ from ..core.hashing import stable_hash
 from ..core.progress import Progress
 from ..core.seeds import derive_seed, generator
 from ..datasets import Dataset
-from .loop import predict_logits
+from .loop import fit, predict_logits
 from .outputs import logit_scaled_confidence
 
 if TYPE_CHECKING:
     from .original import ModelSpec
 
 CACHE_KIND = "reference"
-VERSION = 1  # bump when what is stored changes, so old cached arrays are not reused
+VERSION = 2  # bump when what is stored changes, so old cached arrays are not reused (2: paired halves)
 # The streams the halves and the model seeds are drawn from. They carry the name of the memorization
 # proxy, which introduced these models, so its scores are unchanged now that it reads them from here.
 STREAM = "memorization"
@@ -49,9 +49,19 @@ def reference_key(spec: ModelSpec, data: Dataset, *, num_models: int, seed: int)
 
 
 def reference_masks(num_models: int, num_train: int, seed: int) -> torch.Tensor:
-    """(K, N) bool: model k trains on sample i. Every column holds exactly K // 2 True entries."""
-    ranks = torch.rand(num_models, num_train, generator=generator(seed, STREAM)).argsort(0).argsort(0)
-    return ranks < num_models // 2
+    """(K, N) bool: model k trains on sample i. Models come in complementary pairs — each pair splits its own
+    random permutation of the training split in halves — so every sample is trained on by exactly K/2 models,
+    and every model trains on ⌊N/2⌋ or ⌈N/2⌉ samples: equal sizes (N even) let BatchNorm models train as one
+    vmapped ensemble."""
+    if num_models % 2:
+        raise ConfigError(f"reference models come in complementary pairs; give an even number (got {num_models})")
+    g = generator(seed, STREAM)
+    masks = torch.zeros(num_models, num_train, dtype=torch.bool)
+    for pair in range(num_models // 2):
+        perm = torch.randperm(num_train, generator=g)
+        masks[2 * pair, perm[: num_train // 2]] = True
+        masks[2 * pair + 1, perm[num_train // 2:]] = True
+    return masks
 
 
 @dataclass(frozen=True)
@@ -154,9 +164,15 @@ def reference_statistics(spec: ModelSpec, data: Dataset, *, num_models: int = 16
 def _train(spec, data: Dataset, num_models: int, seed: int, progress, fit_ensemble) -> ReferenceStats:
 
     masks = reference_masks(num_models, data.num_train, seed)
-    models = fit_ensemble(spec, data, seeds=[derive_seed(seed, STREAM, i) for i in range(num_models)],
-                          sample_weights=masks.float().to(data.device), progress=progress,
-                          description="reference models")
+    seeds = [derive_seed(seed, STREAM, i) for i in range(num_models)]
+    weights = masks.float().to(data.device)
+    try:
+        models = fit_ensemble(spec, data, seeds=seeds, sample_weights=weights, progress=progress,
+                              description="reference models")
+    except ConfigError:  # an architecture the ensemble cannot stack (BatchNorm with an odd N...): one by one
+        models = [fit(spec.build(data, seed=s), data, spec.train, seed=s, sample_weights=weights[i],
+                      progress=progress, description=f"reference model {i + 1}/{num_models}")
+                  for i, s in enumerate(seeds)]
     prob, lsc = [], []
     y = data.y_train
     for model in models:

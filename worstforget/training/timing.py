@@ -134,7 +134,7 @@ def count_host_syncs(fn: Callable[[], object], device: torch.device | str) -> in
 # ----------------------------------------------------------------------------------------------------
 # Projections
 
-AUDIT_FORMULA = "T = T_orig + W·T_search + (W + R)·S·(M·(T_method + T_eval) + T_retrain + T_eval)"
+AUDIT_FORMULA = "T = T_orig + T_refs + W·T_search + (W + R)·S·(M·(T_method + T_eval) + T_retrain + T_eval)"
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,7 @@ class UnitCosts:
     method: float  # one unlearning run of one method
     retrain: float  # one exact Retrain on the retain side of a forget set
     evaluate: float  # the metrics of one unlearned model (UA, RA, TA, MIA)
+    references: float = 0.0  # the exposure objective's reference models (once per setting)
 
 
 def project_audit_seconds(costs: UnitCosts, *, methods: int = 10, random_sets: int = 5, searched_sets: int = 1,
@@ -156,7 +157,8 @@ def project_audit_seconds(costs: UnitCosts, *, methods: int = 10, random_sets: i
     worst-case sets (one search each) and R = `random_sets` random sets, after one original model.
     """
     per_set_seed = methods * (costs.method + costs.evaluate) + costs.retrain + costs.evaluate
-    return costs.original + searched_sets * costs.search + (searched_sets + random_sets) * seeds * per_set_seed
+    return (costs.original + costs.references + searched_sets * costs.search
+            + (searched_sets + random_sets) * seeds * per_set_seed)
 
 
 def project_search_seconds(measured: float, *, outer: int, inner_images: int, values_s: float, full_outer: int,
