@@ -54,7 +54,7 @@ def test_avg_gap_is_measured_against_retrain_on_the_same_set_and_seed(audit_dir)
     out = audit_dir / "out"
     summary = json.loads((out / "summary.json").read_text())
     with h5py.File(out / "result.h5") as f:
-        for kind in ("worst_case", "heuristic", "random"):
+        for kind in ("worst_case", "lowest_loss", "memorization", "exposure", "random"):
             for method in ("finetune", "gradient_ascent"):
                 mine = {k: f[f"metrics/{kind}/{method}/{k}"][()] for k in ("UA", "MIA", "RA", "TA", "avg_gap")}
                 ref = {k: f[f"metrics/{kind}/retrain/{k}"][()] for k in ("UA", "MIA", "RA", "TA")}
@@ -71,7 +71,7 @@ def test_heuristic_set_is_the_lowest_loss_samples_of_the_original(audit_dir):
     summary = json.loads((audit_dir / "out" / "summary.json").read_text())
     loss = per_sample_loss(setting.original, setting.data.x_train, setting.data.y_train).double().cpu().numpy()
     with h5py.File(audit_dir / "out" / "result.h5") as f:
-        heuristic = f["forget_sets/heuristic"][()]
+        heuristic = f["forget_sets/lowest_loss"][()]
     m = summary["forget_size"]
     assert len(heuristic) == m
     assert loss[heuristic].max() <= np.sort(loss)[m - 1] + 1e-12  # no sample outside is easier
@@ -84,13 +84,37 @@ def test_memorization_baseline_is_the_most_memorised_samples(audit_dir):
     setting = prepare_setting(dataset="synthetic", device="cpu", cache_dir=str(audit_dir / "cache"),
                               train_overrides={"epochs": 4})
     summary = json.loads((audit_dir / "out" / "summary.json").read_text())
-    scores = memorization_scores(setting, seed=0)
+    scores = memorization_scores(setting, num_models=16)  # the audit shares the 16 reference models
     with h5py.File(audit_dir / "out" / "result.h5") as f:
         chosen = f["forget_sets/memorization"][()]
     m = summary["forget_size"]
     assert len(chosen) == m and scores[chosen].min() >= np.sort(scores)[-m] - 1e-12
     assert summary["baseline_overlap"]["memorization"] == pytest.approx(
         np.isin(f_units(audit_dir), chosen).mean())
+
+
+def test_exposure_baseline_is_the_most_exposed_samples_of_the_original(audit_dir):
+    from worstforget.forget_sets import exposure_scores
+
+    setting = prepare_setting(dataset="synthetic", device="cpu", cache_dir=str(audit_dir / "cache"),
+                              train_overrides={"epochs": 4})
+    scores = exposure_scores(setting, 16)
+    with h5py.File(audit_dir / "out" / "result.h5") as f:
+        chosen = f["forget_sets/exposure"][()]
+    assert scores[chosen].min() >= np.sort(scores)[-len(chosen)] - 1e-12
+
+
+def test_init_heuristic_starts_from_the_baseline_with_the_lowest_objective(tmp_path):
+    out = tmp_path / "out"
+    invoke("search", *SEARCH, *FAST, "--init", "heuristic", "--no-stability", "--num-random", "1",
+           "--cache-dir", tmp_path / "cache", "--out", out)
+    summary = json.loads((out / "summary.json").read_text())
+    start = summary["search"]["init"]
+    assert set(start["objective"]) == {"lowest_loss", "memorization", "exposure"}
+    assert start["baseline"] == min(start["objective"], key=start["objective"].get)
+    with h5py.File(out / "result.h5") as f:
+        np.testing.assert_array_equal(f["forget_sets/initial_units"][()], f[f"forget_sets/{start['baseline']}_units"][()])
+        assert f["search/weights"][0].sum() == pytest.approx(summary["forget_units"])  # a binary start of m units
 
 
 def f_units(audit_dir: Path) -> np.ndarray:
@@ -176,7 +200,7 @@ def test_search_with_attacks_stores_the_evaluation_in_every_file(tmp_path):
     invoke("search", *SEARCH, *FAST, "--no-stability", "--num-random", "2", "--attacks", "loss,lira",
            "--num-models", "4", "--cache-dir", tmp_path / "cache", "--out", out)
     doc = json.loads((out / "evaluation.json").read_text())
-    assert set(doc["sets"]) == {"worst_case", "heuristic", "memorization", "random"}
+    assert set(doc["sets"]) == {"worst_case", "lowest_loss", "memorization", "exposure", "random"}
     rand = doc["sets"]["random"]["methods"]["finetune"]["lira_auc"]
     per_set = [s["lira_auc"]["value"] for s in doc["per_set"]["random"]["finetune"]]
     assert rand["n"] == 2 and rand["mean"] == pytest.approx(np.mean(per_set))
@@ -218,3 +242,21 @@ def test_a_search_killed_midway_resumes_to_the_uninterrupted_set(tmp_path):
     invoke(*args, "--cache-dir", tmp_path / "fresh", "--out", tmp_path / "b")
     np.testing.assert_array_equal(np.load(tmp_path / "a" / "worst_case_indices.npy"),
                                   np.load(tmp_path / "b" / "worst_case_indices.npy"))
+
+
+def test_the_terminal_tables_fit_80_columns_without_cutting_anything(audit_dir):
+    from rich.console import Console
+
+    from worstforget.cli.render import print_comparison, print_verdict, search_line
+
+    summary = json.loads((audit_dir / "out" / "summary.json").read_text())
+    summary["sets"]["worst_case"]["methods"]["neggrad_plus"] = summary["sets"]["worst_case"]["methods"]["finetune"]
+    console = Console(width=80, record=True, color_system=None)
+    print_comparison(console, summary, title="a title")
+    console.print(search_line(summary))
+    print_verdict(console, summary)
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    for name in ("retrain", "finetune", "gradient_ascent", "neggrad_plus", "memorization sets", "Verdict"):
+        assert name in text
+    assert "MIA-l" in text and "Gap-l" in text  # MIA_logit and its Avg. Gap in the default output

@@ -29,7 +29,7 @@ import numpy as np
 from ..core.errors import WorstforgetError
 from ..core.io import json_bytes, to_jsonable, write_result_folder
 from ..core.stats import aggregate
-from ..scoring.metrics import GAP_METRICS, GAP_METRICS_LOGIT, avg_gap, mia_flags
+from ..scoring.metrics import ACCURACY_METRICS, GAP_METRICS, GAP_METRICS_LOGIT, avg_gap, mia_flags
 from .kinds import KIND_LABELS, KIND_NAMES, SET_KINDS  # noqa: F401  (re-exported)
 from .verdict import verdict
 
@@ -52,6 +52,8 @@ def run_arrays(records: dict[str, list[list[dict]]]) -> dict[str, dict[str, np.n
         if who == "retrain" or reference is None:
             continue
         out[who]["avg_gap"] = np.array([[avg_gap(r, ref) for r, ref in zip(runs, refs)]
+                                        for runs, refs in zip(per_set, reference)])
+        out[who]["acc_gap"] = np.array([[avg_gap(r, ref, ACCURACY_METRICS) for r, ref in zip(runs, refs)]
                                         for runs, refs in zip(per_set, reference)])
         if "MIA_logit" in per_set[0][0]:
             out[who]["avg_gap_logit"] = np.array([[avg_gap(r, ref, GAP_METRICS_LOGIT) for r, ref in zip(runs, refs)]

@@ -24,6 +24,7 @@ class Measure:
 
 
 MEASURES = (
+    Measure("acc_gap", "Accuracy gap to Retrain (UA, RA, TA)", "sets"),
     Measure("avg_gap", "Avg. Gap (MIA-Efficacy)", "sets", "MIA"),
     Measure("avg_gap_logit", "Avg. Gap (MIA_logit)", "sets", "MIA_logit"),
     Measure("lira_tpr_at_0.1pct_fpr", "U-LiRA TPR@0.1%FPR", "evaluation", digits=3),

@@ -14,6 +14,7 @@ from ..training.outputs import logit_scaled_confidence
 
 GAP_METRICS = ("UA", "MIA", "RA", "TA")  # Avg. Gap is the mean |Δ| to Retrain over these (the paper's)
 GAP_METRICS_LOGIT = ("UA", "MIA_logit", "RA", "TA")  # the same with the SVC on standardised logit-scaled confidence
+ACCURACY_METRICS = ("UA", "RA", "TA")  # the accuracy gap: the Avg. Gap without a membership column
 SATURATION = 1 - 1e-4  # a true-label confidence above this carries no usable signal for a 1-D attack on it
 SATURATED_SHARE = 50.0  # % of forget samples past SATURATION under Retrain above which MIA-Efficacy is flagged
 UNSTABLE_SPREAD = 10.0  # points of MIA spread (over seeds of one set, or over attacker resamples) flagged unstable
