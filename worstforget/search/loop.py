@@ -1,7 +1,9 @@
 """The upper level: projected gradient steps on the forget weights, with checkpoints and resume.
 
 Every outer step t runs the lower level with its own seed derived from (seed, t), so a search resumed
-from the checkpoint after step t continues exactly as an uninterrupted run would.
+from the checkpoint after step t continues exactly as an uninterrupted run would. A solver that carries
+state across outer steps (the warm solver's continuing run) has it kept here and stored in the checkpoint
+after every step, so its resume is exact too.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from ..setting import Setting
 from .config import SearchConfig
 from .problem import Problem
 from .projection import project_capped_simplex, top_m
-from .solvers import SOLVERS, check_solver
+from .solvers import SOLVERS, check_solver, solver_state
 
 STATE_VERSION = 2  # 2: a small state file plus appended weight rows (O(N) bytes per outer step)
 LOGGER = logging.getLogger("worstforget")
@@ -62,7 +64,7 @@ def jaccard(a: torch.Tensor, b: torch.Tensor) -> float:
 def search_key(setting: Setting, method: str, params: dict, cfg: SearchConfig, seed: int,
                init_units: torch.Tensor | None = None) -> str:
     return stable_hash({"v": STATE_VERSION, "original": setting.original_key, "method": method, "params": params,
-                        "search": cfg.to_dict(), "seed": seed, "spec": setting.spec.to_dict(),
+                        "search": cfg.key_dict(), "seed": seed, "spec": setting.spec.to_dict(),
                         **({"init_units": init_units.cpu()} if init_units is not None else {})})
 
 
@@ -111,10 +113,12 @@ def search_worst_case(setting: Setting, method: str, params: dict | None, cfg: S
     solve = SOLVERS.get(cfg.solver)
     check_solver(cfg.solver, instance)
     problem = Problem(setting=setting, method=instance, config=cfg, progress=progress)
+    carry = solver_state(solve, problem)  # None unless the solver keeps state across outer steps
     key = search_key(setting, instance.name, params, cfg, seed, init_units if cfg.init == "heuristic" else None)
     checkpoint = None
     if setting.records.enabled:
-        checkpoint = SearchCheckpoint(Path(state_dir or setting.records.root / "search"), key, problem.num_vars)
+        checkpoint = SearchCheckpoint(Path(state_dir or setting.records.root / "search"), key, problem.num_vars,
+                                      stateful=carry is not None)
     w0, initial = initial_weights(problem, seed, init_units)
     w, start = w0.clone(), 0
     history: dict[str, list] = {"objective": [], "overlap_with_initial": [], "step_size": []}
@@ -130,6 +134,8 @@ def search_worst_case(setting: Setting, method: str, params: dict | None, cfg: S
             start, history, elapsed = state["step"], state["history"], state["seconds"]
             weights, last_grad = state["weights"], state["last_grad"]
             w = weights[-1].clone()
+            if carry is not None and start < cfg.outer_steps:
+                carry.load_state_dict(state["solver_state"])
         if checkpoint:
             checkpoint.begin(weights)
         task = (progress or NullProgress()).task(f"search ({cfg.solver}, {instance.name})", cfg.outer_steps)
@@ -137,7 +143,8 @@ def search_worst_case(setting: Setting, method: str, params: dict | None, cfg: S
         m = problem.budget
         for t in range(start, cfg.outer_steps):
             with Timer() as timer:
-                hg = solve(problem, w.to(setting.data.device), derive_seed(seed, "outer-step", t))
+                w_dev, step_seed = w.to(setting.data.device), derive_seed(seed, "outer-step", t)
+                hg = solve(problem, w_dev, step_seed, **({} if carry is None else {"state": carry}))
                 grad = hg.grad.cpu()
                 check_hypergradient(hg, grad, t, cfg, instance.name)
                 scale = grad.std().clamp_min(1e-12) if cfg.normalize_step else torch.tensor(1.0, dtype=torch.float64)
@@ -154,7 +161,7 @@ def search_worst_case(setting: Setting, method: str, params: dict | None, cfg: S
             weights.append(w.clone())
             if checkpoint:
                 checkpoint.save(w, step=t + 1, done=t + 1 == cfg.outer_steps, history=history, seconds=elapsed,
-                                last_grad=last_grad)
+                                last_grad=last_grad, solver_state=None if carry is None else carry.state_dict())
             task.advance(1, objective=hg.value, moved=1 - history["overlap_with_initial"][-1])
         task.close()
     units = top_m(w, m, tie_break=-last_grad)
@@ -181,12 +188,14 @@ class SearchCheckpoint:
     The rows file is written before the state that counts its rows, so a kill between the two leaves one
     row too many, which is dropped on resume. A checkpoint whose digests do not match, which is truncated
     or foreign, is never trusted: the search starts again from step 0 (one warning line).
+    A stateful solver's state after the step (`solver_state`: the warm solver's model and optimiser) is
+    part of the state file, under the same digest, so each step also writes the size of that state.
     """
 
-    def __init__(self, folder: Path, key: str, num_vars: int):
+    def __init__(self, folder: Path, key: str, num_vars: int, *, stateful: bool = False):
         self.state_path = folder / f"search-{key}.pt"
         self.rows_path = folder / f"search-{key}.rows"
-        self.key, self.num_vars = key, num_vars
+        self.key, self.num_vars, self.stateful = key, num_vars, stateful
         self.row_digests: list[str] = []
 
     @property
@@ -229,7 +238,8 @@ class SearchCheckpoint:
             return "belongs to another search"
         step = state["step"]
         if not (isinstance(step, int) and 0 < step <= outer_steps and len(state["row_digests"]) == step + 1
-                and tuple(state["last_grad"].shape) == (self.num_vars,)):
+                and tuple(state["last_grad"].shape) == (self.num_vars,)
+                and (not self.stateful or isinstance(state.get("solver_state"), dict))):
             return "is inconsistent"
         return None
 
@@ -253,13 +263,15 @@ class SearchCheckpoint:
             os.truncate(self.rows_path, len(weights) * self.row_bytes)
 
     def save(self, w: torch.Tensor, *, step: int, done: bool, history: dict, seconds: float,
-             last_grad: torch.Tensor) -> None:
-        """Append the row of step `step` and replace the state (atomically)."""
+             last_grad: torch.Tensor, solver_state: dict | None = None) -> None:
+        """Append the row of step `step` and replace the state (atomically), with the solver's own if it has one."""
         with open(self.rows_path, "r+b") as fh:
             fh.seek(step * self.row_bytes)
             self._append(fh, w)
         body = {"version": STATE_VERSION, "key": self.key, "step": step, "done": done, "history": history,
                 "seconds": float(seconds), "last_grad": last_grad.double().cpu(), "row_digests": self.row_digests}
+        if solver_state is not None:
+            body["solver_state"] = solver_state
         buf = io.BytesIO()
         torch.save({**body, "digest": content_digest(body)}, buf)
         write_bytes_atomic(self.state_path, buf.getvalue())

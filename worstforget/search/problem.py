@@ -42,11 +42,15 @@ class Problem:
 
     @property
     def inner_steps(self) -> int:
+        """Lower-level steps per outer step."""
         if self.config.inner_steps is not None:
             return self.config.inner_steps
         if self.config.solver == "unrolled":
             return 10
         steps_per_epoch = -(-self.data.num_train // (self.method.batch_size or 128))
+        if self.config.solver == "warm":  # a fraction of an epoch of the lower level's own batches
+            batch_size = self.config.inner_batch_size or self.method.batch_size or 128
+            return max(1, round(self.config.warm_fraction * -(-self.data.num_train // batch_size)))
         return 2 * steps_per_epoch
 
     def expand(self, w_var: torch.Tensor) -> torch.Tensor:

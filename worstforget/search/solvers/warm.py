@@ -1,0 +1,188 @@
+"""The warm solver: a single-loop scheme whose lower level is one unlearning run continued across outer steps.
+
+At outer step t the run goes on from where step t−1 left it — model, optimiser state (momentum), the
+method's random stream — for k more steps of the method under the current forget weights w_t (k =
+`warm_fraction` of an epoch of the lower level's batches, or `inner_steps`), and the per-sample objective of
+the resulting model is computed in one batched pass on the data's device. The hypergradient is that
+objective plus 2γw, as in the first-order solver (the implicit term is dropped). Each outer step costs k steps
+and one forward pass over the training split, where the first-order solver takes 2 epochs from the original.
+The steps are those of `first_order.lower_method` (the method's own optimiser and lr, or sign steps), at a
+constant lr: a schedule decays towards the end of a run, and this run has no end. ctx.step counts from 0 in
+every outer step, so a penalty that decays over a run (ℓ1-sparse's) restarts with each one.
+
+What a continued run means for each family of methods:
+  converging (finetune, ℓ1-sparse, EU-k, CF-k, random labels, SalUn, bad teacher, boundary shrink/expand):
+      the run settles towards what the method reaches on the current weights, which move a little each
+      outer step; continuing is what a longer run of the method would do.
+  diverging (gradient ascent, and NegGrad+'s ascent term): ascent has no fixed point. Continued through a
+      whole search, gradient ascent takes several times its own number of steps (5 epochs of its forget
+      stream: 15 steps on a 10% digits set) and the model it leaves says nothing about the method.
+  So with `warm_restart="budget"` (the default) the run restarts from the original — a fresh `prepare`
+  (SalUn's mask, relabelled targets, added neurons, on the weights of that moment), optimiser and random
+  stream — when its age would pass the method's own run length under the current weights (its epochs times
+  the passes of its lead stream). Finetune's own run (10 epochs of the retain stream) outlasts a search of
+  20 outer steps at fractions up to 0.5, so it never restarts; gradient ascent restarts every few outer steps
+  and is always evaluated at most one of its own runs away from the original. `warm_restart="never"` keeps
+  one run for the whole search (results/search_cost.md compares the two).
+  epoch-dependent plans (SCRUB's max then min phases, UNSIR's impair then repair) and methods that are not an
+  iterative loop (retrain, influence, Fisher, plug-ins...) cannot be continued k steps at a time: their
+  lower level is the first-order solver's run from the original at every outer step (one warning).
+
+Called without a state (a caller that solves once, such as `--init heuristic`'s choice of start), the solver is
+the first-order solver. The loop keeps the state (`WarmState`) and stores `state_dict()` in its per-step
+checkpoint; `load_state_dict` replays the run's start (its `prepare` on its starting weights and seed) and loads
+the model, optimiser, random stream and age, so a resumed search continues bit for bit.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...methods import UnlearningMethod
+from ...methods.base import Context, Stepper, StreamSampler, check_weights, run_loop
+from ..problem import Problem
+from .base import SOLVERS, Hypergradient
+from .first_order import first_order, lower_method
+
+LOGGER = logging.getLogger("worstforget")
+
+
+@dataclass
+class WarmRun:
+    """The lower level's run in progress: what `UnlearningMethod.apply` holds between its start and its end."""
+
+    method: UnlearningMethod  # the lower level (first_order.lower_method at a constant lr)
+    ctx: Context
+    stepper: Stepper
+    seed: int  # the seed of the outer step that started it
+    start_weights: torch.Tensor  # (N,) the forget weights `prepare` read when it started
+    age: int = 0  # steps taken since it started
+
+
+def continuation_problem(method: UnlearningMethod, ctx: Context) -> str | None:
+    """Why the method's run cannot be continued k steps at a time (None: it can): its epoch plan must be one
+    phase on the same streams in every epoch, so that any k consecutive steps are alike."""
+    if not method.iterative:
+        return f"{method.name} is not an iterative loop"
+    plans = [method.phases(epoch, ctx) for epoch in range(method.epochs)]
+    if any(len(phases) != 1 for phases in plans) or len({phases[0].streams for phases in plans}) != 1:
+        return f"{method.name}'s steps change with the epoch"
+    return None
+
+
+class WarmState:
+    """The warm solver's state across outer steps: the continuing run, restarted as `warm_restart` says."""
+
+    def __init__(self, problem: Problem):
+        self.problem = problem
+        self.method = replace(lower_method(problem), schedule="constant")
+        self.run: WarmRun | None = None
+        self.restarts = 0  # runs started after the first
+        probe = None
+        if self.method.iterative:
+            zeros = torch.zeros(problem.data.num_train, device=problem.data.device)
+            probe = self.method.context(problem.setting.original, problem.data, zeros, seed=0,
+                                        spec=problem.setting.spec)
+        self.cold_reason = continuation_problem(self.method, probe)
+        if self.cold_reason is not None:
+            LOGGER.warning("warm solver: %s; its lower level runs from the original at every outer step "
+                           "(the first-order solver's)", self.cold_reason)
+
+    def advance(self, w: torch.Tensor, seed: int) -> nn.Module:
+        """Take the next k steps under forget weights `w` (N,), restarting first when due; the model to score."""
+        k = self.problem.inner_steps
+        if self.run is None or self._restart_due(w, k):
+            self.restarts += self.run is not None
+            self.run = self._start(w, seed)
+        run = self.run
+        ctx = run.ctx
+        ctx.weights, ctx.seed, ctx.epoch, ctx.step = w, seed, 0, 0  # this outer step's batches and augmentation
+        run_loop(run.method, run.stepper, ctx, progress=self.problem.progress, max_steps=k)
+        run.age += ctx.step
+        return self._finished(run)
+
+    def run_length(self, w: torch.Tensor) -> int:
+        """Steps of the method's own run under weights `w`: its epochs × the passes of its lead stream."""
+        lead = self.method.phases(0, self.run.ctx)[0].streams[0]
+        passes = StreamSampler(lead, w, self.method.batch_size or 128, torch.Generator()).steps_per_pass()
+        return self.method.epochs * passes
+
+    def _restart_due(self, w: torch.Tensor, k: int) -> bool:
+        if self.problem.config.warm_restart == "never" or self.run.age == 0:
+            return False
+        return self.run.age + k > self.run_length(w)
+
+    def _start(self, w: torch.Tensor, seed: int) -> WarmRun:
+        """`apply`'s opening: context (the original as teacher), a copy of the original, `prepare`, a stepper."""
+        problem, method = self.problem, self.method
+        ctx = method.context(problem.setting.original, problem.data, w, seed=seed, spec=problem.setting.spec)
+        model = copy.deepcopy(problem.setting.original).to(problem.data.device).train()
+        model = method.prepare(model, ctx)
+        stepper = Stepper(model, method.trainable(model, ctx), method)
+        return WarmRun(method=method, ctx=ctx, stepper=stepper, seed=seed, start_weights=w.detach().clone())
+
+    def _finished(self, run: WarmRun) -> nn.Module:
+        """`apply`'s closing, on a copy when the method's `finish` changes the model (the run goes on)."""
+        if type(run.method).finish is UnlearningMethod.finish:
+            return run.stepper.model
+        return run.method.finish(copy.deepcopy(run.stepper.model), run.ctx)
+
+    def state_dict(self) -> dict:
+        """What a resumed search needs to continue exactly ({} before the first step), on the CPU."""
+        run = self.run
+        if run is None:
+            return {}
+        return _to_cpu({"seed": run.seed, "age": run.age, "restarts": self.restarts,
+                        "start_weights": run.start_weights, "model": run.stepper.model.state_dict(),
+                        "optimizer": run.stepper.opt.state_dict(), "rng": run.ctx.rng.get_state()})
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            self.run, self.restarts = None, 0
+            return
+        data = self.problem.data
+        run = self._start(state["start_weights"].to(data.device), state["seed"])  # replays `prepare`
+        run.stepper.model.load_state_dict(state["model"])
+        run.stepper.opt.load_state_dict(state["optimizer"])
+        run.ctx.rng.set_state(state["rng"])
+        run.age, self.restarts, self.run = state["age"], state["restarts"], run
+
+
+def _to_cpu(obj: Any) -> Any:
+    """A detached CPU copy of nested dicts and lists of tensors (the checkpoint must not alias the live run)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def cold_problem(problem: Problem) -> Problem:
+    """The same problem for the first-order solver (its inner steps: 2 epochs unless `inner_steps` is set)."""
+    cold = replace(problem, config=replace(problem.config, solver="first_order"))
+    cold._references = problem._references  # the reference statistics are the same constants
+    return cold
+
+
+@SOLVERS.register("warm")
+def warm(problem: Problem, w_var: torch.Tensor, seed: int, state: WarmState | None = None) -> Hypergradient:
+    """One unlearning run continued across outer steps, k steps each (single loop); hypergradient ℓ + 2γw."""
+    if state is None or state.cold_reason is not None:
+        return first_order(cold_problem(problem), w_var, seed)
+    cfg = problem.config
+    w_var = w_var.detach().to(torch.float64)
+    w = check_weights(problem.expand(w_var).float(), problem.data)
+    per_sample = problem.values(state.advance(w, seed))  # one batched pass over the training split
+    reduced = problem.reduce(per_sample)
+    value = float((reduced * w_var).sum() + cfg.gamma * (w_var**2).sum())
+    return Hypergradient(value=value, grad=reduced + 2 * cfg.gamma * w_var, per_sample=per_sample)
+
+
+warm.new_state = WarmState  # the loop keeps one across outer steps and checkpoints it
