@@ -1,25 +1,34 @@
 """Attack evaluation: N unlearned and N retrained models per forget set, their per-example statistics,
-the registered attacks on them, and the pipeline over named forget sets (worst case, random, heuristic)."""
+the registered attacks on them, and the pipeline over named forget sets (worst case, random, heuristic).
+
+Models are executor tasks (core/executor.py): each unlearned model is one task, Retrain's N models one
+task per set (trained together as a vmapped ensemble); every model's statistics are cached on disk, under
+a lock, so drivers and workers sharing the cache folder compute each once."""
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.cache import ArrayCache
+from ..core.cache import COMPUTED, ArrayCache
 from ..core.errors import ConfigError
+from ..core.executor import Call, Executor, serial
 from ..core.hashing import stable_hash
 from ..core.progress import NullProgress, Progress
 from ..core.runtime import Timer
 from ..core.seeds import derive_seed
 from ..methods import make_method
 from ..scoring.attacks import ATTACKS, Stats
-from ..scoring.metrics import logit_scaled_confidence
+from ..training.outputs import logit_scaled_confidence
 from ..setting import Setting, forget_mask, forget_weights, forgotten_classes
 from ..training.loop import predict_logits
 from .result import AttackEvaluation
-from .units import run_unit
+from .units import method_label, unit_call
+
+LOGGER = logging.getLogger("worstforget")
 
 STATS_VERSION = 2  # 2: class-wise forget sets measure the test split on the remaining classes
 RETRAIN_SEED_OFFSET = 100_000
@@ -51,30 +60,90 @@ def _key(setting: Setting, method: str, params: dict, forget_set: torch.Tensor, 
 
 
 def model_statistics(setting: Setting, method: str, params: dict, forget_set: torch.Tensor, seeds: list[int], *,
-                     progress: Progress | None = None) -> list[dict[str, np.ndarray]]:
+                     progress: Progress | None = None, executor: Executor | None = None) -> list[dict[str, np.ndarray]]:
     """Per-model arrays for `method` run with each seed (cached per model). Retrain models missing from
     the cache are trained together as one vmapped ensemble when the architecture allows it."""
-    progress = progress or NullProgress()
-    cache = ArrayCache(setting.records.root, enabled=setting.records.enabled)
+    calls = statistics_calls(method, params, forget_set, seeds)
+    return _flatten((executor or serial()).map(setting, calls, progress=progress, description=f"{method} models"))
+
+
+def statistics_calls(method: str, params: dict, forget_set: torch.Tensor, seeds: list[int]) -> list[Call]:
+    """The tasks behind `model_statistics`: one per unlearned model; Retrain's models as one task (one ensemble).
+    Each task returns a list of per-model arrays, in the order of its seeds."""
+    forget_set, where = forget_set.cpu(), f"a set of {len(forget_set)} samples"
+    if make_method(method, params).name == "retrain":
+        return [Call(retrain_statistics_task, (forget_set, list(seeds)),
+                     label=f"{len(seeds)} retrained models (seeds {seeds[0]}..{seeds[-1]}) on {where}")]
+    return [Call(model_statistics_task, (method, dict(params), forget_set, s),
+                 label=f"{method_label(method, params)} model on {where}, seed {s}") for s in seeds]
+
+
+def _flatten(lists: list[list]) -> list:
+    return [item for part in lists for item in part]
+
+
+def _statistics_cache(setting: Setting) -> ArrayCache:
+    return ArrayCache(setting.records.root, enabled=setting.records.enabled)
+
+
+def _cached_or(cache: ArrayCache, key: str, compute) -> dict:
+    """The cached statistics of `key`, else `compute()` under the entry's lock (a process that waited on the
+    lock reads what the holder stored)."""
+    found = cache.get("model-stats", key)
+    if found is not None:
+        return found
+    with cache.lock("model-stats", key):
+        found = cache.get("model-stats", key) if cache.path("model-stats", key).is_file() else None
+        return found if found is not None else compute()
+
+
+def model_statistics_task(setting: Setting, method: str, params: dict, forget_set: torch.Tensor, seed: int, *,
+                          progress: Progress | None = None) -> list[dict[str, np.ndarray]]:
+    """One unlearned model's per-model arrays (cached)."""
+    cache = _statistics_cache(setting)
     instance = make_method(method, params).resolved(setting.spec.train.batch_size)
+    key = _key(setting, instance.name, instance.hyperparameters(), forget_set, seed)
+
+    def compute() -> dict:
+        with Timer() as timer:
+            model = instance.apply(setting.original, setting.data, forget_weights(setting.data, forget_set), seed=seed,
+                                   spec=setting.spec)
+        arrays = {**per_model_arrays(model, setting, forget_set), "seconds": np.array(timer.seconds)}
+        _store(cache, key, arrays, timer.seconds)
+        return arrays
+
+    return [_cached_or(cache, key, compute)]
+
+
+def retrain_statistics_task(setting: Setting, forget_set: torch.Tensor, seeds: list[int], *,
+                            progress: Progress | None = None) -> list[dict[str, np.ndarray]]:
+    """Retrained models' per-model arrays for `seeds` (cached per model); the missing ones trained together as
+    one vmapped ensemble, or one after another where the architecture cannot be stacked."""
+    cache = _statistics_cache(setting)
+    instance = make_method("retrain", {}).resolved(setting.spec.train.batch_size)
     keys = [_key(setting, instance.name, instance.hyperparameters(), forget_set, s) for s in seeds]
     found = {s: cache.get("model-stats", k) for s, k in zip(seeds, keys)}
-    missing = [s for s in seeds if found[s] is None]
-    w = forget_weights(setting.data, forget_set)
-    if missing and instance.name == "retrain":
-        found.update(_retrain_ensemble(setting, forget_set, w, missing, progress))
-        missing = []
-    task = progress.task(f"{instance.name} models", len(missing)) if missing else None
-    for s in missing:
-        with Timer() as timer:
-            model = instance.apply(setting.original, setting.data, w, seed=s, spec=setting.spec)
-        found[s] = {**per_model_arrays(model, setting, forget_set), "seconds": np.array(timer.seconds)}
-        task.advance(1)
-    if task:
-        task.close()
-    for s, k in zip(seeds, keys):
-        cache.put("model-stats", k, found[s])
+    if all(v is not None for v in found.values()):
+        return [found[s] for s in seeds]
+    with cache.lock("model-stats", stable_hash(keys)):  # one lock for the ensemble: it trains its models together
+        found = {s: (found[s] if found[s] is not None else cache.get("model-stats", k)) for s, k in zip(seeds, keys)}
+        missing = [s for s in seeds if found[s] is None]
+        w = forget_weights(setting.data, forget_set)
+        trained = _retrain_ensemble(setting, forget_set, w, missing, progress or NullProgress()) if missing else {}
+        for s in missing:
+            if s not in trained:
+                with Timer() as timer:
+                    model = instance.apply(setting.original, setting.data, w, seed=s, spec=setting.spec)
+                trained[s] = {**per_model_arrays(model, setting, forget_set), "seconds": np.array(timer.seconds)}
+            _store(cache, keys[seeds.index(s)], trained[s], float(trained[s]["seconds"]))
+            found[s] = trained[s]
     return [found[s] for s in seeds]
+
+
+def _store(cache: ArrayCache, key: str, arrays: dict, seconds: float) -> None:
+    cache.put("model-stats", key, arrays)
+    COMPUTED["model-stats"] += 1
+    LOGGER.info("computed model-stats %s in %.2fs", key, seconds)
 
 
 def _retrain_ensemble(setting: Setting, forget_set, w, seeds, progress) -> dict:
@@ -101,20 +170,42 @@ def stack(per_model: list[dict], key: str) -> np.ndarray:
 
 def evaluate_unlearning(setting: Setting, method: str, params: dict, forget_set: torch.Tensor, *,
                         num_models: int = 16, attacks: list[str] | None = None, seed: int = 0,
-                        retrain_seconds: float | None = None, progress: Progress | None = None) -> dict:
+                        retrain_seconds: float | None = None, progress: Progress | None = None,
+                        executor: Executor | None = None) -> dict:
     """Run the attacks on N unlearned vs N retrained models for one forget set.
 
     Returns JSON-able scores (with intervals where seeds allow) plus per-example arrays under
     `per_example`. RTE is reported as a fraction of one sequential Retrain and flagged against the
     challenge's 20% rule.
     """
+    plan = _Plan(method, params, forget_set, num_models, seed)
+    results = (executor or serial()).map(setting, plan.calls, progress=progress, description="attack models")
+    return plan.scores(results, attacks, retrain_seconds)
+
+
+class _Plan:
+    """The model tasks of one (method, forget set) attack evaluation, and its scores from their results."""
+
+    def __init__(self, method: str, params: dict, forget_set: torch.Tensor, num_models: int, seed: int):
+        self.forget_set, self.num_models, self.seed = forget_set, num_models, seed
+        seeds = list(range(seed, seed + num_models))
+        # retrained references use other seeds, so `retrain` as the audited method is the calibration run
+        # (retrain vs retrain): what a perfect unlearner scores at this N
+        ref_seeds = [RETRAIN_SEED_OFFSET + s for s in seeds]
+        unlearned = statistics_calls(method, params, forget_set, seeds)
+        self.calls = unlearned + statistics_calls("retrain", {}, forget_set, ref_seeds)
+        self.split = len(unlearned)
+
+    def scores(self, results: list, attacks: list[str] | None, retrain_seconds: float | None) -> dict:
+        per_u, per_r = _flatten(results[:self.split]), _flatten(results[self.split:])
+        return attack_scores(per_u, per_r, self.forget_set, attacks=attacks, seed=self.seed,
+                             num_models=self.num_models, retrain_seconds=retrain_seconds)
+
+
+def attack_scores(per_u: list[dict], per_r: list[dict], forget_set: torch.Tensor, *, attacks: list[str] | None,
+                  seed: int, num_models: int, retrain_seconds: float | None) -> dict:
+    """The attacks on the per-model arrays of N unlearned (`per_u`) and N retrained (`per_r`) models."""
     attacks = [ATTACKS.canonical(a) for a in (attacks or ATTACKS.names())]
-    seeds = list(range(seed, seed + num_models))
-    # retrained references use other seeds, so `retrain` as the audited method is the calibration run
-    # (retrain vs retrain): what a perfect unlearner scores at this N
-    ref_seeds = [RETRAIN_SEED_OFFSET + s for s in seeds]
-    per_u = model_statistics(setting, method, params, forget_set, seeds, progress=progress)
-    per_r = model_statistics(setting, "retrain", {}, forget_set, ref_seeds, progress=progress)
     acc = lambda per: {k: stack(per, "acc")[:, i] for i, k in enumerate(("forget", "retain", "test"))}  # noqa: E731
     stats = Stats(lsc_u=stack(per_u, "lsc"), lsc_r=stack(per_r, "lsc"), loss_u=stack(per_u, "loss"),
                   loss_r=stack(per_r, "loss"), test_loss_u=stack(per_u, "test_loss"),
@@ -144,18 +235,30 @@ def evaluate_unlearning(setting: Setting, method: str, params: dict, forget_set:
 
 def evaluate_sets(setting: Setting, methods: list[tuple[str, dict]], sets: dict[str, list[torch.Tensor]], *,
                   num_models: int, attacks: list[str] | None, config: dict | None = None,
-                  progress: Progress | None = None) -> AttackEvaluation:
-    """Attack every method on every set of every kind (N unlearned vs N retrained models per set)."""
+                  progress: Progress | None = None, executor: Executor | None = None) -> AttackEvaluation:
+    """Attack every method on every set of every kind (N unlearned vs N retrained models per set). Every
+    model of every set is an independent task: one executor map (with each set's Retrain unit, the RTE
+    reference), then the attacks in the driver."""
+    calls: list[Call] = []
+    plans: dict[tuple[str, int, str], tuple[_Plan, int]] = {}  # (kind, set, method) → its plan, its first call
+    rte_calls: dict[tuple[str, int], int] = {}  # each set's Retrain unit: the RTE reference
+    for kind, members in sets.items():
+        for i, forget in enumerate(members):
+            rte_calls[kind, i] = len(calls)
+            calls.append(unit_call("retrain", {}, forget, 0, f"{kind} set {i + 1} of {len(members)}"))
+            for name, params in methods:
+                plans[kind, i, name] = plan, first = _Plan(name, params, forget, num_models, 0), len(calls)
+                calls.extend(plan.calls)
+    results = (executor or serial()).map(setting, calls, progress=progress, description="attack models")
     scores: dict[str, dict[str, list[dict]]] = {}
     arrays: dict[str, np.ndarray] = {}
     for kind, members in sets.items():
         scores[kind] = {name: [] for name, _ in methods}
         for i, forget in enumerate(members):
             arrays[f"{kind}/{i}/forget_set"] = forget.cpu().numpy()
-            retrain = run_unit(setting, "retrain", {}, forget, seed=0, progress=progress)["RTE"]
-            for name, params in methods:
-                res = evaluate_unlearning(setting, name, params, forget, num_models=num_models, attacks=attacks,
-                                          retrain_seconds=retrain, progress=progress)
+            for name, _ in methods:
+                plan, first = plans[kind, i, name]
+                res = plan.scores(results[first:first + len(plan.calls)], attacks, results[rte_calls[kind, i]]["RTE"])
                 scores[kind][name].append(res["scores"])
                 for key, value in res["per_example"].items():
                     arrays[f"{kind}/{i}/{name}/{key}"] = np.asarray(value)

@@ -3,15 +3,17 @@
 A unit — unlearn one forget set with one method and seed, then evaluate it — is a pure function of
 (original model key, method and hyper-parameters, forget set, seed, evaluation settings); its record is
 cached on disk under a hash of those, so audits can be split across processes or machines that share
-the cache folder. `run_on_sets` runs Retrain and every method on every set with every seed and returns
-the per-run arrays the typed results aggregate; `compare_methods` and `unlearn_on_set` are the
-`compare` and `unlearn` commands.
+the cache folder. `run_on_sets` (and `run_on_kinds` for several kinds of sets at once) runs Retrain and
+every method on every set with every seed — all independent units, fanned out by an executor
+(core/executor.py; serial by default) — and returns the per-run arrays the typed results aggregate;
+`compare_methods` and `unlearn_on_set` are the `compare` and `unlearn` commands.
 """
 from __future__ import annotations
 
 import torch
 
 from ..core.errors import WorstforgetError
+from ..core.executor import Call, Executor, serial
 from ..core.hashing import stable_hash
 from ..core.progress import Progress
 from ..core.runtime import Timer, sync
@@ -68,16 +70,47 @@ def check_finite(model: torch.nn.Module, method: str, seed: int) -> None:
                                    "unlearning; lower its learning rate (--param lr=...)")
 
 
+def unit_task(setting: Setting, method: str, params: dict, forget_set: torch.Tensor, seed: int, *,
+              progress: Progress | None = None) -> dict:
+    """`run_unit` as an executor task."""
+    return run_unit(setting, method, params, forget_set, seed=seed, progress=progress)
+
+
+def method_label(method: str, params: dict) -> str:
+    """'finetune(epochs=2, lr=0.01)': a method with its hyper-parameters, for logs and errors."""
+    return method + ("(" + ", ".join(f"{k}={v}" for k, v in sorted(params.items())) + ")" if params else "")
+
+
+def unit_call(method: str, params: dict, forget_set: torch.Tensor, seed: int, where: str) -> Call:
+    """The task of one unit; `where` names the forget set (e.g. 'random set 2 of 5')."""
+    return Call(unit_task, (method, dict(params), forget_set.cpu(), seed),
+                label=f"{method_label(method, params)} on {where} ({len(forget_set)} samples), seed {seed}")
+
+
+def run_on_kinds(setting: Setting, methods: Methods, kinds: dict[str, list[torch.Tensor]], *, seeds: list[int],
+                 progress: Progress | None = None, executor: Executor | None = None) -> dict[str, SetKind]:
+    """Retrain and every method on every set of every kind with every seed: per kind, per-run arrays
+    (num_sets, num_seeds). All units are independent: one executor map, Retrain's units first."""
+    names = ["retrain", *[name for name, _ in methods if name != "retrain"]]
+    slots, calls = [], []
+    for who, params in [("retrain", {}), *[(n, p) for n, p in methods if n != "retrain"]]:
+        for kind, sets in kinds.items():
+            for i, forget in enumerate(sets):
+                for j, s in enumerate(seeds):
+                    slots.append((kind, who, i, j))
+                    calls.append(unit_call(who, params, forget, s, f"{kind or 'the'} set {i + 1} of {len(sets)}"))
+    results = (executor or serial()).map(setting, calls, progress=progress, description="units")
+    records = {kind: {who: [[{} for _ in seeds] for _ in sets] for who in names} for kind, sets in kinds.items()}
+    for (kind, who, i, j), record in zip(slots, results):
+        records[kind][who][i][j] = record
+    return {kind: SetKind(sets=[s.cpu().numpy() for s in sets], metrics=run_arrays(records[kind]))
+            for kind, sets in kinds.items()}
+
+
 def run_on_sets(setting: Setting, methods: Methods, sets: list[torch.Tensor], *, seeds: list[int],
-                progress: Progress | None = None) -> SetKind:
+                progress: Progress | None = None, executor: Executor | None = None) -> SetKind:
     """Retrain and every method on every set with every seed: per-run arrays (num_sets, num_seeds)."""
-    records: dict[str, list[list[dict]]] = {"retrain": []}
-    for forget in sets:
-        records["retrain"].append([run_unit(setting, "retrain", {}, forget, seed=s, progress=progress) for s in seeds])
-    for name, params in methods:
-        records[name] = [[run_unit(setting, name, params, forget, seed=s, progress=progress) for s in seeds]
-                         for forget in sets]
-    return SetKind(sets=[s.cpu().numpy() for s in sets], metrics=run_arrays(records))
+    return run_on_kinds(setting, methods, {"": sets}, seeds=seeds, progress=progress, executor=executor)[""]
 
 
 def random_sets(setting: Setting, forget_ratio: float, num_sets: int, set_seed: int) -> list[torch.Tensor]:
@@ -86,10 +119,11 @@ def random_sets(setting: Setting, forget_ratio: float, num_sets: int, set_seed: 
 
 
 def compare_methods(setting: Setting, methods: Methods, *, forget_ratio: float, num_sets: int, seeds: list[int],
-                    set_seed: int = 0, progress: Progress | None = None) -> Comparison:
+                    set_seed: int = 0, progress: Progress | None = None,
+                    executor: Executor | None = None) -> Comparison:
     """Every method and Retrain on `num_sets` random forget sets (the `compare` command)."""
     sets = random_sets(setting, forget_ratio, num_sets, set_seed)
-    block = run_on_sets(setting, methods, sets, seeds=seeds, progress=progress)
+    block = run_on_kinds(setting, methods, {"random": sets}, seeds=seeds, progress=progress, executor=executor)["random"]
     header = {"command": "compare", **setting.header(), "methods": [n for n, _ in methods],
               "params": {n: p for n, p in methods}, "forget_ratio": forget_ratio, "forget_size": len(sets[0]),
               "set_seeds": [set_seed + r for r in range(num_sets)]}
@@ -97,14 +131,15 @@ def compare_methods(setting: Setting, methods: Methods, *, forget_ratio: float, 
 
 
 def unlearn_on_set(setting: Setting, method: str, params: dict, forget_set: torch.Tensor, *, seeds: list[int],
-                   source: dict | str, progress: Progress | None = None) -> Comparison:
+                   source: dict | str, progress: Progress | None = None,
+                   executor: Executor | None = None) -> Comparison:
     """One method and Retrain on one forget set over several seeds (the `unlearn` command)."""
-    block = run_on_sets(setting, [(method, params)], [forget_set], seeds=seeds, progress=progress)
+    block = run_on_sets(setting, [(method, params)], [forget_set], seeds=seeds, progress=progress, executor=executor)
     header = {"command": "unlearn", **setting.header(), "method": method, "params": params,
               "forget_size": int(len(forget_set)), "forget_source": source}
     kind = "given" if isinstance(source, str) else "random"
     return Comparison(header=header, seeds=seeds, kinds={kind: block}, provenance=setting.provenance())
 
 
-__all__ = ["RECORD_VERSION", "run_unit", "run_on_sets", "compare_methods", "unlearn_on_set", "random_sets",
-           "unit_key", "check_finite"]
+__all__ = ["RECORD_VERSION", "run_unit", "run_on_sets", "run_on_kinds", "compare_methods", "unlearn_on_set",
+           "random_sets", "unit_key", "check_finite", "unit_task", "unit_call", "method_label"]

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..core.errors import ConfigError
+from ..core.executor import Call, Executor, serial
 from ..core.progress import Progress
 from ..core.registry import Registry
 from ..core.seeds import generator
@@ -21,7 +22,7 @@ from ..search.problem import Problem
 from ..search.solvers import check_solver
 from ..setting import Setting
 from .result import SearchAudit
-from .units import run_on_sets
+from .units import method_label, run_on_kinds
 
 
 @dataclass
@@ -81,7 +82,7 @@ def baseline_units(problem: Problem, name: str, seed: int, progress: Any = None)
 
 def audit_worst_case(setting: Setting, method: str, params: dict | None, cfg: SearchConfig, *, seed: int = 0,
                      options: AuditOptions | None = None, resume: bool = False, state_dir: str | Path | None = None,
-                     progress: Progress | None = None) -> SearchAudit:
+                     progress: Progress | None = None, executor: Executor | None = None) -> SearchAudit:
     """Search the worst-case forget set for `method`, then evaluate it against random and heuristic sets.
 
     Every input is validated here, before any work. Returns the typed result; `.write(folder)` stores it.
@@ -96,13 +97,18 @@ def audit_worst_case(setting: Setting, method: str, params: dict | None, cfg: Se
     randoms = random_units(problem, options.num_random, seed)
     baselines = {b: baseline_units(problem, b, seed, progress) for b in options.baselines}
     refs = {**{f"random_{r}": u for r, u in enumerate(randoms)}, **baselines}
-    found = search_worst_case(setting, name, params, cfg, seed=seed, state_dir=state_dir, resume=resume,
-                              reference_sets=refs, progress=progress)
+    executor = executor or serial()
     stability, again = None, None
-    if options.stability:
-        again = search_worst_case(setting, name, params, cfg, seed=seed + 1, state_dir=state_dir, resume=resume,
-                                  progress=progress)
+    if options.stability:  # the search and its seed+1 twin are independent: two tasks (outer steps stay in order)
+        found, again = executor.map(setting, [
+            Call(search_task, (name, params, cfg, seed, state_dir, resume, refs),
+                 label=f"search for {method_label(name, params)}, seed {seed}"),
+            Call(search_task, (name, params, cfg, seed + 1, state_dir, resume, None),
+                 label=f"stability search for {method_label(name, params)}, seed {seed + 1}")],
+            progress=progress, description="searches")
         stability = {"seed_a": seed, "seed_b": seed + 1, "jaccard": jaccard(found.units, again.units)}
+    else:
+        found = search_task(setting, name, params, cfg, seed, state_dir, resume, refs, progress=progress)
 
     methods = [(name, params)] + [(m, options.eval_params.get(m, {})) for m in options.eval_methods
                                   if m not in (name, "retrain")]
@@ -110,8 +116,7 @@ def audit_worst_case(setting: Setting, method: str, params: dict | None, cfg: Se
     sets: dict[str, list[torch.Tensor]] = {"worst_case": [found.indices],
                                            **{b: [problem.members(u)] for b, u in baselines.items()},
                                            "random": [problem.members(u) for u in randoms]}
-    kinds = {kind: run_on_sets(setting, methods, members, seeds=seeds, progress=progress)
-             for kind, members in sets.items()}
+    kinds = run_on_kinds(setting, methods, sets, seeds=seeds, progress=progress, executor=executor)
 
     history = found.history
     trace = {"weights": found.weight_history.numpy(), "final_weights": found.weights.numpy(),
@@ -141,8 +146,15 @@ def audit_worst_case(setting: Setting, method: str, params: dict | None, cfg: Se
         from .attack_eval import evaluate_sets
 
         audit.evaluation = evaluate_sets(setting, [(name, params)], sets, num_models=options.num_models,
-                                         attacks=options.attacks, progress=progress)
+                                         attacks=options.attacks, progress=progress, executor=executor)
     return audit
+
+
+def search_task(setting: Setting, name: str, params: dict, cfg: SearchConfig, seed: int, state_dir: str | Path | None,
+                resume: bool, refs: dict[str, torch.Tensor] | None, *, progress: Progress | None = None):
+    """`search_worst_case` as an executor task."""
+    return search_worst_case(setting, name, params, cfg, seed=seed, state_dir=state_dir, resume=resume,
+                             reference_sets=refs, progress=progress)
 
 
 def _cost(setting: Setting, seconds: float, kinds: dict, problem: Problem, key: str) -> dict:

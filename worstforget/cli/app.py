@@ -78,6 +78,7 @@ class AppContext:
         self.out = Console(width=width, soft_wrap=False)
         self.err = Console(stderr=True, width=width, quiet=quiet)
         self.quiet = quiet
+        self.executors: dict | None = None  # set by `run`: executors shared by its steps (closed when it ends)
 
 
 @click.group(cls=WorstforgetGroup, context_settings={"help_option_names": ["-h", "--help"],
@@ -156,19 +157,66 @@ def data_options(fn: Callable) -> Callable:
 
 
 def setting_from_options(app: AppContext, progress, opts: dict):
-    from ..setting import prepare_setting
+    """The setting of the data options, built from a recipe that executors' workers rebuild it from."""
+    from ..core.executor import SettingRecipe
     from ..training.accel import Accel, set_accel
 
     # speed switches hold for the rest of this command (undone when its click context closes)
     undo = set_accel(Accel(amp=opts["amp"], channels_last=opts["channels_last"], compile=opts["compile_model"]))
     click.get_current_context().call_on_close(undo)
-    return prepare_setting(
+    return SettingRecipe.create(
         dataset=opts["dataset"], model=opts["model"], norm=opts["norm"], data_dir=opts["data_dir"],
         download=opts["download"], device=opts["device"], checkpoint=opts["checkpoint"],
         train_overrides={"epochs": opts["epochs"], "lr": opts["lr"], "batch_size": opts["batch_size"],
                          "schedule": opts["schedule"]},
         seed=opts["train_seed"], cache=not opts["no_cache"], cache_dir=opts["cache_dir"],
-        mia_resamples=opts["mia_resamples"], recipe=opts["recipe"], progress=progress)
+        mia_resamples=opts["mia_resamples"], recipe=opts["recipe"]).build(progress)
+
+
+EXECUTOR_KEYS = ("executor", "workers", "retries", "ray_address", "cpus_per_task", "gpus_per_task")
+
+
+def executor_options(fn: Callable) -> Callable:
+    """Options that choose where a command's units run (serial, a process pool, a Ray cluster)."""
+    options = [
+        click.option("--executor", type=RegistryChoice("..core.executor:EXECUTORS"), default="serial",
+                     show_default=True, help="Where units run: serial (this process, one after another), process (a "
+                     "local process pool), ray (a Ray cluster; pip install 'worstforget[ray]')."),
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="Worker processes (process: default one per core) or tasks in flight (ray: default what "
+                          "the cluster fits)."),
+        click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
+                     help="Further attempts at a task that failed or whose worker died (process, ray)."),
+        click.option("--ray-address", default=None,
+                     help="Join the Ray cluster at this address [default: $RAY_ADDRESS, else start a local one]."),
+        click.option("--cpus-per-task", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="CPUs Ray reserves per task [default: 1]."),
+        click.option("--gpus-per-task", type=click.FloatRange(min=0), default=None,
+                     help="GPUs Ray reserves per task; fractions share a GPU [default: 0, tasks on the CPU]."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def executor_from_options(app: AppContext, opts: dict):
+    """The executor of `executor_options` (taken out of `opts`); closed when the command ends, or shared by the
+    steps of `run` and closed when it ends."""
+    from ..core.executor import make_executor
+
+    chosen = {k: opts.pop(k) for k in EXECUTOR_KEYS}
+    key = tuple(sorted(chosen.items()))
+    if app.executors is not None and key in app.executors:
+        return app.executors[key]
+    executor = make_executor(chosen["executor"], workers=chosen["workers"], retries=chosen["retries"],
+                             address=chosen["ray_address"], cpus_per_task=chosen["cpus_per_task"],
+                             gpus_per_task=chosen["gpus_per_task"])
+    if app.executors is not None:
+        app.executors[key] = executor
+    else:
+        click.get_current_context().call_on_close(executor.close)
+    executor.start()
+    return executor
 
 
 class RichProgress:

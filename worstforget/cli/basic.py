@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .app import RichProgress, cli, data_options, pass_app, setting_from_options
+from .app import RichProgress, cli, data_options, executor_from_options, executor_options, pass_app, setting_from_options
 
 def registries() -> dict:
     """Every registry `list` can show (imported on use, so --help stays fast)."""
@@ -118,6 +118,7 @@ def train_command(app, architecture: str, params: tuple[str, ...], out: str | No
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Write summary.json and results.csv into this folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of a table.")
+@executor_options
 @pass_app
 def unlearn_command(app, method: str, forget_ratio: float, forget_seed: int, forget_set: str | None,
                     params: tuple[str, ...], num_seeds: int, out: str | None, as_json: bool, **opts) -> None:
@@ -132,13 +133,15 @@ def unlearn_command(app, method: str, forget_ratio: float, forget_seed: int, for
     if forget_set is None:
         forget_size(100, forget_ratio)  # validates the ratio before loading data
     check_out(out)
+    executor = executor_from_options(app, opts)
     with RichProgress(app.err) as progress:
         setting = setting_from_options(app, progress, opts)
         n = setting.data.num_train
         indices = load_forget_set(forget_set, n) if forget_set else \
             random_forget_set(n, forget_size(n, forget_ratio), forget_seed)
         result = unlearn_on_set(setting, name, hyper, indices, seeds=list(range(num_seeds)),
-                                source=forget_set or {"ratio": forget_ratio, "seed": forget_seed}, progress=progress)
+                                source=forget_set or {"ratio": forget_ratio, "seed": forget_seed}, progress=progress,
+                                executor=executor)
     finish(app, result, out, as_json, title=f"{name} vs Retrain on {len(indices)} of {n} samples "
                                              f"({setting.data.name}/{setting.spec.name})")
 
@@ -182,8 +185,15 @@ def finish(app, result, out: str | None, as_json: bool, *, title: str) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the tuning record (JSON) here.")
 @click.option("--update-params", type=click.Path(dir_okay=False), default=None,
               help="Merge the best setting into this {method: params} JSON file (for --params-file).")
+@click.option("--sampler", type=click.Choice(["grid", "tpe"]), default="grid", show_default=True,
+              help="grid: every point; tpe: Optuna's TPE proposes --trials points (pip install 'worstforget[tune]'), "
+                   "in a study kept in the cache folder that a later call resumes.")
+@click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
+              help="More TPE trials to run (--sampler tpe; stops early once every grid point is evaluated).")
+@executor_options
 @pass_app
-def tune_command(app, method, grid_specs, params, forget_ratio, num_sets, seed, out, update_params, **opts) -> None:
+def tune_command(app, method, grid_specs, params, forget_ratio, num_sets, seed, out, update_params, sampler, trials,
+                 **opts) -> None:
     """Pick METHOD's hyper-parameters by minimum Avg. Gap to Retrain on random forget sets (the paper's protocol)."""
     from rich.table import Table
 
@@ -202,10 +212,15 @@ def tune_command(app, method, grid_specs, params, forget_ratio, num_sets, seed, 
         if path:
             check_output_file(path, what=what)
     merged = load_params_file(update_params) if update_params and Path(update_params).is_file() else {}
+    if sampler == "tpe":
+        from ..audit.tune import import_optuna
+
+        import_optuna()  # a missing Optuna is one line before any training
+    executor = executor_from_options(app, opts)
     with RichProgress(app.err) as progress:
         setting = setting_from_options(app, progress, opts)
         record = tune(setting, name, grid, base=base, forget_ratio=forget_ratio, num_sets=num_sets, seed=seed,
-                      progress=progress)
+                      sampler=sampler, trials=trials, progress=progress, executor=executor)
     record.update(setting=setting.describe(), code_version=code_version())
     if out:
         write_json(out, record)
@@ -218,6 +233,9 @@ def tune_command(app, method, grid_specs, params, forget_ratio, num_sets, seed, 
     for row in sorted(record["rows"], key=lambda r: r["avg_gap"]["mean"]):
         table.add_row(" ".join(f"{k}={v}" for k, v in row["params"].items()), fmt_agg(row["avg_gap"], sep="±"))
     app.out.print(table)
+    if sampler == "tpe":
+        app.out.print(f"TPE: {record['trials']} trials in the study ({record['trials_run']} now), "
+                      f"{len(record['rows'])} of {record['space']} points evaluated")
     app.out.print("best: " + " ".join(f"--param {k}={v}" for k, v in record["best"].items()))
 
 
@@ -252,6 +270,7 @@ def load_params_file(path: str | None) -> dict[str, dict]:
 @click.option("--set-seed", type=int, default=0, show_default=True, help="Seed of the first random set.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Write summary.json and results.csv into this folder.")
+@executor_options
 @pass_app
 def compare_command(app, methods, params_file, forget_ratio, num_sets, num_seeds, set_seed, out, **opts) -> None:
     """Every method vs Retrain on random forget sets: UA, MIA, RA, TA, RTE and Avg. Gap, mean ± std."""
@@ -267,9 +286,10 @@ def compare_command(app, methods, params_file, forget_ratio, num_sets, num_seeds
         make_method(n, p)
     forget_size(100, forget_ratio)
     check_out(out)
+    executor = executor_from_options(app, opts)
     with RichProgress(app.err) as progress:
         setting = setting_from_options(app, progress, opts)
         result = compare_methods(setting, chosen, forget_ratio=forget_ratio, num_sets=num_sets,
-                                 seeds=list(range(num_seeds)), set_seed=set_seed, progress=progress)
+                                 seeds=list(range(num_seeds)), set_seed=set_seed, progress=progress, executor=executor)
     finish(app, result, out, False, title=f"{len(chosen)} methods vs Retrain, {num_sets} random sets of "
                                           f"{result.header['forget_size']} ({setting.data.name}/{setting.spec.name})")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .app import RichProgress, cli, data_options, pass_app, setting_from_options
+from .app import RichProgress, cli, data_options, executor_from_options, executor_options, pass_app, setting_from_options
 from .basic import _params_option
 
 
@@ -40,6 +40,7 @@ def parse_attacks(text: str) -> list[str]:
 @_params_option
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output folder [default: the --result folder, else ./worstforget-out/evaluate].")
+@executor_options
 @pass_app
 def evaluate_command(app, method, result_dir, forget_set, selector, forget_ratio, forget_seed, quantile, attacks,
                      num_models, params_file, lira_original, params, out, **opts) -> None:
@@ -65,6 +66,7 @@ def evaluate_command(app, method, result_dir, forget_set, selector, forget_ratio
         forget_size(100, forget_ratio)
     out_dir = Path(out or result_dir or Path("worstforget-out") / "evaluate")
     check_output_dir(out_dir)
+    executor = executor_from_options(app, opts)
     with RichProgress(app.err) as progress:
         setting = setting_from_options(app, progress, opts)
         n = setting.data.num_train
@@ -79,7 +81,7 @@ def evaluate_command(app, method, result_dir, forget_set, selector, forget_ratio
         config = {"selector": None if (result_dir or forget_set) else selector, "forget_ratio": forget_ratio,
                   "forget_seed": forget_seed}
         evaluation = evaluate_sets(setting, [(name, hyper)], sets, num_models=num_models, attacks=attack_names,
-                                   config=config, progress=progress)
+                                   config=config, progress=progress, executor=executor)
         if lira_original:
             from ..audit.membership import lira_on_original
 

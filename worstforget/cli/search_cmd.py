@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from .app import RegistryChoice, RichProgress, cli, data_options, pass_app, setting_from_options
+from .app import (RegistryChoice, RichProgress, cli, data_options, executor_from_options, executor_options, pass_app,
+                  setting_from_options)
 from .basic import _params_option
 
 
@@ -58,6 +59,7 @@ from .basic import _params_option
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output folder [default: ./worstforget-out/search-DATASET-METHOD].")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of tables.")
+@executor_options
 @pass_app
 def search_command(app, method, forget_ratio, solver, unroll_backend, lower_level, reference_models, outer_steps, inner_steps, inner_lr, upper_lr, raw_step, gamma,
                    objective, granularity, init, num_random, baselines, eval_methods, params_file, num_seeds, seed, stability,
@@ -93,10 +95,11 @@ def search_command(app, method, forget_ratio, solver, unroll_backend, lower_leve
                            num_models=num_models).validate()
     out_dir = Path(out) if out else Path("worstforget-out") / f"search-{opts['dataset'].replace(':', '_')}-{name}"
     check_output_dir(out_dir)
+    executor = executor_from_options(app, opts)
     with RichProgress(app.err) as progress:
         setting = setting_from_options(app, progress, opts)
         audit = audit_worst_case(setting, name, hyper, cfg, seed=seed, options=options, resume=resume,
-                                 progress=progress)
+                                 progress=progress, executor=executor)
     audit.write(out_dir)
     summary = audit.summary()
     if as_json:

@@ -1,0 +1,131 @@
+"""Benchmark: one `compare` audit run serially, on a process pool and on a local Ray instance.
+
+    python benchmarks/bench_fanout.py [--repeats 3] [--workers 2] [--out results/fanout.md]
+    python benchmarks/bench_fanout.py --tiny --out /tmp/fanout.md    (synthetic data, 2 methods: a smoke test)
+
+The audit is `worstforget compare --methods all --num-sets 3` on digits: every method and Retrain on three
+random forget sets, all independent units. Each run is a fresh process (`python -m worstforget ...`) on a
+fresh cache folder that holds only the trained original model (trained once, before any timing), so every
+run computes every unit, and the wall time includes what a user waits for: start-up, the pool's or Ray's
+start, the units, writing the results. Executors run interleaved repeat by repeat, the order rotating, so
+background load hits each alike; the table gives every run, the median and the speed-up serial / executor
+of the medians. Ray's own start-up (a local instance and one trivial task, in a fresh process) is timed
+separately, so what fanning out gains can be told apart from what starting Ray costs.
+
+On 2 cores expect at most ~1.8×: the units are independent, but the driver, the workers' start (each imports
+torch and loads the setting) and the longest unit do not shrink with more workers.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+EXECUTORS = ("serial", "process", "ray")
+RAY_STARTUP = """
+import time
+start = time.perf_counter()
+import ray
+ray.init(num_cpus={workers}, include_dashboard=False, log_to_driver=False, logging_level=40)
+ray.get(ray.remote(lambda: 1).remote())
+print(time.perf_counter() - start)
+ray.shutdown()
+"""
+
+
+def audit_args(tiny: bool) -> list[str]:
+    if tiny:
+        return ["--dataset", "synthetic", "--epochs", "4", "--methods", "ft,ga", "--num-sets", "2",
+                "--mia-resamples", "1"]
+    return ["--dataset", "digits", "--methods", "all", "--num-sets", "3"]
+
+
+def worstforget(args: list[str], cache: Path, env: dict) -> float:
+    """Wall seconds of one `python -m worstforget --quiet ARGS` in a fresh process (fails loudly)."""
+    command = [sys.executable, "-m", "worstforget", "--quiet", *args, "--cache-dir", str(cache)]
+    start = time.perf_counter()
+    done = subprocess.run(command, env={**env, "WORSTFORGET_CACHE": str(cache)}, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{shlex.join(command)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return seconds
+
+
+def ray_startup(workers: int, env: dict) -> float:
+    done = subprocess.run([sys.executable, "-c", RAY_STARTUP.format(workers=workers)], env=env, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"Ray did not start:\n{done.stderr}")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def fresh_cache(base: Path, root: Path, name: str) -> Path:
+    """A cache folder holding only the trained original (the models folder of `base`)."""
+    cache = root / name
+    shutil.copytree(base / "models", cache / "models")
+    return cache
+
+
+def table(times: dict[str, list[float]], startup: list[float], command: str, workers: int, tiny: bool) -> str:
+    serial = statistics.median(times["serial"])
+    lines = [f"# Fan-out: one compare audit per executor{' (--tiny smoke test)' if tiny else ''}", "",
+             "```", command, "```", "",
+             f"{os.cpu_count()} cores; process and ray with --workers {workers}; each run a fresh process on a fresh "
+             "cache holding only the trained original; executors interleaved, order rotating per repeat.", "",
+             "| executor | runs (s) | median (s) | serial / executor |", "|---|---|---|---|"]
+    for name, runs in times.items():
+        median = statistics.median(runs)
+        lines.append(f"| {name} | {', '.join(f'{t:.1f}' for t in runs)} | {median:.1f} | {serial / median:.2f}× |")
+    lines += ["", f"Ray start-up (local instance + one trivial task, fresh process): median "
+                  f"{statistics.median(startup):.1f} s over {len(startup)} ({', '.join(f'{t:.1f}' for t in startup)}); "
+                  "it is inside the ray runs above.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--executors", default=",".join(EXECUTORS), help="comma-separated subset of serial,process,ray")
+    parser.add_argument("--tiny", action="store_true", help="synthetic data and 2 methods, one repeat (a smoke test)")
+    parser.add_argument("--out", default="results/fanout.md")
+    opts = parser.parse_args()
+    executors = [e.strip() for e in opts.executors.split(",") if e.strip()]
+    if "serial" not in executors:
+        executors.insert(0, "serial")  # the reference of every ratio
+    repeats = 1 if opts.tiny else opts.repeats
+    command = "python benchmarks/bench_fanout.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+    args = audit_args(opts.tiny)
+    data_args = args[:args.index("--methods")]
+    times: dict[str, list[float]] = {e: [] for e in executors}
+    startup: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-fanout-") as tmp:
+        root = Path(tmp)
+        worstforget(["train", *data_args], root / "base", env)  # the original, trained once, outside the timings
+        for r in range(repeats):
+            order = executors[r % len(executors):] + executors[:r % len(executors)]
+            for name in order:
+                cache = fresh_cache(root / "base", root, f"run-{r}-{name}")
+                extra = [] if name == "serial" else ["--executor", name, "--workers", str(opts.workers)]
+                times[name].append(worstforget(["compare", *args, *extra], cache, env))
+                shutil.rmtree(cache)
+                print(f"repeat {r + 1}/{repeats} {name}: {times[name][-1]:.1f} s", file=sys.stderr)
+            if "ray" in executors:
+                startup.append(ray_startup(opts.workers, env))
+    text = table(times, startup or [float("nan")], command, opts.workers, opts.tiny)
+    Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(opts.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
