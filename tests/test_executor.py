@@ -281,6 +281,23 @@ def test_options_of_another_executor_are_refused():
         make_executor("serial", workers=4)
 
 
+def test_ray_tasks_get_the_device_of_their_resources(tmp_path):
+    base = recipe(tmp_path / "cache")
+    with_gpu = RayExecutor(gpus_per_task=0.5)._recipe(base)
+    assert with_gpu.prepare["device"] == "cuda" and RayExecutor()._recipe(base).prepare["device"] == "cpu"
+    assert {k: v for k, v in with_gpu.prepare.items() if k != "device"} == \
+           {k: v for k, v in base.prepare.items() if k != "device"}
+
+
+def test_a_worker_refuses_to_run_on_another_original(tmp_path):
+    from dataclasses import replace
+
+    setting = recipe(tmp_path / "cache").build()
+    assert setting.recipe.rebuild().original_key == setting.original_key
+    with pytest.raises(WorstforgetError, match="rebuilt another original model.*same data, code and --cache-dir"):
+        replace(setting.recipe, original_key="0" * 16).rebuild()
+
+
 def test_a_setting_without_recipe_cannot_go_to_workers(tmp_path, pool):
     from worstforget.setting import prepare_setting
 

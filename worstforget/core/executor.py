@@ -537,6 +537,9 @@ class RayExecutor(PoolExecutor):
 
     def _recipe(self, recipe: SettingRecipe) -> SettingRecipe:
         # a task sees only the GPUs Ray gave it, as cuda:0...; without one it runs on the CPU
+        if not self.gpus_per_task and str(recipe.prepare.get("device", "")).startswith("cuda"):
+            LOGGER.warning("Ray tasks run on the CPU without --gpus-per-task (this process uses %s)",
+                           recipe.prepare["device"])
         return replace(recipe, prepare={**recipe.prepare, "device": "cuda" if self.gpus_per_task else "cpu"})
 
     def _start(self) -> None:
