@@ -104,6 +104,10 @@ def test_search_cli_on_ray_equals_serial(tmp_path):
     for name in ("serial", "ray"):
         extra = [] if name == "serial" else ["--executor", "ray", "--workers", "2"]
         invoke(*SEARCH, *extra, "--out", tmp_path / f"out-{name}", cache=tmp_path / f"cache-{name}")
+    log = "".join(p.read_text() for p in tmp_path.rglob("*-search-*.log"))  # each run's log (under a cache)
+    for task in ("search for finetune, seed 0", "stability search for finetune, seed 1"):
+        assert re.search(rf"task {task}: .*computed 1 search \(serial pid", log)
+        assert re.search(rf"task {task}: .*computed 1 search \(ray pid", log)  # the two searches ran as Ray tasks
     a, b = (SearchAudit.read(tmp_path / f"out-{name}") for name in ("serial", "ray"))
     assert a.kinds.keys() == b.kinds.keys() == {"worst_case", "random"}
     for kind in a.kinds:

@@ -152,9 +152,13 @@ def audit_worst_case(setting: Setting, method: str, params: dict | None, cfg: Se
 
 def search_task(setting: Setting, name: str, params: dict, cfg: SearchConfig, seed: int, state_dir: str | Path | None,
                 resume: bool, refs: dict[str, torch.Tensor] | None, *, progress: Progress | None = None):
-    """`search_worst_case` as an executor task."""
-    return search_worst_case(setting, name, params, cfg, seed=seed, state_dir=state_dir, resume=resume,
-                             reference_sets=refs, progress=progress)
+    """`search_worst_case` as an executor task (one computed search in the run log's line for it)."""
+    from ..core.cache import COMPUTED
+
+    found = search_worst_case(setting, name, params, cfg, seed=seed, state_dir=state_dir, resume=resume,
+                              reference_sets=refs, progress=progress)
+    COMPUTED["search"] += 1
+    return found
 
 
 def _cost(setting: Setting, seconds: float, kinds: dict, problem: Problem, key: str) -> dict:
