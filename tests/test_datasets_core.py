@@ -152,3 +152,20 @@ def test_unknown_dataset_name_suggests_close_names():
     with pytest.raises(ConfigError, match="Did you mean") as info:
         load_dataset("digitz")
     assert "digits" in str(info.value)
+
+
+def test_train_subset_is_seeded_keeps_every_class_and_changes_the_fingerprint():
+    from worstforget.core.errors import ConfigError
+    from worstforget.datasets import load_dataset
+
+    full = load_dataset("digits")
+    a, b = load_dataset("digits", train_subset=100), load_dataset("digits", train_subset=100)
+    other = load_dataset("digits", train_subset=100, split_seed=1)
+    assert a.num_train == 100 and torch.equal(a.x_train, b.x_train) and not torch.equal(a.x_train, other.x_train)
+    assert set(a.y_train.tolist()) == set(range(full.num_classes))
+    assert a.fingerprint != full.fingerprint and a.fingerprint == b.fingerprint
+    assert torch.equal(a.x_test, full.x_test) and torch.equal(a.x_val, full.x_val)
+    rows = {tuple(r) for r in full.x_train.flatten(1).tolist()}
+    assert all(tuple(r) in rows for r in a.x_train.flatten(1).tolist())  # samples of the training split, not new ones
+    with pytest.raises(ConfigError, match="--train-subset"):
+        load_dataset("digits", train_subset=5)

@@ -75,7 +75,7 @@ def prepare_setting(*, dataset: str = "digits", model: str | None = None, norm: 
                     checkpoint: str | None = None, train_overrides: dict | None = None, seed: int = 0,
                     split_seed: int = 0, cache: bool = True, cache_dir: str | None = None,
                     mia_resamples: int = MIA_RESAMPLES, recipe: str | None = None,
-                    progress: Progress | None = None) -> Setting:
+                    train_subset: int | None = None, progress: Progress | None = None) -> Setting:
     """Load the data and obtain the original model (cached training, or a user checkpoint)."""
     if mia_resamples < 1:
         raise ConfigError("--mia-resamples must be at least 1")
@@ -83,7 +83,8 @@ def prepare_setting(*, dataset: str = "digits", model: str | None = None, norm: 
     if cache_dir:  # methods that keep their own partitioned originals (sisa, arcane) read the same folder
         os.environ["WORSTFORGET_CACHE"] = str(cache_dir)
     info = dataset_info(dataset)
-    data = load_dataset(dataset, data_dir=data_dir, download=download, split_seed=split_seed, device=str(dev))
+    data = load_dataset(dataset, data_dir=data_dir, download=download, split_seed=split_seed, device=str(dev),
+                        train_subset=train_subset)
     from .training.recipes import apply_recipe  # a recipe replaces the dataset's defaults; explicit options win
 
     train_cfg = apply_recipe(TrainConfig.from_dict(info.default_train), recipe).with_updates(

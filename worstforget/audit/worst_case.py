@@ -14,12 +14,13 @@ from ..core.errors import ConfigError
 from ..core.executor import Call, Executor, serial
 from ..core.progress import Progress
 from ..core.registry import Registry
-from ..core.seeds import generator
+from ..core.seeds import derive_seed, generator
 from ..methods import METHODS, make_method
 from ..scoring.attacks import ATTACKS
 from ..search import SearchConfig, jaccard, overlap, search_worst_case, top_m
 from ..search.problem import Problem
-from ..search.solvers import check_solver
+from ..search.solvers import SOLVERS, check_solver
+from ..training.loop import per_sample_loss
 from ..setting import Setting
 from .result import SearchAudit
 from .units import method_label, run_on_kinds
@@ -32,7 +33,7 @@ class AuditOptions:
     eval_params: dict[str, dict] = field(default_factory=dict)  # their hyper-parameters (e.g. tuned)
     seeds: int = 2  # unlearning seeds per set (method and Retrain)
     stability: bool = True  # search again with seed + 1 and report the Jaccard overlap
-    baselines: list[str] = field(default_factory=lambda: ["heuristic", "memorization"])  # one-shot sets (BASELINES)
+    baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))  # one-shot sets (BASELINES)
     attacks: list[str] = field(default_factory=list)  # per-example attacks on every set (`evaluate`'s)
     num_models: int = 16  # unlearned and retrained models per set for the attacks
 
@@ -60,10 +61,27 @@ Baseline = Callable[[Problem, int, Any], torch.Tensor]  # (problem, seed, progre
 BASELINES: Registry[Baseline] = Registry("baseline")
 
 
+@BASELINES.register("lowest_loss")
+def lowest_loss(problem: Problem, seed: int, progress: Any = None) -> torch.Tensor:
+    """The samples the original model fits best (lowest loss): the paper's cheap baseline."""
+    setting = problem.setting
+    return -per_sample_loss(setting.original, setting.data.x_train, setting.data.y_train).double()
+
+
 @BASELINES.register("heuristic")
 def lowest_objective(problem: Problem, seed: int, progress: Any = None) -> torch.Tensor:
-    """The samples the original model fits best by the search objective (the paper's cheap baseline)."""
+    """The samples the original model fits best by the search's own objective."""
     return -problem.values(problem.setting.original)
+
+
+@BASELINES.register("exposure")
+def most_exposed(problem: Problem, seed: int, progress: Any = None) -> torch.Tensor:
+    """The samples on which the original model is most distinguishable from reference models that never saw
+    them (one-shot exposure, the search's exposure objective evaluated on the original)."""
+    from ..forget_sets import exposure_scores
+
+    scores = exposure_scores(problem.setting, problem.config.reference_models, progress=progress)
+    return torch.as_tensor(scores, dtype=torch.float64)
 
 
 @BASELINES.register("memorization")
@@ -71,7 +89,11 @@ def most_memorized(problem: Problem, seed: int, progress: Any = None) -> torch.T
     """The most memorised samples: confidence when trained on minus when held out (models on random halves)."""
     from ..forget_sets import memorization_scores
 
-    return torch.as_tensor(memorization_scores(problem.setting, seed=seed, progress=progress), dtype=torch.float64)
+    scores = memorization_scores(problem.setting, num_models=problem.config.reference_models, progress=progress)
+    return torch.as_tensor(scores, dtype=torch.float64)  # the reference models the exposure objective trains
+
+
+DEFAULT_BASELINES = ("lowest_loss", "memorization", "exposure")
 
 
 def baseline_units(problem: Problem, name: str, seed: int, progress: Any = None) -> torch.Tensor:
@@ -97,18 +119,20 @@ def audit_worst_case(setting: Setting, method: str, params: dict | None, cfg: Se
     randoms = random_units(problem, options.num_random, seed)
     baselines = {b: baseline_units(problem, b, seed, progress) for b in options.baselines}
     refs = {**{f"random_{r}": u for r, u in enumerate(randoms)}, **baselines}
+    start = best_start(problem, baselines, seed) if cfg.init == "heuristic" else None
+    init_units = baselines[start["baseline"]] if start else None
     executor = executor or serial()
     stability, again = None, None
     if options.stability:  # the search and its seed+1 twin are independent: two tasks (outer steps stay in order)
         found, again = executor.map(setting, [
-            Call(search_task, (name, params, cfg, seed, state_dir, resume, refs),
+            Call(search_task, (name, params, cfg, seed, state_dir, resume, refs, init_units),
                  label=f"search for {method_label(name, params)}, seed {seed}"),
-            Call(search_task, (name, params, cfg, seed + 1, state_dir, resume, None),
+            Call(search_task, (name, params, cfg, seed + 1, state_dir, resume, None, init_units),
                  label=f"stability search for {method_label(name, params)}, seed {seed + 1}")],
             progress=progress, description="searches")
         stability = {"seed_a": seed, "seed_b": seed + 1, "jaccard": jaccard(found.units, again.units)}
     else:
-        found = search_task(setting, name, params, cfg, seed, state_dir, resume, refs, progress=progress)
+        found = search_task(setting, name, params, cfg, seed, state_dir, resume, refs, init_units, progress=progress)
 
     methods = [(name, params)] + [(m, options.eval_params.get(m, {})) for m in options.eval_methods
                                   if m not in (name, "retrain")]
@@ -139,7 +163,8 @@ def audit_worst_case(setting: Setting, method: str, params: dict | None, cfg: Se
     config = {"search": cfg.to_dict(), "audit": asdict(options), "method_params": instance.hyperparameters(),
               "eval_params": {m: p for m, p in methods}}
     audit = SearchAudit(header=header, seeds=seeds, kinds=kinds, provenance=setting.provenance(config),
-                        search=trace, search_info=_cost(setting, found.seconds, kinds, problem, found.key),
+                        search=trace, search_info={**_cost(setting, found.seconds, kinds, problem, found.key),
+                                                   **({"init": start} if start else {})},
                         forget_sets=forget_sets, stability=stability,
                         baseline_overlap={b: overlap(found.units, u) for b, u in baselines.items()})
     if options.attacks:
@@ -151,14 +176,30 @@ def audit_worst_case(setting: Setting, method: str, params: dict | None, cfg: Se
 
 
 def search_task(setting: Setting, name: str, params: dict, cfg: SearchConfig, seed: int, state_dir: str | Path | None,
-                resume: bool, refs: dict[str, torch.Tensor] | None, *, progress: Progress | None = None):
+                resume: bool, refs: dict[str, torch.Tensor] | None, init_units: torch.Tensor | None = None, *,
+                progress: Progress | None = None):
     """`search_worst_case` as an executor task (one computed search in the run log's line for it)."""
     from ..core.cache import COMPUTED
 
     found = search_worst_case(setting, name, params, cfg, seed=seed, state_dir=state_dir, resume=resume,
-                              reference_sets=refs, progress=progress)
+                              reference_sets=refs, init_units=init_units, progress=progress)
     COMPUTED["search"] += 1
     return found
+
+
+def best_start(problem: Problem, baselines: dict[str, torch.Tensor], seed: int) -> dict:
+    """`--init heuristic`: the baseline set whose binary weights give the lowest search objective f(w) (one
+    lower-level solve each, with the first outer step's seed), so the search starts where it would rather be."""
+    if not baselines:
+        raise ConfigError("--init heuristic needs at least one baseline (--baselines)")
+    solve = SOLVERS.get(problem.config.solver)
+    values = {}
+    for b, units in baselines.items():
+        w = torch.zeros(problem.num_vars, dtype=torch.float64)
+        w[units] = 1.0
+        values[b] = float(solve(problem, w.to(problem.data.device), derive_seed(seed, "outer-step", 0)).value)
+    best = min(values, key=values.get)
+    return {"baseline": best, "objective": values}
 
 
 def _cost(setting: Setting, seconds: float, kinds: dict, problem: Problem, key: str) -> dict:

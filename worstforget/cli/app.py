@@ -125,6 +125,9 @@ def data_options(fn: Callable) -> Callable:
         click.option("--data-dir", type=click.Path(file_okay=False), default=None,
                      help="Folder holding the dataset files [default: $WORSTFORGET_DATA or ~/.cache/worstforget/data]."),
         click.option("--download", is_flag=True, help="Fetch the official archive (checksum-verified) if missing."),
+        click.option("--train-subset", type=click.IntRange(min=2), default=None,
+                     help="Keep a seeded random subset of this many training samples (a CPU-scale audit of a "
+                          "large dataset; validation and test splits unchanged)."),
         click.option("--model", default=None, help="Architecture [default: the dataset's]."),
         click.option("--norm", type=click.Choice(["batch", "group", "none"]), default=None,
                      help="Normalisation layers where the architecture has them."),
@@ -170,7 +173,7 @@ def setting_from_options(app: AppContext, progress, opts: dict):
         train_overrides={"epochs": opts["epochs"], "lr": opts["lr"], "batch_size": opts["batch_size"],
                          "schedule": opts["schedule"]},
         seed=opts["train_seed"], cache=not opts["no_cache"], cache_dir=opts["cache_dir"],
-        mia_resamples=opts["mia_resamples"], recipe=opts["recipe"]).build(progress)
+        mia_resamples=opts["mia_resamples"], recipe=opts["recipe"], train_subset=opts["train_subset"]).build(progress)
 
 
 EXECUTOR_KEYS = ("executor", "workers", "retries", "ray_address", "cpus_per_task", "gpus_per_task")

@@ -19,29 +19,31 @@ from .basic import _params_option
               help="first-order: sign-SGD lower level (the paper's); unrolled: differentiate through SGD steps.")
 @click.option("--unroll-backend", type=click.Choice(["higher", "torch.func"]), default="higher", show_default=True,
               help="How --solver unrolled differentiates the lower level (same hypergradient; torch.func ~10% faster).")
-@click.option("--lower-level", type=click.Choice(["sign", "method"]), default="sign", show_default=True,
-              help="first-order's inner steps: sign-SGD (the paper's) or the method's own optimizer and lr.")
+@click.option("--lower-level", type=click.Choice(["method", "sign"]), default="method", show_default=True,
+              help="first-order's inner steps: the method's own optimizer and lr, or sign-SGD (the paper's).")
 @click.option("--outer-steps", type=click.IntRange(min=1), default=20, show_default=True, help="Upper-level steps.")
 @click.option("--inner-steps", type=click.IntRange(min=1), default=None,
               help="Lower-level optimisation steps [default: 2 epochs first-order, 10 unrolled].")
 @click.option("--inner-lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Lower-level learning rate [default: 1e-3 sign steps; the method's lr unrolled].")
+              help="Lower-level learning rate [default: the method's; 1e-3 for sign steps].")
 @click.option("--upper-lr", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
               help="Upper step α, in units of the gradient's std (see --raw-step).")
 @click.option("--raw-step", is_flag=True, help="Use α on the raw gradient (the paper's update) instead of normalising.")
 @click.option("--gamma", type=click.FloatRange(min=0), default=1e-4, show_default=True, help="γ of the ‖w‖² term.")
-@click.option("--objective", type=RegistryChoice("..search.objectives:OBJECTIVES"), default="loss", show_default=True,
-              help="Per-sample upper objective (see `worstforget list objectives`).")
+@click.option("--objective", type=RegistryChoice("..search.objectives:OBJECTIVES"), default="exposure",
+              show_default=True, help="Per-sample upper objective (see `worstforget list objectives`); "
+                                      "`--objective loss --lower-level sign` is the paper's search.")
 @click.option("--reference-models", type=click.IntRange(min=2), default=16, show_default=True,
               help="Models on random halves behind --objective exposure (trained once per setting, cached).")
 @click.option("--granularity", type=click.Choice(["sample", "class"]), default="sample", show_default=True)
-@click.option("--init", type=click.Choice(["uniform", "random"]), default="uniform", show_default=True,
-              help="Start from w = m/N or from a random binary set.")
+@click.option("--init", type=click.Choice(["uniform", "random", "heuristic"]), default="uniform", show_default=True,
+              help="Start from w = m/N, from a random binary set, or from the baseline set with the best search "
+                   "objective (reported as such).")
 @click.option("--num-random", type=click.IntRange(min=1), default=5, show_default=True,
               help="Random forget sets of the same size.")
-@click.option("--baselines", default="heuristic,memorization", show_default=True,
-              help="One-shot sets of the same size run beside the search: heuristic (lowest objective under the "
-                   "original), memorization; comma-separated, or 'none'.")
+@click.option("--baselines", default="lowest_loss,memorization,exposure", show_default=True,
+              help="One-shot sets of the same size run beside the search (see `worstforget list baselines`); "
+                   "comma-separated, or 'none'.")
 @click.option("--eval-methods", default="", help="Comma-separated further methods evaluated on every set, or 'all'.")
 @click.option("--params-file", type=click.Path(dir_okay=False), default=None,
               help='JSON {"method": {"param": value}} (e.g. from `tune --update-params`) for the audited and eval methods.')

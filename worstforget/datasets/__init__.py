@@ -115,8 +115,12 @@ def dataset_info(spec: str) -> DatasetInfo:
 
 
 def load_dataset(spec: str, *, data_dir: str | Path | None = None, download: bool = False,
-                 split_seed: int = 0, device: str = "cpu") -> Dataset:
+                 split_seed: int = 0, device: str = "cpu", train_subset: int | None = None) -> Dataset:
     """Read, split and normalise a registered dataset, and move it to `device`.
+
+    `train_subset` keeps a seeded random subset of that many training samples (validation and test splits
+    unchanged; every class keeps at least one sample) — a CPU-scale audit of a large dataset. It is part of
+    the data's fingerprint, so nothing computed on the full split is reused for it.
 
     Raises:
         ConfigError: unknown name, or a file-backed format given without its path.
@@ -144,4 +148,31 @@ def load_dataset(spec: str, *, data_dir: str | Path | None = None, download: boo
     data = build_dataset(label, raw, split_seed=split_seed, augment=info.augment)
     for split in ("train", "val", "test"):
         check_standardised(getattr(data, f"x_{split}"), split, where)
+    if train_subset is not None:
+        data = subset_train(data, train_subset, seed=split_seed)
     return data.to(device)
+
+
+def subset_train(data: Dataset, size: int, *, seed: int) -> Dataset:
+    """`size` training samples drawn without replacement from the seeded stream ("train-subset", seed),
+    topped up with one sample of any class the draw missed."""
+    import dataclasses
+
+    import torch
+
+    from ..core.errors import ConfigError
+    from ..core.hashing import stable_hash
+    from ..core.seeds import generator
+
+    if not 2 * data.num_classes <= size <= data.num_train:
+        raise ConfigError(f"--train-subset must lie in [{2 * data.num_classes}, {data.num_train}] for {data.name} "
+                          f"(twice its {data.num_classes} classes up to its training split), got {size}")
+    order = torch.randperm(data.num_train, generator=generator(seed, "train-subset"))
+    keep = order[:size]
+    missing = [c for c in range(data.num_classes) if not bool((data.y_train[keep] == c).any())]
+    for c in missing:  # swap in the first sample of the class beyond the draw, dropping the draw's last
+        extra = order[size:][data.y_train[order[size:]] == c][:1]
+        keep = torch.cat([keep[:-1], extra]) if len(extra) else keep
+    keep = keep.sort().values
+    return dataclasses.replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep],
+                               fingerprint=stable_hash({"data": data.fingerprint, "train_subset": size, "seed": seed}))
