@@ -26,7 +26,12 @@ MIA_RESAMPLES = 3  # draws of the SVC attacker's training sample per evaluation 
 
 @dataclass
 class Setting:
-    """A dataset, the original model trained on it, and the caches every unit uses."""
+    """A dataset, the original model trained on it, and the caches every unit uses.
+
+    A setting built by `core.executor.SettingRecipe.build` also carries a `recipe` attribute that workers
+    rebuild it from. It is deliberately not a field: `dataclasses.replace` must drop it, because a changed
+    setting (other data, another model) can no longer be rebuilt from the recipe.
+    """
 
     data: Dataset
     spec: ModelSpec
