@@ -21,6 +21,7 @@ from worstforget.methods import make_method
 from worstforget.search import SearchConfig, search_worst_case
 from worstforget.search.config import UNROLL_BACKENDS
 from worstforget.search.problem import Problem
+from hypergradients import assert_matches_finite_differences
 from worstforget.search.solvers import SOLVERS
 from worstforget.search.solvers.unrolled import Unroll, stepper_class
 from worstforget.setting import prepare_setting
@@ -165,18 +166,7 @@ def test_hypergradient_matches_finite_differences(setting, backend):
     coordinates and random directions (w ± εv stays inside (0, 1), so the streams do not change)."""
     method = make_method("neggrad_plus", SGD).resolved(16)
     problem = double_problem(setting, method, backend)
-    solve = SOLVERS.get("unrolled")
-    w = start_weights()
-    hg = solve(problem, w, 5)
-    implicit = hg.grad - problem.reduce(hg.per_sample) - 2e-3 * w
-    assert float(implicit.abs().max()) > 1e-3  # the derivative through the steps is being checked, not only ℓ
-    g = torch.Generator().manual_seed(0)
-    directions = [torch.eye(40, dtype=torch.float64)[i] for i in (0, 7, 30)]
-    directions += [torch.randn(40, generator=g, dtype=torch.float64) / 40**0.5 for _ in range(2)]
-    eps = 1e-6
-    for v in directions:
-        up, down = solve(problem, w + eps * v, 5).value, solve(problem, w - eps * v, 5).value
-        assert float(hg.grad @ v) == pytest.approx((up - down) / (2 * eps), rel=1e-4, abs=1e-7)
+    assert_matches_finite_differences(problem, start_weights(), 5, gamma=1e-3)
 
 
 def test_backend_names_are_validated_and_all_load():
