@@ -84,6 +84,8 @@ def test_default_steps_are_a_fraction_of_an_epoch(setting):
         SearchConfig(warm_fraction=0).validate()
     with pytest.raises(ConfigError, match="warm-restart"):
         SearchConfig(warm_restart="sometimes").validate()
+    with pytest.raises(ConfigError, match="warm-refresh"):
+        SearchConfig(warm_refresh=0).validate()
 
 
 def test_ascent_restarts_from_the_original_after_its_own_run_length(setting, monkeypatch):
@@ -108,26 +110,40 @@ def test_ascent_restarts_from_the_original_after_its_own_run_length(setting, mon
 
 
 def test_objective_comes_from_one_batched_pass_of_the_continued_model(setting, monkeypatch):
+    """One pass per outer step: over every sample at a refresh step (every `warm_refresh`), else over the
+    samples with w > 0, the others keeping their last values; f(w) and the support's gradient are exact."""
     passes, real = [], problem_module.predict_logits
 
     def counting(model, x, **kwargs):
         passes.append(len(x))
         return real(model, x, **kwargs)
 
+    def fresh_loss(state):
+        model = state.run.stepper.model.eval()
+        with torch.no_grad():
+            logits = model(setting.data.x_train).double()
+        return F.cross_entropy(logits, setting.data.y_train, reduction="none")
+
     monkeypatch.setattr(problem_module, "predict_logits", counting)
-    problem = make_problem(setting, inner_steps=2, gamma=0.05)
+    problem = make_problem(setting, inner_steps=2, gamma=0.05, warm_refresh=2)
     state = solver_state(WARM, problem)
     n = setting.data.num_train
-    w = torch.rand(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.2
+    w = torch.rand(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.4
+    w[::3] = 0.0
+    support = w > 0
+    history = []
     for step in range(3):
         hg = WARM(problem, w, step, state=state)
-        assert passes == [n] * (step + 1)  # one pass over the whole training split per outer step
-    model = state.run.stepper.model.eval()
-    with torch.no_grad():
-        loss = F.cross_entropy(model(setting.data.x_train).double(), setting.data.y_train, reduction="none")
-    torch.testing.assert_close(hg.per_sample, loss)
-    torch.testing.assert_close(hg.grad, loss + 2 * 0.05 * w)
-    assert hg.value == pytest.approx(float((w * loss).sum() + 0.05 * (w**2).sum()), rel=1e-12)
+        history.append((hg, fresh_loss(state)))
+    assert passes == [n, int(support.sum()), n]  # refresh, support only, refresh
+    for hg, loss in history[::2]:  # refresh steps: every value fresh
+        torch.testing.assert_close(hg.per_sample, loss, rtol=1e-12, atol=1e-12)
+    (first, _), (middle, loss) = history[:2]
+    torch.testing.assert_close(middle.per_sample[support], loss[support], rtol=1e-12, atol=1e-12)
+    assert torch.equal(middle.per_sample[~support], first.per_sample[~support])  # kept from the refresh
+    assert not torch.allclose(loss[~support], first.per_sample[~support])  # (which the model has moved on from)
+    torch.testing.assert_close(middle.grad, middle.per_sample + 2 * 0.05 * w)
+    assert middle.value == pytest.approx(float((w * loss).sum() + 0.05 * (w**2).sum()), rel=1e-12)
 
 
 def test_without_a_state_or_with_a_changing_plan_it_is_the_first_order_solver(setting):
@@ -168,7 +184,7 @@ def test_a_finish_that_changes_the_model_is_applied_to_a_copy(setting, monkeypat
 
 
 def test_search_is_deterministic_and_resumes_exactly(setting, tmp_path, monkeypatch):
-    cfg = SearchConfig(solver="warm", outer_steps=5, inner_steps=3, objective="loss")
+    cfg = SearchConfig(solver="warm", outer_steps=5, inner_steps=3, objective="loss", warm_refresh=4)
     a = search_worst_case(setting, "finetune", {}, cfg, seed=3, state_dir=tmp_path / "a")
     b = search_worst_case(setting, "finetune", {}, cfg, seed=3, state_dir=tmp_path / "b")
     assert torch.equal(a.weights, b.weights) and torch.equal(a.indices, b.indices)
@@ -197,8 +213,9 @@ def test_search_is_deterministic_and_resumes_exactly(setting, tmp_path, monkeypa
     resumed = search_worst_case(setting, "finetune", {}, cfg, seed=3, state_dir=tmp_path / "c", resume=True)
     assert torch.equal(resumed.weights, a.weights) and torch.equal(resumed.indices, a.indices)
     assert torch.equal(resumed.weight_history, a.weight_history) and resumed.history == a.history
-    # the checkpointed run is what makes it exact: dropping its momentum, or the whole run, changes the result
-    for broken in ("optimizer", "run"):
+    # the checkpointed state is what makes it exact: dropping the momentum, the whole run, the count of steps
+    # (which decides the refresh) or the stale objective values changes the result
+    for broken in ("optimizer", "run", "steps", "values"):
         tmp = tmp_path / f"broken-{broken}"
         interrupt_at_third_step(tmp)
         real_load = WarmState.load_state_dict
@@ -207,7 +224,12 @@ def test_search_is_deterministic_and_resumes_exactly(setting, tmp_path, monkeypa
             if broken == "run":
                 return real_load(self, {})
             real_load(self, state)
-            self.run.stepper.opt.state.clear()
+            if broken == "optimizer":
+                self.run.stepper.opt.state.clear()
+            elif broken == "steps":
+                self.steps = 0
+            else:
+                self.values = self.values.flip(0)
 
         monkeypatch.setattr(WarmState, "load_state_dict", lossy)
         wrong = search_worst_case(setting, "finetune", {}, cfg, seed=3, state_dir=tmp, resume=True)
@@ -273,6 +295,7 @@ def test_search_keys_read_the_warm_fields_only_for_the_warm_solver(setting):
     assert key(base) == key(SearchConfig(warm_fraction=0.3))
     assert key(SearchConfig(solver="warm")) != key(SearchConfig(solver="warm", warm_fraction=0.3))
     assert key(SearchConfig(solver="warm")) != key(SearchConfig(solver="warm", warm_restart="never"))
+    assert key(SearchConfig(solver="warm")) != key(SearchConfig(solver="warm", warm_refresh=3))
 
 
 def test_cli_search_with_the_warm_solver(tmp_path):

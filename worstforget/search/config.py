@@ -15,7 +15,7 @@ LOWER_LEVELS: tuple[str, ...] = ("sign", "method")
 # budget: once its age would pass the method's own run length under the current weights; never.
 WARM_RESTARTS: tuple[str, ...] = ("budget", "never")
 # Fields read by the warm solver alone: left out of other solvers' search keys, which stay as they were.
-WARM_FIELDS: tuple[str, ...] = ("warm_fraction", "warm_restart")
+WARM_FIELDS: tuple[str, ...] = ("warm_fraction", "warm_restart", "warm_refresh")
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,9 @@ class SearchConfig:
     objective: str = "exposure"  # a name in search.objectives.OBJECTIVES: exposure | loss (the paper's) | margin
     reference_models: int = 16  # models on random halves behind objectives that read references (exposure)
     granularity: str = "sample"  # sample | class
-    warm_fraction: float = 0.1  # warm: epochs of lower-level steps per outer step (when inner_steps is None)
+    warm_fraction: float = 0.05  # warm: epochs of lower-level steps per outer step (when inner_steps is None)
     warm_restart: str = "budget"  # warm: when the continuing run restarts from the original (WARM_RESTARTS)
+    warm_refresh: int = 10  # warm: every this many outer steps the objective of every sample, else of w > 0 only
     init: str = "uniform"  # uniform (w = m/N) | random (a random binary set, the reference code's start) | heuristic
 
     def validate(self) -> "SearchConfig":
@@ -50,6 +51,8 @@ class SearchConfig:
         if not 0 < self.warm_fraction <= 100:
             raise ConfigError(f"--warm-fraction must be a positive number of epochs (at most 100), "
                               f"got {self.warm_fraction}")
+        if self.warm_refresh < 1:
+            raise ConfigError(f"--warm-refresh must be at least 1 (outer steps), got {self.warm_refresh}")
         if self.upper_lr <= 0:
             raise ConfigError("--upper-lr must be positive")
         if self.gamma < 0:

@@ -1,7 +1,7 @@
 """The bi-level problem instance shared by both solvers: data, original model, lower-level method, budget."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -71,15 +71,21 @@ class Problem:
             self._references = SampleReferences.from_stats(stats, device=self.data.device)
         return self._references
 
-    def objective(self, logits: torch.Tensor) -> torch.Tensor:
-        """Per-sample upper-objective values of training-split logits, in the logits' dtype. (N,)"""
-        refs = self.references()
-        return per_sample_objective(logits, self.data.y_train, self.config.objective,
-                                    None if refs is None else refs.to(logits.dtype))
+    def objective(self, logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample upper-objective values of training-split logits, in the logits' dtype. (N,)
+        With `rows` (training indices), the logits are those rows' and so is the result. (len(rows),)"""
+        refs, y = self.references(), self.data.y_train
+        if rows is not None:
+            y = y[rows]
+            if refs is not None:
+                refs = replace(refs, **{f.name: getattr(refs, f.name)[rows] for f in fields(refs)})
+        return per_sample_objective(logits, y, self.config.objective, None if refs is None else refs.to(logits.dtype))
 
-    def values(self, model) -> torch.Tensor:
-        """Per-sample upper-objective values of a model (eval mode, no augmentation), float64. (N,)"""
-        return self.objective(predict_logits(model, self.data.x_train).double())
+    def values(self, model, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample upper-objective values of a model (eval mode, no augmentation), float64, in one batched
+        pass over the training split (N,), or over the training indices `rows` only (len(rows),)."""
+        x = self.data.x_train if rows is None else self.data.x_train[rows]
+        return self.objective(predict_logits(model, x).double(), rows)
 
     def members(self, unit_indices: torch.Tensor) -> torch.Tensor:
         """Training indices of a forget set given as sample or class indices."""

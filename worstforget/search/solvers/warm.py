@@ -4,8 +4,16 @@ At outer step t the run goes on from where step t−1 left it — model, optimis
 method's random stream — for k more steps of the method under the current forget weights w_t (k =
 `warm_fraction` of an epoch of the lower level's batches, or `inner_steps`), and the per-sample objective of
 the resulting model is computed in one batched pass on the data's device. The hypergradient is that
-objective plus 2γw, as in the first-order solver (the implicit term is dropped). Each outer step costs k steps
-and one forward pass over the training split, where the first-order solver takes 2 epochs from the original.
+objective plus 2γw, as in the first-order solver (the implicit term is dropped).
+
+A forward pass over the whole training split costs about a third of a training epoch, more than the k steps
+themselves at the default 0.05 epoch, so the pass covers every sample only every `warm_refresh` outer steps (and at the
+first); in between it covers the samples with w > 0, and the others keep their last value. Nothing is lost
+in f(w) = Σ w_i ℓ_i + γ‖w‖², whose terms all have fresh values, nor in the gradient of any sample the
+projection can move out of the set or lower; a sample at w = 0 is judged on a value at most
+`warm_refresh − 1` outer steps old when it competes to enter. (On Fashion-MNIST the support is 15–25% of
+the samples after the first step.) Each outer step costs k steps and one pass over the support, plus a full
+pass every `warm_refresh` steps, where the first-order solver takes 2 epochs from the original.
 The steps are those of `first_order.lower_method` (the method's own optimiser and lr, or sign steps), at a
 constant lr: a schedule decays towards the end of a run, and this run has no end. ctx.step counts from 0 in
 every outer step, so a penalty that decays over a run (ℓ1-sparse's) restarts with each one.
@@ -20,10 +28,12 @@ What a continued run means for each family of methods:
   So with `warm_restart="budget"` (the default) the run restarts from the original — a fresh `prepare`
   (SalUn's mask, relabelled targets, added neurons, on the weights of that moment), optimiser and random
   stream — when its age would pass the method's own run length under the current weights (its epochs times
-  the passes of its lead stream). Finetune's own run (10 epochs of the retain stream) outlasts a search of
-  20 outer steps at fractions up to 0.5, so it never restarts; gradient ascent restarts every few outer steps
-  and is always evaluated at most one of its own runs away from the original. `warm_restart="never"` keeps
-  one run for the whole search (results/search_cost.md compares the two).
+  the passes of its lead stream). Finetune's own run (10 epochs of the retain stream) outlasts a default
+  search (20 outer steps × 0.05 epoch), so it never restarts and the two policies give the same set; gradient
+  ascent restarts every few outer steps and is always scored at most one of its own runs from the original.
+  Measured (digits, gradient ascent, results/search_cost.md): with `warm_restart="never"` the search's
+  objective keeps falling (exposure growing without bound) and at 0.25 epoch per step the run diverges to
+  NaN within 20 outer steps; with `budget` it stays level and the set is at least as exposed.
   epoch-dependent plans (SCRUB's max then min phases, UNSIR's impair then repair) and methods that are not an
   iterative loop (retrain, influence, Fisher, plug-ins...) cannot be continued k steps at a time: their
   lower level is the first-order solver's run from the original at every outer step (one warning).
@@ -31,7 +41,8 @@ What a continued run means for each family of methods:
 Called without a state (a caller that solves once, such as `--init heuristic`'s choice of start), the solver is
 the first-order solver. The loop keeps the state (`WarmState`) and stores `state_dict()` in its per-step
 checkpoint; `load_state_dict` replays the run's start (its `prepare` on its starting weights and seed) and loads
-the model, optimiser, random stream and age, so a resumed search continues bit for bit.
+the model, optimiser, random stream, age and table of objective values, so a resumed search continues bit for
+bit.
 """
 from __future__ import annotations
 
@@ -83,6 +94,8 @@ class WarmState:
         self.method = replace(lower_method(problem), schedule="constant")
         self.run: WarmRun | None = None
         self.restarts = 0  # runs started after the first
+        self.steps = 0  # outer steps taken
+        self.values: torch.Tensor | None = None  # (N,) float64: each sample's objective at its last evaluation
         probe = None
         if self.method.iterative:
             zeros = torch.zeros(problem.data.num_train, device=problem.data.device)
@@ -105,6 +118,17 @@ class WarmState:
         run_loop(run.method, run.stepper, ctx, progress=self.problem.progress, max_steps=k)
         run.age += ctx.step
         return self._finished(run)
+
+    def score(self, model: nn.Module, w: torch.Tensor) -> torch.Tensor:
+        """The per-sample objective (N,) after this outer step: every sample's at a refresh step, else fresh
+        values for the samples with w > 0 and the last ones for the rest. One batched pass either way."""
+        if self.values is None or self.steps % self.problem.config.warm_refresh == 0:
+            self.values = self.problem.values(model)
+        else:
+            rows = torch.nonzero(w > 0).flatten()
+            self.values = self.values.index_copy(0, rows, self.problem.values(model, rows))
+        self.steps += 1
+        return self.values
 
     def run_length(self, w: torch.Tensor) -> int:
         """Steps of the method's own run under weights `w`: its epochs × the passes of its lead stream."""
@@ -137,13 +161,14 @@ class WarmState:
         run = self.run
         if run is None:
             return {}
-        return _to_cpu({"seed": run.seed, "age": run.age, "restarts": self.restarts,
-                        "start_weights": run.start_weights, "model": run.stepper.model.state_dict(),
-                        "optimizer": run.stepper.opt.state_dict(), "rng": run.ctx.rng.get_state()})
+        return _to_cpu({"seed": run.seed, "age": run.age, "restarts": self.restarts, "steps": self.steps,
+                        "values": self.values, "start_weights": run.start_weights,
+                        "model": run.stepper.model.state_dict(), "optimizer": run.stepper.opt.state_dict(),
+                        "rng": run.ctx.rng.get_state()})
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
-            self.run, self.restarts = None, 0
+            self.run, self.restarts, self.steps, self.values = None, 0, 0, None
             return
         data = self.problem.data
         run = self._start(state["start_weights"].to(data.device), state["seed"])  # replays `prepare`
@@ -151,6 +176,8 @@ class WarmState:
         run.stepper.opt.load_state_dict(state["optimizer"])
         run.ctx.rng.set_state(state["rng"])
         run.age, self.restarts, self.run = state["age"], state["restarts"], run
+        self.steps = state["steps"]
+        self.values = None if state["values"] is None else state["values"].to(data.device)
 
 
 def _to_cpu(obj: Any) -> Any:
@@ -179,7 +206,7 @@ def warm(problem: Problem, w_var: torch.Tensor, seed: int, state: WarmState | No
     cfg = problem.config
     w_var = w_var.detach().to(torch.float64)
     w = check_weights(problem.expand(w_var).float(), problem.data)
-    per_sample = problem.values(state.advance(w, seed))  # one batched pass over the training split
+    per_sample = state.score(state.advance(w, seed), w)
     reduced = problem.reduce(per_sample)
     value = float((reduced * w_var).sum() + cfg.gamma * (w_var**2).sum())
     return Hypergradient(value=value, grad=reduced + 2 * cfg.gamma * w_var, per_sample=per_sample)
