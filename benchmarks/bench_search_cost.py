@@ -2,7 +2,7 @@
 
     python benchmarks/bench_search_cost.py [--dataset digits] [--model mlp] [--method finetune]
         [--variants first_order,warm,unrolled] [--outer-steps 20] [--repeats 3] [--threads 2]
-        [--attacks] [--num-models 16] [--cache-dir DIR] [--out results/search_cost.md]
+        [--attacks] [--num-models 16] [--stability] [--cache-dir DIR] [--out results/search_cost.md]
 
 In one process: the original model is trained (cache off) and every search variant runs (no checkpoint),
 interleaved `--repeats` times; the ratio is the median search seconds over the median training seconds.
@@ -17,11 +17,14 @@ Retrain's unlearning accuracy on it (UA = 100 − forget accuracy, mean over the
 Retrain keeps fitting the set = harder), its Jaccard with the first variant's set and, with `--attacks`,
 U-LiRA (online) on `--num-models` unlearned vs retrained models: TPR at 0.1% FPR with its bootstrap
 interval over target models and examples, TPR at 1% FPR and AUC (higher = the method is more exposed on
-the set = harder). A random set of the same size is the reference row. Read the ratios, not the seconds.
+the set = harder); with `--stability`, its Jaccard with the set the same variant finds with seed + 1 (the
+audit's stability measure; not timed). A random set of the same size is the reference row. Read the ratios,
+not the seconds.
 """
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import sys
 import tempfile
@@ -83,6 +86,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--attacks", action="store_true", help="U-LiRA on every found set (and a random one)")
     parser.add_argument("--num-models", type=int, default=16)
+    parser.add_argument("--stability", action="store_true", help="search again with seed + 1: Jaccard of the two")
     parser.add_argument("--cache-dir", default=None, help="keep models between runs [default: a temporary folder]")
     parser.add_argument("--out", default=None, help="append the table, with the command, to this markdown file")
     args = parser.parse_args()
@@ -121,6 +125,8 @@ def main() -> None:
                 if label in found and not torch.equal(found[label], result.indices):
                     sys.exit(f"{label}: the search found another set when repeated with the same seed")
                 found[label] = result.indices
+        again = {label: search_worst_case(setting, args.method, {}, cfg, seed=args.seed + 1).indices
+                 for label, cfg in variants if args.stability and label in found}
         setting.records.enabled = True
         size = forget_size(setting.data.num_train, variants[0][1].forget_ratio)
         sets = {**found, "random set": random_forget_set(setting.data.num_train, size, RANDOM_SET_SEED)}
@@ -138,7 +144,7 @@ def main() -> None:
     reference = variants[0][0]
     if reference not in sets:
         sys.exit(f"the reference variant {reference} found no set ({failed[reference]})")
-    say(f"$ python benchmarks/bench_search_cost.py {' '.join(sys.argv[1:])}")
+    say(f"$ python benchmarks/bench_search_cost.py {shlex.join(sys.argv[1:])}")
     say()
     say(f"{args.dataset} ({setting.data.num_train} train, model {setting.spec.name}), method {args.method}, "
         f"{args.outer_steps} outer steps, forget set {size} samples, {args.threads} threads; training the original "
@@ -148,6 +154,8 @@ def main() -> None:
     say()
     ua_models = args.num_models if args.attacks else UA_SEEDS
     head = ["set", "search s", "× training", f"Retrain UA ({ua_models} models)", f"Jaccard vs {reference}"]
+    if args.stability:
+        head += [f"Jaccard seed {args.seed} vs {args.seed + 1}"]
     if args.attacks:
         head += [f"U-LiRA TPR@0.1%FPR [95% CI] ({args.num_models}+{args.num_models} models)", "TPR@1%FPR", "AUC"]
     say("| " + " | ".join(head) + " |")
@@ -157,6 +165,8 @@ def main() -> None:
         row = [name, f"{seconds:.2f}" if seconds is not None else "–",
                f"{seconds / train:.3f}" if seconds is not None else "–", f"{ua[name]:.2f}",
                f"{jaccard(members, sets[reference]):.2f}"]
+        if args.stability:
+            row += [f"{jaccard(members, again[name]):.2f}" if name in again else "–"]
         if args.attacks:
             s = scores[name]
             tpr = s["lira_tpr_at_0.1pct_fpr"]
