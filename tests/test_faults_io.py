@@ -627,7 +627,7 @@ def search_setting(tmp_path_factory):
                            train_overrides={"epochs": 3})
 
 
-CFG = SearchConfig(outer_steps=3, inner_steps=2)
+CFG = SearchConfig(solver="first_order", outer_steps=3, inner_steps=2)  # stateless: the rows alone resume it
 
 
 class CountingSolvers:
@@ -726,7 +726,7 @@ def test_checkpoint_bytes_per_outer_step_do_not_grow_with_the_step(search_settin
 
     monkeypatch.setattr(loop_module, "write_bytes_atomic", record)
     n = search_setting.data.num_train
-    search_worst_case(search_setting, "finetune", {}, SearchConfig(outer_steps=6, inner_steps=1), seed=0,
+    search_worst_case(search_setting, "finetune", {}, SearchConfig(solver="first_order", outer_steps=6, inner_steps=1), seed=0,
                       state_dir=tmp_path)
     assert rows == [(t + 2) * 8 * n for t in range(6)]  # one row of N float64 appended per step
     assert max(states) < 8 * n + 16_000  # the state: the last gradient and a small history

@@ -69,7 +69,7 @@ def setting(tmp_path):
 
 
 def test_first_order_gradient_is_loss_plus_ridge(setting):
-    cfg = SearchConfig(inner_steps=2, gamma=0.1)
+    cfg = SearchConfig(solver="first_order", inner_steps=2, gamma=0.1)
     problem = Problem(setting=setting, method=make_method("finetune").resolved(32), config=cfg)
     w = torch.full((setting.data.num_train,), 0.1, dtype=torch.float64)
     hg = SOLVERS.get("first_order")(problem, w, 0)
@@ -77,7 +77,7 @@ def test_first_order_gradient_is_loss_plus_ridge(setting):
 
 
 def test_search_moves_is_deterministic_and_resumes(setting, tmp_path, monkeypatch):
-    cfg = SearchConfig(outer_steps=4, inner_steps=5)
+    cfg = SearchConfig(solver="first_order", outer_steps=4, inner_steps=5)
     a = search_worst_case(setting, "finetune", {}, cfg, seed=1, state_dir=tmp_path / "a")
     b = search_worst_case(setting, "finetune", {}, cfg, seed=1, state_dir=tmp_path / "b")
     assert torch.equal(a.indices, b.indices)

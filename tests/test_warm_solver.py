@@ -289,10 +289,10 @@ def test_class_granularity(setting):
 
 
 def test_search_keys_read_the_warm_fields_only_for_the_warm_solver(setting):
-    base = SearchConfig()
+    base = SearchConfig(solver="first_order")
     assert "warm_fraction" not in base.key_dict() and "warm_fraction" in SearchConfig(solver="warm").key_dict()
     key = lambda cfg: loop.search_key(setting, "finetune", {}, cfg, 0)  # noqa: E731
-    assert key(base) == key(SearchConfig(warm_fraction=0.3))
+    assert key(base) == key(SearchConfig(solver="first_order", warm_fraction=0.3))
     assert key(SearchConfig(solver="warm")) != key(SearchConfig(solver="warm", warm_fraction=0.3))
     assert key(SearchConfig(solver="warm")) != key(SearchConfig(solver="warm", warm_restart="never"))
     assert key(SearchConfig(solver="warm")) != key(SearchConfig(solver="warm", warm_refresh=3))

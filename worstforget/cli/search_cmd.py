@@ -14,9 +14,16 @@ from .basic import _params_option
 @click.option("--method", default="finetune", show_default=True, help="Unlearning method to audit.")
 @data_options
 @click.option("--forget-ratio", type=float, default=0.1, show_default=True, help="Forget-set size as a fraction.")
-@click.option("--solver", type=RegistryChoice("..search.solvers:SOLVERS", dashes=True), default="first-order",
+@click.option("--solver", type=RegistryChoice("..search.solvers:SOLVERS", dashes=True), default="warm",
               show_default=True,
-              help="first-order: sign-SGD lower level (the paper's); unrolled: differentiate through SGD steps.")
+              help="warm: one unlearning run continued across outer steps (fast); first-order: K steps from the "
+                   "original every outer step (the paper's); unrolled: differentiate through K SGD steps.")
+@click.option("--warm-fraction", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
+              help="warm: epochs of the method's steps per outer step.")
+@click.option("--warm-restart", type=click.Choice(["budget", "never"]), default="budget", show_default=True,
+              help="warm: restart the run from the original when it outlives the method's own run (budget).")
+@click.option("--warm-refresh", type=click.IntRange(min=1), default=10, show_default=True,
+              help="warm: score every sample every this many outer steps (the samples with w > 0 every step).")
 @click.option("--unroll-backend", type=click.Choice(["higher", "torch.func"]), default="higher", show_default=True,
               help="How --solver unrolled differentiates the lower level (same hypergradient; torch.func ~10% faster).")
 @click.option("--lower-level", type=click.Choice(["method", "sign"]), default="method", show_default=True,
@@ -63,7 +70,7 @@ from .basic import _params_option
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of tables.")
 @executor_options
 @pass_app
-def search_command(app, method, forget_ratio, solver, unroll_backend, lower_level, reference_models, outer_steps, inner_steps, inner_lr, upper_lr, raw_step, gamma,
+def search_command(app, method, forget_ratio, solver, warm_fraction, warm_restart, warm_refresh, unroll_backend, lower_level, reference_models, outer_steps, inner_steps, inner_lr, upper_lr, raw_step, gamma,
                    objective, granularity, init, num_random, baselines, eval_methods, params_file, num_seeds, seed, stability,
                    attacks, num_models, params, resume, out, as_json, **opts) -> None:
     """Search the worst-case forget set for METHOD and report it against random sets of the same size."""
@@ -87,7 +94,8 @@ def search_command(app, method, forget_ratio, solver, unroll_backend, lower_leve
     cfg = SearchConfig(forget_ratio=forget_ratio, solver=solver, outer_steps=outer_steps,
                        inner_steps=inner_steps, inner_lr=inner_lr, upper_lr=upper_lr, normalize_step=not raw_step,
                        gamma=gamma, objective=objective, granularity=granularity, init=init,
-                       unroll_backend=unroll_backend, lower_level=lower_level,
+                       unroll_backend=unroll_backend, warm_fraction=warm_fraction, warm_restart=warm_restart,
+                       warm_refresh=warm_refresh, lower_level=lower_level,
                        reference_models=reference_models).validate()
     check_solver(cfg.solver, make_method(name, hyper))
     extra = METHODS.names() if eval_methods.strip() == "all" else [m for m in eval_methods.split(",") if m.strip()]
