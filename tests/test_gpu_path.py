@@ -461,3 +461,32 @@ def test_gpu_check_phase_time_limit_interrupts_a_phase(tmp_path):
     runner.deadline = runner.start  # no time left: later phases are skipped, not started
     assert runner.run("late", ["b"], lambda limit: 1 / 0, cap_s=5) is None
     assert re.search(r"\| B \| skipped \| out of budget", (tmp_path / "t.md").read_text())
+
+
+def test_unlearning_steps_use_autocast_where_asked_but_never_while_differentiated(monkeypatch):
+    """The methods' shared loop runs its forward under the command's bf16 autocast (CUDA path, run on the CPU
+    here), except when the search differentiates through the steps (forget weights with a graph)."""
+    from worstforget.methods import make_method
+
+    monkeypatch.setattr(accel_mod, "ACCELERATED_DEVICE_TYPES", ("cuda", "cpu"))
+    data = _images()
+    original = _cnn().eval()
+    method = make_method("finetune", {"epochs": 1, "lr": 0.01}).resolved(16)
+    w = torch.zeros(data.num_train)
+    w[:8] = 1.0
+    from torch.nn.modules.module import register_module_forward_pre_hook
+
+    from worstforget.search.solvers.unrolled import Unroll
+
+    seen = []
+    handle = register_module_forward_pre_hook(lambda module, args: seen.append(torch.is_autocast_enabled("cpu")))
+    try:
+        with use_accel(Accel(amp="bf16")):
+            method.apply(original, data, w, seed=0, max_steps=2)
+            plain = list(seen)
+            seen.clear()
+            method.apply(original, data, w.requires_grad_(), seed=0, max_steps=2, stepper=Unroll("torch.func"))
+    finally:
+        handle.remove()
+    assert plain and all(plain)  # every forward of the plain run under autocast
+    assert seen and not any(seen)  # the differentiated run in full precision

@@ -6,6 +6,7 @@ method on that forget set; fractional weights are what the bi-level search diffe
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass, field, fields, replace
@@ -19,6 +20,7 @@ from ..core.errors import ConfigError
 from ..core.progress import NullProgress, Progress
 from ..core.seeds import generator
 from ..datasets import Dataset, augment_batch
+from ..training.accel import current_accel
 from ..training.divergence import DivergenceWatch
 from ..training.optim import lr_factor, make_optimizer
 
@@ -265,6 +267,9 @@ def run_loop(method: UnlearningMethod, stepper: Any, ctx: Context, *, progress: 
     data, w = ctx.data, ctx.weights
     bs = method.batch_size or 128
     order_g, aug_g = generator(ctx.seed, "unlearn-order"), generator(ctx.seed, "unlearn-augment")
+    # bf16 autocast where the command asked for it (CUDA only; a no-op on the CPU) — never while the search
+    # differentiates through the steps, whose hypergradient must stay exact
+    autocast = contextlib.nullcontext() if w.requires_grad else current_accel().autocast(data.device)
     samplers = {k: StreamSampler(k, w, bs, order_g) for k in STREAMS}
     plan = [method.phases(e, ctx) for e in range(method.epochs)]
 
@@ -291,7 +296,8 @@ def run_loop(method: UnlearningMethod, stepper: Any, ctx: Context, *, progress: 
                     batches = {s: _next_batch(samplers[s], data, w, aug_g if method.augment else None)
                                for s in phase.streams}
                     stepper.set_lr(method.lr * method.lr_scale(ctx))
-                    loss = phase.loss(stepper.model, batches, ctx)
+                    with autocast:
+                        loss = phase.loss(stepper.model, batches, ctx).float()
                     watch.observe(loss)
                     stepper.step(loss, ctx)
                     ctx.step += 1
