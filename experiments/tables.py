@@ -13,10 +13,12 @@ import sys
 from pathlib import Path
 
 from worstforget.audit.result import SearchAudit, read_attack_evaluation
+from worstforget.audit.verdict import verdict_lines
 from worstforget.core.stats import fmt_agg
 
 ROOT = Path(__file__).resolve().parent.parent / "results"
-GAP_COLUMNS = ("UA", "MIA", "MIA_logit", "RA", "TA", "avg_gap", "avg_gap_logit")
+GAP_COLUMNS = ("UA", "MIA", "MIA_logit", "RA", "TA", "acc_gap", "avg_gap", "avg_gap_logit")
+ATTACK_COLUMNS = ("lira_auc", "lira_tpr_at_1pct_fpr", "lira_tpr_at_0.1pct_fpr", "rmia_tpr_at_0.1pct_fpr")
 ATTACK_KEYS = ("lira_auc", "lira_tpr_at_1pct_fpr", "lira_tpr_at_0.1pct_fpr", "rmia_auc", "rmia_tpr_at_0.1pct_fpr",
                "forget_quality_bounded", "epsilon_score_bounded", "rte_fraction")
 
@@ -47,17 +49,28 @@ def worst_case_table(path: Path) -> None:
     trace = s["search"]
     overlaps = ", ".join(f"{k} {v:.0%}" for k, v in (s.get("baseline_overlap") or {}).items())
     stability = f", stability Jaccard (seed 0 vs 1) {s['stability']['jaccard']:.2f}" if s.get("stability") else ""
-    print(f"**{path.name}** — search {trace['seconds']:.1f} s, set moved {1 - trace['overlap_with_initial'][-1]:.0%} "
-          f"from its start, overlap with {overlaps or '–'}{stability}\n")
+    ratio = f" ({trace['cost_ratio']:.2f}× {trace.get('cost_reference', 'training')})" if trace.get("cost_ratio") else ""
+    print(f"**{path.name}** — {s['solver']} search {trace['seconds']:.1f} s{ratio}, set moved "
+          f"{1 - trace['overlap_with_initial'][-1]:.0%} from its start, overlap with {overlaps or '–'}{stability}\n")
     columns = [c for c in GAP_COLUMNS if any(c in m for b in s["sets"].values() for m in b["methods"].values())]
-    print("| set | method | " + " | ".join(columns) + " |\n|---|---|" + "---:|" * len(columns))
+    evaluation = audit.evaluation.summary() if audit.evaluation is not None else None
+    attack_columns = [k for k in ATTACK_COLUMNS if evaluation and any(
+        k in m for b in evaluation["sets"].values() for m in b["methods"].values())]
+    print("| set | method | " + " | ".join(columns + attack_columns) + " |\n|---|---|"
+          + "---:|" * (len(columns) + len(attack_columns)))
     for kind, block in s["sets"].items():
         for who, row in block["methods"].items():
-            print(f"| {kind} | {who} | " + " | ".join(fmt_agg(row.get(c)) for c in columns) + " |")
+            attacks = evaluation["sets"].get(kind, {}).get("methods", {}).get(who, {}) if evaluation else {}
+            cells = [fmt_agg(row.get(c)) for c in columns] + [fmt_agg(attacks.get(k), 3) if who != "retrain" else "–"
+                                                              for k in attack_columns]
+            print(f"| {kind} | {who} | " + " | ".join(cells) + " |")
         flags = {c: f for c, f in (block.get("flags") or {}).items() if f}
         if flags:
             print(f"| {kind} | *flags* | " + "; ".join(f"{c}: {', '.join(f)}" for c, f in flags.items())
-                  + " |" + " |" * (len(columns) - 1))
+                  + " |" + " |" * (len(columns) + len(attack_columns) - 1))
+    lines = verdict_lines(s.get("verdict") or [])
+    if lines:
+        print("\nVerdict: " + " ".join(lines))
     print()
 
 
@@ -86,8 +99,11 @@ if __name__ == "__main__":
         methods_table(path.parent)
         print()
     if which in ("all", "worst"):
+        heading = None
         for path in sorted(ROOT.glob("*/*/result.h5")):
-            print(f"### {path.parent.parent.name}\n")
+            if path.parent.parent.name != heading:
+                heading = path.parent.parent.name
+                print(f"### {heading}\n")
             worst_case_table(path.parent)
     if which in ("all", "attacks"):
         for folder in sorted(p.parent.parent for p in ROOT.glob("*/*/evaluation.json") if not (p.parent / "result.h5").exists()):
