@@ -239,3 +239,18 @@ def test_comparison_table_puts_retrain_beside_each_number():
     assert table.rows[0][1] == "0.00 ± 0.00 (Retrain 3.00 ± 0.50)"
     assert table.rows[1][1] == "1.00 ± 0.20 (Retrain 2.92 ± 0.71)"
     assert table.rows[0][-1] == "2.00 ± 0.10" and table.rows[1][-1] == "1.50 ± 0.30"
+
+
+def test_roc_curves_are_read_from_every_set_of_a_schema_2_evaluation(tmp_path):
+    from worstforget.report.load import _read_evaluation
+
+    curve = {"roc_fpr": [0.0, 0.5, 1.0], "roc_tpr": [0.0, 0.9, 1.0]}
+    doc = {"schema_version": 2, "per_set": {
+        "worst_case": {"ft": [{"lira_roc": curve, "rmia_roc": curve}]},
+        "random": {"ft": [{"lira_roc": curve}, {"lira_roc": curve}]}}}
+    (tmp_path / "evaluation.json").write_text(json.dumps(doc))
+    curves = _read_evaluation(tmp_path)
+    assert set(curves) == {"worst_case / ft / lira_roc", "worst_case / ft / rmia_roc",
+                           "random / ft / set 0 / lira_roc", "random / ft / set 1 / lira_roc"}
+    fpr, tpr = curves["random / ft / set 1 / lira_roc"]
+    assert roc_auc(fpr, tpr) == pytest.approx(0.5 * 0.5 * 0.9 + 0.5 * (0.9 + 1.0) / 2)

@@ -113,6 +113,10 @@ def _read_evaluation(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def walk(node: Any, trail: list[str]) -> None:
+        if isinstance(node, list):  # schema 2 keeps one score dict per set: per_set.<kind>.<method>[i]
+            for i, item in enumerate(node):
+                walk(item, [*trail, f"set {i}"] if len(node) > 1 else trail)
+            return
         if not isinstance(node, dict):
             return
         if "roc_fpr" in node and "roc_tpr" in node:
