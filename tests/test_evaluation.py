@@ -120,3 +120,24 @@ def test_evaluate_cli_rejects_unknown_attack(tmp_path):
     result = CliRunner().invoke(cli, ["evaluate", "--dataset", "synthetic", "--attacks", "lirra", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "Did you mean" in result.output
     assert not (tmp_path / "evaluation.json").exists()
+
+
+def test_evaluate_cli_runs_lira_and_rmia_on_the_original_and_stores_them(tmp_path):
+    from click.testing import CliRunner
+
+    from worstforget.audit.membership import lira_on_original, rmia_on_original
+    from worstforget.setting import prepare_setting
+
+    out = tmp_path / "ev"
+    cache = tmp_path / "c"
+    result = CliRunner().invoke(cli, ["evaluate", "--method", "finetune", "--dataset", "synthetic", "--epochs", "5",
+                                      "--num-models", "4", "--attacks", "loss", "--lira-original", "--rmia-original",
+                                      "--out", str(out), "--cache-dir", str(cache)])
+    assert result.exit_code == 0, result.output
+    assert "LiRA on the trained model" in result.output and "RMIA on the trained model" in result.output
+    doc = json.loads((out / "evaluation.json").read_text())
+    setting = prepare_setting(dataset="synthetic", cache_dir=str(cache), train_overrides={"epochs": 5})
+    direct = rmia_on_original(setting, num_references=4)  # the same cached shadow models: the same numbers
+    assert doc["rmia_original"]["leave_one_out"]["rmia"]["auc"] == pytest.approx(direct["leave_one_out"]["rmia"]["auc"])
+    assert doc["lira_original"]["leave_one_out"]["lira"]["auc"] == pytest.approx(
+        lira_on_original(setting, num_shadows=4)["leave_one_out"]["lira"]["auc"])

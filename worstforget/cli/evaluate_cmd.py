@@ -37,13 +37,15 @@ def parse_attacks(text: str) -> list[str]:
 @click.option("--params-file", type=click.Path(dir_okay=False), default=None,
               help='JSON {"method": {"param": value}} of tuned hyper-parameters.')
 @click.option("--lira-original", is_flag=True, help="Also run classic LiRA (shadow models) on the trained model.")
+@click.option("--rmia-original", is_flag=True,
+              help="Also run offline RMIA on the trained model, on the same shadow models as --lira-original.")
 @_params_option
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output folder [default: the --result folder, else ./worstforget-out/evaluate].")
 @executor_options
 @pass_app
 def evaluate_command(app, method, result_dir, forget_set, selector, forget_ratio, forget_seed, quantile, attacks,
-                     num_models, params_file, lira_original, params, out, **opts) -> None:
+                     num_models, params_file, lira_original, rmia_original, params, out, **opts) -> None:
     """Attack METHOD's unlearning with N unlearned vs N retrained models: U-LiRA, ε-score, KS, ToW, loss."""
     from ..audit.attack_eval import evaluate_sets
     from ..audit.result import SearchAudit
@@ -86,6 +88,10 @@ def evaluate_command(app, method, result_dir, forget_set, selector, forget_ratio
             from ..audit.membership import lira_on_original
 
             evaluation.extra["lira_original"] = lira_on_original(setting, num_shadows=num_models, progress=progress)
+        if rmia_original:
+            from ..audit.membership import rmia_on_original
+
+            evaluation.extra["rmia_original"] = rmia_on_original(setting, num_references=num_models, progress=progress)
     if audit is not None and out_dir == Path(result_dir):
         audit.evaluation = evaluation  # the search folder is rewritten as a unit, result.h5 gains /evaluation
         audit.write(out_dir)
@@ -93,8 +99,9 @@ def evaluate_command(app, method, result_dir, forget_set, selector, forget_ratio
         evaluation.write(out_dir)
     summary = evaluation.summary()
     app.out.print(evaluation_table(summary, name))
-    if "lira_original" in summary:
-        render_lira_original(app.out, summary["lira_original"])
+    for attack in ("lira", "rmia"):
+        if f"{attack}_original" in summary:
+            render_on_original(app.out, summary[f"{attack}_original"], attack)
     app.out.print(str(out_dir / "evaluation.json"))
 
 
@@ -110,9 +117,9 @@ def sets_of_audit(audit, setting, folder) -> dict:
     return {kind: [torch.as_tensor(s) for s in block.sets] for kind, block in audit.kinds.items()}
 
 
-def render_lira_original(console, lo: dict) -> None:
+def render_on_original(console, lo: dict, attack: str) -> None:
     loo = lo["leave_one_out"]
-    console.print(f"LiRA on the trained model ({lo['num_shadows']} shadows, leave-one-out): "
-                  f"AUC {loo['lira']['auc']:.3f}, TPR@0.1%FPR {loo['lira']['tpr_at_0.1pct_fpr']:.2%} vs loss "
-                  f"threshold AUC {loo['loss_threshold']['auc']:.3f}, TPR@0.1%FPR "
-                  f"{loo['loss_threshold']['tpr_at_0.1pct_fpr']:.2%}")
+    console.print(f"{attack.upper() if attack == 'rmia' else 'LiRA'} on the trained model ({lo['num_shadows']} "
+                  f"shadows, leave-one-out): AUC {loo[attack]['auc']:.3f}, TPR@0.1%FPR "
+                  f"{loo[attack]['tpr_at_0.1pct_fpr']:.2%} vs loss threshold AUC {loo['loss_threshold']['auc']:.3f}, "
+                  f"TPR@0.1%FPR {loo['loss_threshold']['tpr_at_0.1pct_fpr']:.2%}")
