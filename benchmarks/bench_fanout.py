@@ -1,10 +1,12 @@
 """Benchmark: one `compare` audit run serially, on a process pool and on a local Ray instance.
 
     python benchmarks/bench_fanout.py [--repeats 3] [--workers 2] [--out results/fanout.md]
+    python benchmarks/bench_fanout.py --dataset fashion_mnist --train-subset 10000 --repeats 1 --out results/fanout_fashion.md
     python benchmarks/bench_fanout.py --tiny --out /tmp/fanout.md    (synthetic data, 2 methods: a smoke test)
 
-The audit is `worstforget compare --methods all --num-sets 3` on digits: every method and Retrain on three
-random forget sets, all independent units. Each run is a fresh process (`python -m worstforget ...`) on a
+The audit is `worstforget compare --methods all --num-sets 3` (digits by default; Fashion-MNIST with an MLP,
+optionally on a seeded training subset): every method and Retrain on three random forget sets, all
+independent units. Each run is a fresh process (`python -m worstforget ...`) on a
 fresh cache folder that holds only the trained original model (trained once, before any timing), so every
 run computes every unit, and the wall time includes what a user waits for: start-up, the pool's or Ray's
 start, the units, writing the results. Executors run interleaved repeat by repeat, the order rotating, so
@@ -40,11 +42,16 @@ ray.shutdown()
 """
 
 
-def audit_args(tiny: bool) -> list[str]:
-    if tiny:
+def audit_args(opts: argparse.Namespace) -> list[str]:
+    if opts.tiny:
         return ["--dataset", "synthetic", "--epochs", "4", "--methods", "ft,ga", "--num-sets", "2",
                 "--mia-resamples", "1"]
-    return ["--dataset", "digits", "--methods", "all", "--num-sets", "3"]
+    data = ["--dataset", opts.dataset]
+    if opts.dataset != "digits":
+        data += ["--model", "mlp"]
+    if opts.train_subset:
+        data += ["--train-subset", str(opts.train_subset)]
+    return [*data, "--methods", opts.methods, "--num-sets", "3"]
 
 
 def worstforget(args: list[str], cache: Path, env: dict) -> float:
@@ -94,6 +101,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--executors", default=",".join(EXECUTORS), help="comma-separated subset of serial,process,ray")
+    parser.add_argument("--dataset", default="digits", help="digits or fashion_mnist (MLP)")
+    parser.add_argument("--train-subset", type=int, default=0, help="audit a seeded subset of this many training samples")
+    parser.add_argument("--methods", default="all", help="the compare audit's --methods")
     parser.add_argument("--tiny", action="store_true", help="synthetic data and 2 methods, one repeat (a smoke test)")
     parser.add_argument("--out", default="results/fanout.md")
     opts = parser.parse_args()
@@ -104,7 +114,7 @@ def main() -> None:
     command = "python benchmarks/bench_fanout.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     repo = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
-    args = audit_args(opts.tiny)
+    args = audit_args(opts)
     data_args = args[:args.index("--methods")]
     times: dict[str, list[float]] = {e: [] for e in executors}
     startup: list[float] = []

@@ -1,6 +1,6 @@
 """Print the compact Markdown tables of results/README.md from the committed result folders.
 
-    python experiments/tables.py [methods|worst|attacks|all] > /tmp/tables.md
+    python experiments/tables.py [methods|worst|attacks|hardest|all] > /tmp/tables.md
 
 Every number comes from a summary.json / evaluation.json written by the commands in
 results/*/commands.txt, read through worstforget's own result readers (older schemas are upgraded
@@ -92,6 +92,27 @@ def attacks_table(folder: Path) -> None:
                   f"TPR@0.1%FPR {b['tpr_at_0.1pct_fpr']:.2%}.")
 
 
+def hardest_table(folder: Path, key: str = "lira_tpr_at_0.1pct_fpr") -> None:
+    """One row per searched method: its searched set against the best baseline and the random sets on `key`."""
+    print(f"| method | searched set | best baseline | random sets | searched / random | search ≥ best baseline |\n"
+          f"|---|---:|---:|---:|---:|---|")
+    for path in sorted(p.parent for p in folder.glob("*/result.h5")):
+        audit = SearchAudit.read(path)
+        if audit.evaluation is None:
+            continue
+        sets = audit.evaluation.summary()["sets"]
+        score = {kind: block["methods"][audit.method].get(key) for kind, block in sets.items()}
+        if any(v is None for v in score.values()):
+            continue
+        baselines = {k: v for k, v in score.items() if k not in ("worst_case", "random")}
+        best = max(baselines, key=lambda k: baselines[k]["mean"])
+        searched, random_sets = score["worst_case"], score["random"]
+        ratio = f"{searched['mean'] / random_sets['mean']:.1f}×" if random_sets["mean"] > 0 else "–"
+        print(f"| {audit.method} | {fmt_agg(searched, 2)} | {best}: {fmt_agg(baselines[best], 2)} | "
+              f"{fmt_agg(random_sets, 2)} | {ratio} | {'yes' if searched['mean'] >= baselines[best]['mean'] else 'no'} |")
+    print()
+
+
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
     for path in sorted(ROOT.glob("*/methods/summary.json")) if which in ("all", "methods") else []:
@@ -105,6 +126,10 @@ if __name__ == "__main__":
                 heading = path.parent.parent.name
                 print(f"### {heading}\n")
             worst_case_table(path.parent)
+    if which in ("all", "hardest"):
+        for folder in sorted({p.parent.parent for p in ROOT.glob("*/*/result.h5") if (p.parent / "evaluation.json").exists()}):
+            print(f"### {folder.name}: U-LiRA TPR at 0.1% FPR, searched set vs baselines\n")
+            hardest_table(folder)
     if which in ("all", "attacks"):
         for folder in sorted(p.parent.parent for p in ROOT.glob("*/*/evaluation.json") if not (p.parent / "result.h5").exists()):
             print(f"### {folder.name}\n")
