@@ -233,6 +233,68 @@ def test_a_killed_pool_worker_is_retried(tmp_path, pool):
     assert len(killed) == 1 and killed[0] != os.getpid()
 
 
+def children(pid: int) -> list[int]:
+    """PIDs of the live processes whose parent is `pid` (read from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def start_pool_audit(tmp_path: Path) -> tuple[subprocess.Popen, list[int]]:
+    """A compare audit on a 2-worker process pool in a subprocess, once both workers have started."""
+    command = [sys.executable, "-m", "worstforget", "--quiet", "compare", *FAST, "--methods", "all", "--num-sets", "3",
+               "--executor", "process", "--workers", "2", "--cache-dir", str(tmp_path / "cache"),
+               "--out", str(tmp_path / "out")]
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    deadline = time.time() + 120
+    while time.time() < deadline and driver.poll() is None:
+        workers = [c for c in children(driver.pid) if "spawn_main" in (Path("/proc") / str(c) / "cmdline").read_text()]
+        if len(workers) == 2:
+            time.sleep(3)  # let them take units
+            return driver, workers
+        time.sleep(0.2)
+    driver.kill()
+    pytest.fail(f"the pool's workers never started: {driver.communicate()}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_stops_the_driver_and_its_workers_and_writes_nothing(tmp_path):
+    driver, workers = start_pool_audit(tmp_path)
+    driver.send_signal(signal.SIGTERM)
+    _, err = driver.communicate(timeout=60)
+    assert driver.returncode == 1 and "interrupted" in err and "Traceback" not in err, err
+    deadline = time.time() + 20
+    while any(alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(w) for w in workers)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; parent-death signals are Linux's")
+def test_workers_die_with_a_driver_killed_outright(tmp_path):
+    driver, workers = start_pool_audit(tmp_path)
+    driver.kill()
+    driver.communicate(timeout=60)
+    deadline = time.time() + 20
+    while any(alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(w) for w in workers)
+
+
 def test_failures_are_retried_then_reported_with_the_task_label(tmp_path, pool, caplog):
     setting = recipe(tmp_path / "cache").build()
     caplog.set_level("INFO", logger="worstforget")

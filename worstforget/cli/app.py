@@ -271,5 +271,14 @@ def pass_app(fn: Callable) -> Callable:
     return wrapper
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM (`kill`, a batch scheduler's time limit) ends a run like Ctrl-C: the executor's workers are
+    stopped, completed units stay cached, nothing half-written is left."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     cli(prog_name="worstforget")

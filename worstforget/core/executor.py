@@ -250,8 +250,23 @@ def run_in_worker(recipe: SettingRecipe, call: Call, threads: int) -> Outcome:
         return _execute(setting, call, None, in_worker=True)
 
 
+def _die_with_the_driver() -> None:
+    """On Linux, ask the kernel to end this worker when the driver process dies (even by SIGKILL), so no
+    orphan keeps computing a unit nobody will read. Elsewhere the pool's own pipe ends it after its task."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+
+
 def _process_worker_init(threads: int) -> None:
-    """A process-pool worker prints nothing: its output goes to /dev/null (results and logs come back)."""
+    """A process-pool worker prints nothing: its output goes to /dev/null (results and logs come back), and
+    it ends with the driver."""
+    _die_with_the_driver()
     devnull = os.open(os.devnull, os.O_WRONLY)
     for fd in (1, 2):
         os.dup2(devnull, fd)
