@@ -11,7 +11,9 @@ fresh cache folder that holds only the trained original model (trained once, bef
 run computes every unit, and the wall time includes what a user waits for: start-up, the pool's or Ray's
 start, the units, writing the results. Executors run interleaved repeat by repeat, the order rotating, so
 background load hits each alike; the table gives every run, the median and the speed-up serial / executor
-of the medians. Ray's own start-up (a local instance and one trivial task, in a fresh process) is timed
+of the medians. `serial` runs with torch's default intra-op threads (one per core, what a user gets);
+`serial-1-thread` is the same run on one thread, the reference that isolates what fanning out gains from
+what intra-op threads already took (each pool worker runs cores / workers threads). Ray's own start-up (a local instance and one trivial task, in a fresh process) is timed
 separately, so what fanning out gains can be told apart from what starting Ray costs.
 
 On 2 cores expect at most ~1.8×: the units are independent, but the driver, the workers' start (each imports
@@ -30,7 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-EXECUTORS = ("serial", "process", "ray")
+EXECUTORS = ("serial", "serial-1-thread", "process", "ray")
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 RAY_STARTUP = """
 import time
 start = time.perf_counter()
@@ -73,6 +76,13 @@ def ray_startup(workers: int, env: dict) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
+def default_threads(env: dict) -> int:
+    """torch's intra-op thread count in a fresh process with `env` (the serial runs' threads)."""
+    done = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], env=env,
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[-1])
+
+
 def fresh_cache(base: Path, root: Path, name: str) -> Path:
     """A cache folder holding only the trained original (the models folder of `base`)."""
     cache = root / name
@@ -80,12 +90,15 @@ def fresh_cache(base: Path, root: Path, name: str) -> Path:
     return cache
 
 
-def table(times: dict[str, list[float]], startup: list[float], command: str, workers: int, tiny: bool) -> str:
+def table(times: dict[str, list[float]], startup: list[float], command: str, workers: int, tiny: bool,
+          threads: int) -> str:
     serial = statistics.median(times["serial"])
     lines = [f"# Fan-out: one compare audit per executor{' (--tiny smoke test)' if tiny else ''}", "",
              "```", command, "```", "",
-             f"{os.cpu_count()} cores; process and ray with --workers {workers}; each run a fresh process on a fresh "
-             "cache holding only the trained original; executors interleaved, order rotating per repeat.", "",
+             f"{os.cpu_count()} cores; serial on torch's default threads ({threads}), serial-1-thread on one; "
+             f"process and ray with --workers {workers} (each worker {max(1, (os.cpu_count() or 1) // workers)} "
+             "thread(s)); each run a fresh process on a fresh cache holding only the trained original; executors "
+             "interleaved, order rotating per repeat.", "",
              "| executor | runs (s) | median (s) | serial / executor |", "|---|---|---|---|"]
     for name, runs in times.items():
         median = statistics.median(runs)
@@ -100,7 +113,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--executors", default=",".join(EXECUTORS), help="comma-separated subset of serial,process,ray")
+    parser.add_argument("--executors", default=",".join(EXECUTORS),
+                        help="comma-separated subset of " + ",".join(EXECUTORS))
     parser.add_argument("--dataset", default="digits", help="digits or fashion_mnist (MLP)")
     parser.add_argument("--train-subset", type=int, default=0, help="audit a seeded subset of this many training samples")
     parser.add_argument("--methods", default="all", help="the compare audit's --methods")
@@ -113,7 +127,8 @@ def main() -> None:
     repeats = 1 if opts.tiny else opts.repeats
     command = "python benchmarks/bench_fanout.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     repo = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+    env = {k: v for k, v in os.environ.items() if k not in ONE_THREAD}  # torch's default threads unless asked
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))
     args = audit_args(opts)
     data_args = args[:args.index("--methods")]
     times: dict[str, list[float]] = {e: [] for e in executors}
@@ -125,13 +140,14 @@ def main() -> None:
             order = executors[r % len(executors):] + executors[:r % len(executors)]
             for name in order:
                 cache = fresh_cache(root / "base", root, f"run-{r}-{name}")
-                extra = [] if name == "serial" else ["--executor", name, "--workers", str(opts.workers)]
-                times[name].append(worstforget(["compare", *args, *extra], cache, env))
+                extra = [] if name.startswith("serial") else ["--executor", name, "--workers", str(opts.workers)]
+                run_env = {**env, **ONE_THREAD} if name == "serial-1-thread" else env
+                times[name].append(worstforget(["compare", *args, *extra], cache, run_env))
                 shutil.rmtree(cache)
                 print(f"repeat {r + 1}/{repeats} {name}: {times[name][-1]:.1f} s", file=sys.stderr)
             if "ray" in executors:
                 startup.append(ray_startup(opts.workers, env))
-    text = table(times, startup or [float("nan")], command, opts.workers, opts.tiny)
+    text = table(times, startup or [float("nan")], command, opts.workers, opts.tiny, default_threads(env))
     Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
     Path(opts.out).write_text(text)
     print(text)

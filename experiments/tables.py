@@ -94,8 +94,8 @@ def attacks_table(folder: Path) -> None:
 
 def hardest_table(folder: Path, key: str = "lira_tpr_at_0.1pct_fpr") -> None:
     """One row per searched method: its searched set against the best baseline and the random sets on `key`."""
-    print(f"| method | searched set | best baseline | random sets | searched / random | search ≥ best baseline |\n"
-          f"|---|---:|---:|---:|---:|---|")
+    print("| run | searched set | best baseline | random sets | searched / random | search ≥ best baseline |\n"
+          "|---|---:|---:|---:|---:|---|")
     for path in sorted(p.parent for p in folder.glob("*/result.h5")):
         audit = SearchAudit.read(path)
         if audit.evaluation is None:
@@ -108,7 +108,8 @@ def hardest_table(folder: Path, key: str = "lira_tpr_at_0.1pct_fpr") -> None:
         best = max(baselines, key=lambda k: baselines[k]["mean"])
         searched, random_sets = score["worst_case"], score["random"]
         ratio = f"{searched['mean'] / random_sets['mean']:.1f}×" if random_sets["mean"] > 0 else "–"
-        print(f"| {audit.method} | {fmt_agg(searched, 2)} | {best}: {fmt_agg(baselines[best], 2)} | "
+        label = audit.method if path.name == audit.method else f"{path.name} ({audit.method})"
+        print(f"| {label} | {fmt_agg(searched, 2)} | {best}: {fmt_agg(baselines[best], 2)} | "
               f"{fmt_agg(random_sets, 2)} | {ratio} | {'yes' if searched['mean'] >= baselines[best]['mean'] else 'no'} |")
     print()
 
