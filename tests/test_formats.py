@@ -457,3 +457,46 @@ def test_download_idx_files_for_the_loader(tmp_path: Path, monkeypatch: pytest.M
 def test_download_unknown_name(tmp_path: Path) -> None:
     with pytest.raises(WorstforgetError, match="known datasets are"):
         dl.download("imagenet", tmp_path)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(3000, 1, 12, 12), (3000, 40)])
+def test_standardisation_is_the_float64_statistics_whatever_the_threads(threads: int, shape: tuple) -> None:
+    """Train statistics in float64, then elementwise float32 arithmetic: the tensors equal this reference bit for
+    bit, so a driver and its one-thread workers build the same data and the same cache keys."""
+    import torch
+
+    from worstforget.datasets.bundle import build_dataset
+    from worstforget.datasets.raw import RawSplits
+
+    rng = np.random.default_rng(5)
+    x = (rng.integers(0, 256, size=shape) * (rng.random(shape) < 0.4)).astype(np.uint8)
+    y = np.arange(shape[0]) % 10
+    raw = RawSplits(x_train=x, y_train=y, x_test=x[:500], y_test=y[:500], x_val=x[500:800], y_val=y[500:800])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        data = build_dataset("t", raw)
+    finally:
+        torch.set_num_threads(before)
+    axes = (0, 2, 3) if len(shape) == 4 else (0,)
+    x64 = x.astype(np.float64) / 255.0
+    mean = x64.mean(axis=axes, keepdims=True).astype(np.float32)
+    std = np.maximum(x64.std(axis=axes, ddof=1, keepdims=True).astype(np.float32), np.float32(1e-6))
+    expected = (x.astype(np.float32) / np.float32(255.0) - mean) / std
+    np.testing.assert_array_equal(data.x_train.numpy(), expected)
+
+
+@pytest.mark.skipif(_debian_fashion_dir() is None,
+                    reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+def test_fashion_mnist_fingerprint_does_not_depend_on_torch_threads() -> None:
+    """Real Fashion-MNIST once gave another fingerprint with 1 thread than with 2 (float32 reductions), so process
+    workers refused the driver's original model."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; torch.set_num_threads(int(sys.argv[1])); from worstforget.datasets import "
+            "load_dataset; print(load_dataset('fashion_mnist').fingerprint)")
+    prints = {subprocess.run([sys.executable, "-c", code, str(t)], capture_output=True, text=True, check=True)
+              .stdout.split()[-1] for t in (1, 2)}
+    assert len(prints) == 1

@@ -126,9 +126,14 @@ def build_dataset(
         scale = 255.0 if x_train.dtype == np.uint8 else 1.0
     tensors = [torch.as_tensor(np.asarray(a), dtype=torch.float32) / scale for a in (x_train, x_val, x_test)]
     image = tensors[0].dim() == 4
-    dims = (0, 2, 3) if image else (0,)
-    mean = tensors[0].mean(dim=dims, keepdim=True)
-    std = tensors[0].std(dim=dims, keepdim=True).clamp_min(1e-6)
+    # The statistics in float64 with numpy (one thread, fixed summation order): torch's float32 reductions
+    # round differently with the number of threads, which changed the data, its fingerprint and so every
+    # cache key between a driver and its single-threaded workers. The rest is elementwise, hence exact.
+    axes = (0, 2, 3) if image else (0,)
+    train64 = np.asarray(x_train, dtype=np.float64) / scale
+    mean = torch.from_numpy(train64.mean(axis=axes, keepdims=True).astype(np.float32))
+    std = torch.from_numpy(train64.std(axis=axes, ddof=1, keepdims=True).astype(np.float32)).clamp_min(1e-6)
+    del train64
     x_train_t, x_val_t, x_test_t = ((t - mean) / std for t in tensors)
     fingerprint = stable_hash({"name": name, "split_seed": split_seed, "val": val_fraction,
                                "test": test_fraction, "x": x_train_t, "y": y_train, "xt": x_test_t})
