@@ -132,6 +132,7 @@ if __name__ == "__main__":
             print(f"### {folder.name}: U-LiRA TPR at 0.1% FPR, searched set vs baselines\n")
             hardest_table(folder)
     if which in ("all", "attacks"):
-        for folder in sorted(p.parent.parent for p in ROOT.glob("*/*/evaluation.json") if not (p.parent / "result.h5").exists()):
+        for folder in sorted({p.parent.parent for p in ROOT.glob("*/*/evaluation.json")
+                              if not (p.parent / "result.h5").exists()}):
             print(f"### {folder.name}\n")
             attacks_table(folder)
