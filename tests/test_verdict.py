@@ -94,3 +94,21 @@ def test_verdict_uses_attack_scores_with_their_own_intervals():
     entries = {e["measure"]: e for e in verdict(s, evaluation)}
     tpr = entries["lira_tpr_at_0.1pct_fpr"]
     assert tpr["hardest"] == "worst_case" and tpr["over_random"][1] > 0 and tpr["beats_search"] == {}
+
+
+def test_single_runs_give_no_interval_never_a_zero_width_one():
+    d, lo, hi = difference_interval(agg(3.0), agg(1.0, 0.5, 4))
+    assert d == 2.0 and math.isnan(lo) and math.isnan(hi)
+
+
+def test_verdict_on_single_runs_says_there_is_no_interval_and_still_warns():
+    s = summary(agg(1.5), agg(4.0), agg(1.0))
+    (entry,) = verdict(s)
+    assert entry["hardest"] == "memorization" and set(entry["beats_search"]) == {"memorization"}
+    (line,) = verdict_lines([entry])
+    assert "no interval" in line and "[" not in line
+    assert "WARNING: the searched set is not the worst case" in line and "by +2.50, no interval" in line
+    # as read back from summary.json, where NaN is stored as null
+    entry = {**entry, "over_random": [entry["over_random"][0], None, None],
+             "beats_search": {k: [v[0], None, None] for k, v in entry["beats_search"].items()}}
+    assert verdict_lines([entry]) == [line]

@@ -7,6 +7,8 @@ worst-case set, the verdict says so: an auditor must never be handed a "worst ca
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 from ..core.stats import difference_interval, fmt_agg
@@ -63,11 +65,23 @@ def verdict(summary: dict, evaluation: dict | None = None) -> list[dict]:
             beaten = {}
             for kind, agg in candidates.items():
                 diff = difference_interval(agg, candidates["worst_case"])
-                if kind != "worst_case" and diff is not None and diff[1] > 0:
+                # beaten: by an interval above zero, or — single runs, no interval — by its mean
+                if kind != "worst_case" and diff is not None and (diff[1] > 0 or (math.isnan(diff[1]) and diff[0] > 0)):
                     beaten[kind] = diff
             entry["beats_search"] = beaten
         entries.append(entry)
     return entries
+
+
+def _finite(triple) -> tuple[float, float, float]:
+    """(difference, low, high) with a missing bound (None once read back from JSON) as NaN."""
+    return tuple(math.nan if v is None else float(v) for v in triple)  # type: ignore[return-value]
+
+
+def _interval(diff: float, lo: float, hi: float, digits: int) -> str:
+    if math.isnan(lo):
+        return f"{diff:+.{digits}f}, no interval"
+    return f"{diff:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
 def verdict_lines(entries: list[dict], digits: dict[str, int] | None = None) -> list[str]:
@@ -81,19 +95,20 @@ def verdict_lines(entries: list[dict], digits: dict[str, int] | None = None) -> 
             continue
         best, rand = e["values"][e["hardest"]], e["values"]["random"]
         name = f"the {KIND_NAMES.get(e['hardest'], e['hardest'])} set"
-        d0, lo, hi = e["over_random"] or (best["mean"] - rand["mean"], float("nan"), float("nan"))
+        d0, lo, hi = _finite(e["over_random"] or (best["mean"] - rand["mean"], None, None))
         if lo > 0:
             head = f"hardest is {name}"
         elif hi < 0:
             head = f"every set is easier than random sets; the highest is {name}"
         else:
             head = f"no set is clearly harder than random sets; the highest is {name}"
+        if math.isnan(lo):
+            head = f"the highest is {name}, with no interval (single runs: use more seeds or sets)"
         text = (f"{e['label']}: {head} ({fmt_agg(best, d, interval=False)} vs random "
-                f"{fmt_agg(rand, d, interval=False)}; difference {d0:+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]).")
+                f"{fmt_agg(rand, d, interval=False)}; difference {_interval(d0, lo, hi, d)}).")
         beaten = e.get("beats_search") or {}
         if beaten:
-            names = ", ".join(f"the {KIND_NAMES.get(k, k)} set by {v[0]:+.{d}f} [{v[1]:+.{d}f}, {v[2]:+.{d}f}]"
-                              for k, v in beaten.items())
+            names = ", ".join(f"the {KIND_NAMES.get(k, k)} set by {_interval(*_finite(v), d)}" for k, v in beaten.items())
             text += f" WARNING: the searched set is not the worst case by this measure — {names}."
         lines.append(text)
     return lines

@@ -63,7 +63,8 @@ def fmt_agg(agg: Aggregate | float | None, digits: int = 2, *, sep: str = " ± "
 def difference_interval(a: Aggregate, b: Aggregate, *, z: float = 1.96) -> tuple[float, float, float] | None:
     """(a − b, low, high): a normal-approximation interval of a difference of two means, each side's spread
     counted — Welch's standard error over runs, or for a single run its own 95% interval (low, high) read as
-    ±1.96 standard errors; a single run without an interval contributes no spread. None when a mean is missing."""
+    ±1.96 standard errors. A single run without an interval has an unknown spread: then low and high are NaN
+    (no interval — never a zero-width one). None when a mean is missing."""
     if a.get("mean") is None or b.get("mean") is None:
         return None
     diff = a["mean"] - b["mean"]
@@ -73,5 +74,7 @@ def difference_interval(a: Aggregate, b: Aggregate, *, z: float = 1.96) -> tuple
             se2 += side["std"] ** 2 / side["n"]
         elif "low" in side and "high" in side:
             se2 += ((side["high"] - side["low"]) / (2 * 1.96)) ** 2
+        else:
+            return diff, math.nan, math.nan
     half = z * math.sqrt(se2)
     return diff, diff - half, diff + half
