@@ -1,7 +1,8 @@
 """Benchmark: one `compare` audit run serially, on a process pool and on a local Ray instance.
 
     python benchmarks/bench_fanout.py [--repeats 3] [--workers 2] [--out results/fanout.md]
-    python benchmarks/bench_fanout.py --dataset fashion_mnist --train-subset 10000 --repeats 1 --out results/fanout_fashion.md
+    python benchmarks/bench_fanout.py --dataset fashion_mnist --train-subset 10000 \
+        --methods finetune,neggrad_plus,scrub,l1_sparse,random_label --repeats 1 --out results/fanout_fashion_mnist.md
     python benchmarks/bench_fanout.py --tiny --out /tmp/fanout.md    (synthetic data, 2 methods: a smoke test)
 
 The audit is `worstforget compare --methods all --num-sets 3` (digits by default; Fashion-MNIST with an MLP,
@@ -13,8 +14,9 @@ start, the units, writing the results. Executors run interleaved repeat by repea
 background load hits each alike; the table gives every run, the median and the speed-up serial / executor
 of the medians. `serial` runs with torch's default intra-op threads (one per core, what a user gets);
 `serial-1-thread` is the same run on one thread, the reference that isolates what fanning out gains from
-what intra-op threads already took (each pool worker runs cores / workers threads). Ray's own start-up (a local instance and one trivial task, in a fresh process) is timed
-separately, so what fanning out gains can be told apart from what starting Ray costs.
+what intra-op threads already took (each pool worker runs cores / workers threads). Ray's own start-up (a
+local instance and one trivial task, in a fresh process) is timed separately, so what fanning out gains can
+be told apart from what starting Ray costs.
 
 On 2 cores expect at most ~1.8×: the units are independent, but the driver, the workers' start (each imports
 torch and loads the setting) and the longest unit do not shrink with more workers.
@@ -116,7 +118,8 @@ def main() -> None:
     parser.add_argument("--executors", default=",".join(EXECUTORS),
                         help="comma-separated subset of " + ",".join(EXECUTORS))
     parser.add_argument("--dataset", default="digits", help="digits or fashion_mnist (MLP)")
-    parser.add_argument("--train-subset", type=int, default=0, help="audit a seeded subset of this many training samples")
+    parser.add_argument("--train-subset", type=int, default=0,
+                        help="audit a seeded subset of this many training samples")
     parser.add_argument("--methods", default="all", help="the compare audit's --methods")
     parser.add_argument("--tiny", action="store_true", help="synthetic data and 2 methods, one repeat (a smoke test)")
     parser.add_argument("--out", default="results/fanout.md")

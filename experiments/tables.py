@@ -49,7 +49,8 @@ def worst_case_table(path: Path) -> None:
     trace = s["search"]
     overlaps = ", ".join(f"{k} {v:.0%}" for k, v in (s.get("baseline_overlap") or {}).items())
     stability = f", stability Jaccard (seed 0 vs 1) {s['stability']['jaccard']:.2f}" if s.get("stability") else ""
-    ratio = f" ({trace['cost_ratio']:.2f}× {trace.get('cost_reference', 'training')})" if trace.get("cost_ratio") else ""
+    ratio = (f" ({trace['cost_ratio']:.2f}× {trace.get('cost_reference', 'training')})"
+             if trace.get("cost_ratio") else "")
     print(f"**{path.name}** — {s['solver']} search {trace['seconds']:.1f} s{ratio}, set moved "
           f"{1 - trace['overlap_with_initial'][-1]:.0%} from its start, overlap with {overlaps or '–'}{stability}\n")
     columns = [c for c in GAP_COLUMNS if any(c in m for b in s["sets"].values() for m in b["methods"].values())]
@@ -128,7 +129,8 @@ if __name__ == "__main__":
                 print(f"### {heading}\n")
             worst_case_table(path.parent)
     if which in ("all", "hardest"):
-        for folder in sorted({p.parent.parent for p in ROOT.glob("*/*/result.h5") if (p.parent / "evaluation.json").exists()}):
+        for folder in sorted({p.parent.parent for p in ROOT.glob("*/*/result.h5")
+                              if (p.parent / "evaluation.json").exists()}):
             print(f"### {folder.name}: U-LiRA TPR at 0.1% FPR, searched set vs baselines\n")
             hardest_table(folder)
     if which in ("all", "attacks"):

@@ -726,8 +726,8 @@ def test_checkpoint_bytes_per_outer_step_do_not_grow_with_the_step(search_settin
 
     monkeypatch.setattr(loop_module, "write_bytes_atomic", record)
     n = search_setting.data.num_train
-    search_worst_case(search_setting, "finetune", {}, SearchConfig(solver="first_order", outer_steps=6, inner_steps=1), seed=0,
-                      state_dir=tmp_path)
+    search_worst_case(search_setting, "finetune", {}, SearchConfig(solver="first_order", outer_steps=6, inner_steps=1),
+                      seed=0, state_dir=tmp_path)
     assert rows == [(t + 2) * 8 * n for t in range(6)]  # one row of N float64 appended per step
     assert max(states) < 8 * n + 16_000  # the state: the last gradient and a small history
     assert max(states) - min(states) < 2_000  # (a few bytes of history and one digest per step)

@@ -21,10 +21,11 @@ from worstforget.methods import make_method
 from worstforget.search import SearchConfig, search_worst_case
 from worstforget.search.config import UNROLL_BACKENDS
 from worstforget.search.problem import Problem
-from hypergradients import assert_matches_finite_differences
 from worstforget.search.solvers import SOLVERS
 from worstforget.search.solvers.unrolled import Unroll, stepper_class
 from worstforget.setting import prepare_setting
+
+from hypergradients import assert_matches_finite_differences
 
 BACKENDS = ("higher", "torch.func")
 EQUIVALENCE_METHODS = ("finetune", "random_label", "l1_sparse", "scrub", "neggrad_plus", "salun", "bad_teacher", "unsir")

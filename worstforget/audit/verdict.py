@@ -8,7 +8,6 @@ worst-case set, the verdict says so: an auditor must never be handed a "worst ca
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 from ..core.stats import difference_interval, fmt_agg
@@ -96,19 +95,20 @@ def verdict_lines(entries: list[dict], digits: dict[str, int] | None = None) -> 
         best, rand = e["values"][e["hardest"]], e["values"]["random"]
         name = f"the {KIND_NAMES.get(e['hardest'], e['hardest'])} set"
         d0, lo, hi = _finite(e["over_random"] or (best["mean"] - rand["mean"], None, None))
-        if lo > 0:
+        if math.isnan(lo):
+            head = f"the highest is {name}, with no interval (single runs: use more seeds or sets)"
+        elif lo > 0:
             head = f"hardest is {name}"
         elif hi < 0:
             head = f"every set is easier than random sets; the highest is {name}"
         else:
             head = f"no set is clearly harder than random sets; the highest is {name}"
-        if math.isnan(lo):
-            head = f"the highest is {name}, with no interval (single runs: use more seeds or sets)"
         text = (f"{e['label']}: {head} ({fmt_agg(best, d, interval=False)} vs random "
                 f"{fmt_agg(rand, d, interval=False)}; difference {_interval(d0, lo, hi, d)}).")
         beaten = e.get("beats_search") or {}
         if beaten:
-            names = ", ".join(f"the {KIND_NAMES.get(k, k)} set by {_interval(*_finite(v), d)}" for k, v in beaten.items())
+            names = ", ".join(f"the {KIND_NAMES.get(k, k)} set by {_interval(*_finite(v), d)}"
+                              for k, v in beaten.items())
             text += f" WARNING: the searched set is not the worst case by this measure — {names}."
         lines.append(text)
     return lines

@@ -99,7 +99,7 @@ def evaluate_command(app, method, result_dir, forget_set, selector, forget_ratio
         evaluation.write(out_dir)
     summary = evaluation.summary()
     app.out.print(evaluation_table(summary, name))
-    for attack in ("lira", "rmia"):
+    for attack in ATTACK_NAMES:
         if f"{attack}_original" in summary:
             render_on_original(app.out, summary[f"{attack}_original"], attack)
     app.out.print(str(out_dir / "evaluation.json"))
@@ -117,9 +117,12 @@ def sets_of_audit(audit, setting, folder) -> dict:
     return {kind: [torch.as_tensor(s) for s in block.sets] for kind, block in audit.kinds.items()}
 
 
+ATTACK_NAMES = {"lira": "LiRA", "rmia": "RMIA"}
+
+
 def render_on_original(console, lo: dict, attack: str) -> None:
     loo = lo["leave_one_out"]
-    console.print(f"{attack.upper() if attack == 'rmia' else 'LiRA'} on the trained model ({lo['num_shadows']} "
+    console.print(f"{ATTACK_NAMES[attack]} on the trained model ({lo['num_shadows']} "
                   f"shadows, leave-one-out): AUC {loo[attack]['auc']:.3f}, TPR@0.1%FPR "
                   f"{loo[attack]['tpr_at_0.1pct_fpr']:.2%} vs loss threshold AUC {loo['loss_threshold']['auc']:.3f}, "
                   f"TPR@0.1%FPR {loo['loss_threshold']['tpr_at_0.1pct_fpr']:.2%}")

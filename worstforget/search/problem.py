@@ -1,7 +1,7 @@
 """The bi-level problem instance shared by both solvers: data, original model, lower-level method, budget."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -76,9 +76,7 @@ class Problem:
         With `rows` (training indices), the logits are those rows' and so is the result. (len(rows),)"""
         refs, y = self.references(), self.data.y_train
         if rows is not None:
-            y = y[rows]
-            if refs is not None:
-                refs = replace(refs, **{f.name: getattr(refs, f.name)[rows] for f in fields(refs)})
+            y, refs = y[rows], None if refs is None else refs.rows(rows)
         return per_sample_objective(logits, y, self.config.objective, None if refs is None else refs.to(logits.dtype))
 
     def values(self, model, rows: torch.Tensor | None = None) -> torch.Tensor:

@@ -124,6 +124,10 @@ class SampleReferences:
     def to(self, dtype: torch.dtype) -> "SampleReferences":
         return SampleReferences(*(t.to(dtype) for t in (self.prob_mean, self.prob_std, self.lsc_mean, self.lsc_std)))
 
+    def rows(self, index: torch.Tensor) -> "SampleReferences":
+        """The statistics of the samples `index` (training indices), aligned with those rows' logits."""
+        return SampleReferences(*(t[index] for t in (self.prob_mean, self.prob_std, self.lsc_mean, self.lsc_std)))
+
 
 def _masked_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     # the same float32 arithmetic the memorization proxy has always used (torch sums, then divides)
