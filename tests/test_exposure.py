@@ -25,13 +25,14 @@ from worstforget.methods import make_method
 from worstforget.search import SearchConfig
 from worstforget.search.objectives import OBJECTIVES, per_sample_objective, uses_references
 from worstforget.search.problem import Problem
-from hypergradients import assert_matches_finite_differences
 from worstforget.search.solvers import SOLVERS
 from worstforget.search.solvers.first_order import lower_method
 from worstforget.setting import prepare_setting
 from worstforget.training.loop import fit
 from worstforget.training.memorization import memorization_scores
 from worstforget.training.reference import ReferenceStats, SampleReferences, exposure, reference_statistics
+
+from hypergradients import assert_matches_finite_differences
 
 
 @pytest.fixture()
@@ -255,3 +256,21 @@ def test_search_cli_passes_lower_level_and_reference_models(monkeypatch, cli_run
     assert (cfg.objective, cfg.lower_level, cfg.reference_models) == ("exposure", "method", 6)
     bad = cli_runner.invoke(cli, ["search", "--dataset", "synthetic", "--lower-level", "adam"])
     assert bad.exit_code != 0 and "--lower-level" in bad.output
+
+
+@pytest.mark.parametrize("objective", ("exposure", "loss"))
+def test_objective_on_some_rows_is_the_full_objective_at_those_rows(setting, objective):
+    """The warm solver scores only the support between refreshes: on training indices `rows` the objective must
+    read those samples' labels and reference statistics, giving exactly the full pass's values there."""
+    problem = Problem(setting=setting, method=make_method("finetune").resolved(32),
+                      config=SearchConfig(objective=objective, reference_models=4).validate())
+    full = problem.values(setting.original)
+    rows = torch.tensor([7, 0, 31, 2, 19])  # unsorted, as any index set may be
+    torch.testing.assert_close(problem.values(setting.original, rows), full[rows], rtol=0, atol=0)
+    refs = problem.references()
+    if objective == "exposure":
+        part = refs.rows(rows)
+        for name in ("prob_mean", "prob_std", "lsc_mean", "lsc_std"):
+            assert torch.equal(getattr(part, name), getattr(refs, name)[rows])
+    else:
+        assert refs is None  # the loss reads no references
