@@ -7,8 +7,8 @@ prints the median over the set's samples of: φ under the trained original, the 
 models that trained on the sample (IN) and of those that did not (OUT, random halves), the mean φ of the
 retrained and of the unlearned models, and the two gaps |unlearned − OUT| and |unlearned − retrained|. A
 set whose original φ equals OUT carries no membership signal of its own: exposure there is made by the
-method. The setting (data, original, reference models) is rebuilt from the audit's run.json options and the
-cache, as the audit had it.
+method. The setting (data, original, reference models) is rebuilt from the model recipe stored in the audit's
+summary.json and the cache, and checked against the audit's original-model key.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("folder", type=Path, help="one search result folder (summary.json, evaluation.h5)")
     parser.add_argument("--cache-dir", default=None, help="the cache the audit ran with (default: the usual)")
     parser.add_argument("--reference-models", type=int, default=16)
+    parser.add_argument("--train-subset", type=int, default=None, help="the audit's --train-subset, if it had one")
     args = parser.parse_args()
 
     from worstforget.audit.result import SearchAudit
@@ -46,11 +47,13 @@ def main() -> None:
     except WorstforgetError as exc:
         raise SystemExit(str(exc)) from None
     setting_doc = audit.summary()["setting"]
-    data = setting_doc["dataset"]
-    setting = prepare_setting(dataset=data["name"], model=setting_doc["model"]["name"], cache_dir=args.cache_dir)
+    spec = setting_doc["model"]
+    setting = prepare_setting(dataset=setting_doc["dataset"]["name"], model=spec["name"], norm=spec["norm"],
+                              train_overrides=spec["train"], seed=spec["seed"], cache_dir=args.cache_dir,
+                              train_subset=args.train_subset)
     if setting.original_key != setting_doc["original_key"]:
         raise SystemExit(f"the cache rebuilt another original ({setting.original_key}, the audit's "
-                         f"{setting_doc['original_key']}); pass the audit's --cache-dir")
+                         f"{setting_doc['original_key']}); pass the audit's --cache-dir and --train-subset")
     refs = setting.references(args.reference_models)
     out_mean, in_mean = refs.out_mean("lsc"), refs.in_mean("lsc")
     with torch.no_grad():

@@ -295,3 +295,34 @@ def test_rmia_vs_lira_script_on_tiny_setting(tmp_path, monkeypatch):
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| setting")]
     assert len(rows) == 2 * 2 * 2  # {original, finetune} × {4, 6} models × {LiRA, RMIA}
     assert {row.split("|")[3].strip() for row in rows} == {"LiRA", "RMIA"}
+
+
+def test_exposure_anatomy_script_reads_an_audit_and_its_scores(tmp_path, monkeypatch, capsys):
+    """The per-set φ medians of experiments/exposure_anatomy.py against the stored arrays of a real (tiny) audit."""
+    import h5py
+    import numpy as np
+    from click.testing import CliRunner
+
+    from worstforget.cli import cli
+
+    cache, out = tmp_path / "cache", tmp_path / "audit"
+    result = CliRunner().invoke(cli, ["--quiet", "search", "--method", "ft", "--dataset", "synthetic", "--epochs", "4",
+                                      "--outer-steps", "2", "--num-random", "1", "--no-stability", "--baselines",
+                                      "lowest_loss", "--attacks", "lira", "--num-models", "2", "--mia-resamples", "1",
+                                      "--cache-dir", str(cache), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    spec = importlib.util.spec_from_file_location("exposure_anatomy", ROOT / "experiments" / "exposure_anatomy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", ["exposure_anatomy.py", str(out), "--cache-dir", str(cache)])
+    module.main()
+    rows = {line.split("|")[1].strip(): [float(c) for c in line.split("|")[2:-1]]
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line
+            and not line.startswith("| set")}
+    assert set(rows) == {"worst_case", "lowest_loss", "random"}
+    with h5py.File(out / "evaluation.h5", "r") as h5:
+        group = h5["lowest_loss/0/finetune"]
+        unlearned, retrained = group["lsc_unlearned"][:].mean(0), group["lsc_retrained"][:].mean(0)
+    assert rows["lowest_loss"][3] == pytest.approx(np.median(retrained), abs=0.006)
+    assert rows["lowest_loss"][4] == pytest.approx(np.median(unlearned), abs=0.006)
+    assert rows["lowest_loss"][6] == pytest.approx(np.median(np.abs(unlearned - retrained)), abs=0.006)
