@@ -78,12 +78,34 @@ def test_verdict_warns_when_a_heuristic_beats_the_search():
     assert "WARNING: the searched set is not the worst case" in line and "memorization heuristic" in line
 
 
-def test_verdict_never_judges_on_a_flagged_metric():
-    s = summary(agg(3.0, 0.2, 2), agg(1.0, 0.1, 2), agg(1.0, 0.5, 10))
+def test_verdict_leaves_out_only_the_flagged_set_kinds():
+    s = summary(agg(3.0, 0.2, 2), agg(4.0, 0.1, 2), agg(1.0, 0.5, 10))
+    s["sets"]["memorization"]["flags"] = {"MIA_logit": ["saturated"]}
+    (entry,) = verdict(s)
+    # the memorization sets (mean 4.0, which would win) are left out; the search is judged against random
+    assert entry["left_out"] == {"memorization": ["saturated"]} and set(entry["values"]) == {"worst_case", "random"}
+    assert entry["hardest"] == "worst_case" and entry["beats_search"] == {}
+    (line,) = verdict_lines([entry])
+    assert "hardest is the searched worst-case set" in line and "Left out: the memorization heuristic sets" in line
+    assert "saturated" in line and "WARNING" not in line
+
+
+def test_a_flagged_searched_set_is_left_out_and_the_rest_still_judged():
+    s = summary(agg(3.0, 0.2, 2), agg(2.0, 0.1, 2), agg(1.0, 0.1, 10))
     s["sets"]["worst_case"]["flags"] = {"MIA_logit": ["unstable"]}
     (entry,) = verdict(s)
+    assert entry["hardest"] == "memorization" and "beats_search" not in entry
+    assert "Left out: the searched worst-case sets (MIA_logit unstable)" in verdict_lines([entry])[0]
+
+
+def test_a_flagged_random_baseline_gives_no_verdict_and_says_so():
+    s = summary(agg(3.0, 0.2, 2), agg(1.0, 0.1, 2), agg(1.0, 0.5, 10))
+    s["sets"]["random"]["flags"] = {"MIA_logit": ["unstable"]}
+    (entry,) = verdict(s)
     assert "hardest" not in entry and "unstable" in entry["skipped"]
-    assert verdict_lines([entry])[0].startswith("Avg. Gap (MIA_logit): no verdict")
+    line = verdict_lines([entry])[0]
+    assert line.startswith("Avg. Gap (MIA_logit): no verdict — the random baseline is flagged")
+    assert "unstable on the random sets" in line
 
 
 def test_verdict_uses_attack_scores_with_their_own_intervals():

@@ -149,8 +149,11 @@ def test_objective_comes_from_one_batched_pass_of_the_continued_model(setting, m
 def test_without_a_state_or_with_a_changing_plan_it_is_the_first_order_solver(setting):
     n = setting.data.num_train
     w = torch.full((n,), 0.1, dtype=torch.float64)
-    cold = FIRST_ORDER(make_problem(setting, solver="first_order"), w, 5)
+    whole = make_problem(setting, solver="first_order")
+    whole.whole_run = True  # without inner_steps the fallback runs the method's whole run, not 2 epochs of it
+    cold = FIRST_ORDER(whole, w, 5)
     torch.testing.assert_close(WARM(make_problem(setting), w, 5).grad, cold.grad, rtol=0, atol=0)
+    assert not torch.equal(FIRST_ORDER(make_problem(setting, solver="first_order"), w, 5).grad, cold.grad)
     scrub = make_problem(setting, "scrub", inner_steps=2)
     state = solver_state(WARM, scrub)
     assert "change with the epoch" in state.cold_reason and state.run is None
@@ -319,3 +322,68 @@ class _Only:
 
     def get(self, name):
         return self.solver
+
+
+def test_by_default_the_outer_steps_span_the_methods_own_run(setting):
+    """k = ⌈epochs × passes of the lead stream on a set of m samples / outer steps⌉, so the search scores the
+    model the method leaves at the end of its run (not after a fraction of its first epoch)."""
+    import math
+
+    problem = make_problem(setting, "finetune", {"epochs": 3}, outer_steps=4)
+    n, m = setting.data.num_train, problem.budget
+    run_length = 3 * math.ceil((n - m) / 32)  # finetune leads with its retain stream, batch 32
+    assert problem.inner_steps == math.ceil(run_length / 4)
+    ga = make_problem(setting, "gradient_ascent", {"epochs": 2}, outer_steps=4)  # leads with the forget stream
+    assert ga.inner_steps == max(1, math.ceil(2 * math.ceil(m / 32) / 4))
+    fixed = make_problem(setting, "finetune", {"epochs": 3}, outer_steps=4, warm_fraction=0.5)
+    assert fixed.inner_steps == round(0.5 * math.ceil(n / 32))
+
+
+def test_a_spanning_run_counts_its_steps_on_so_schedules_see_one_run(setting, monkeypatch):
+    """Across outer steps the lower level's step counter goes on and its run length stays the method's, so a
+    schedule (an lr schedule, ℓ1-sparse's decaying penalty) runs once over the search, not once per outer step."""
+    seen = []
+    method_cls = type(make_method("l1_sparse", {}))
+    real = method_cls.lr_scale
+
+    def spy(self, ctx):
+        seen.append((ctx.step, ctx.total_steps))
+        return real(self, ctx)
+
+    monkeypatch.setattr(method_cls, "lr_scale", spy)
+    problem = make_problem(setting, "l1_sparse", {"epochs": 2, "schedule": "cosine"}, outer_steps=3)
+    state = solver_state(WARM, problem)
+    w = torch.zeros(setting.data.num_train, dtype=torch.float64)
+    w[: problem.budget] = 1.0
+    for step in range(3):
+        WARM(problem, w, step, state=state)
+    k = problem.inner_steps
+    assert [s for s, _ in seen] == list(range(3 * k))  # one counter across the outer steps
+    totals = {t for _, t in seen}
+    assert totals == {max(problem.inner_steps * 3, state.run_length(w))}  # the whole run's length, not k
+    assert state.restarts == 0 and state.run.age == 3 * k
+
+
+def test_a_spanning_run_walks_an_epoch_dependent_plan_in_order(setting, monkeypatch):
+    """SCRUB's plan changes with the epoch (max phases, then min phases, lr decays by epoch): spanned over the
+    outer steps, the pieces take the plan's steps in the order one run of the method takes them."""
+    from worstforget.methods.base import plan_length
+
+    seen = []
+    method_cls = type(make_method("scrub", {}))
+    real = method_cls.lr_scale
+    monkeypatch.setattr(method_cls, "lr_scale", lambda self, ctx: seen.append(ctx.epoch) or real(self, ctx))
+    problem = make_problem(setting, "scrub", {"epochs": 3}, outer_steps=4)
+    w = torch.zeros(setting.data.num_train, dtype=torch.float64)
+    w[: problem.budget] = 1.0
+    method = problem.method
+    ctx = method.context(setting.original, setting.data, w.float(), seed=0)
+    length = plan_length(method, ctx, w.float())
+    method.apply(setting.original, setting.data, w.float(), seed=0)
+    one_run, seen[:] = list(seen), []
+    state = solver_state(WARM, problem)
+    assert state.cold_reason is None  # spanning, an epoch-dependent plan is continued, not run from the original
+    for step in range(4):
+        WARM(problem, w, step, state=state)
+    assert len(one_run) == length and seen[:length] == one_run
+    assert state.restarts == 0

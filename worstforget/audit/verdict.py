@@ -1,5 +1,6 @@
 """The audit's verdict: which forget set is hardest for the method by which measure, by how much over random
-sets — judged with both sides' spread (an interval of the difference) and never on a flagged metric.
+sets — judged with both sides' spread (an interval of the difference) and never on a flagged metric: a set kind whose
+MIA column is flagged is left out of that measure (and named); a flagged random baseline leaves no verdict.
 
 A measure is "higher = harder for the method": its Avg. Gap to Retrain (with either MIA column), or the
 exposure a per-example attack finds (U-LiRA, RMIA) when attacks ran. If a baseline set beats the searched
@@ -49,12 +50,17 @@ def verdict(summary: dict, evaluation: dict | None = None) -> list[dict]:
         if "random" not in values or len(values) < 2:
             continue
         entry = {"measure": m.key, "label": m.label, "values": values}
-        if m.flagged_by:
-            flagged = {kind: summary["sets"][kind].get("flags", {}).get(m.flagged_by, []) for kind in values}
-            flagged = {k: f for k, f in flagged.items() if f}
-            if flagged:
+        if m.flagged_by:  # a flagged set kind is left out of this measure; the others are still judged
+            flags = {kind: summary["sets"][kind].get("flags", {}).get(m.flagged_by, []) for kind in values}
+            left_out = {k: list(f) for k, f in flags.items() if f}
+            if left_out:
+                entry["left_out"] = left_out
+                entry["flagged_by"] = m.flagged_by
+                values = {k: v for k, v in values.items() if k not in left_out}
+                entry["values"] = values
+            if "random" in left_out or len(values) < 2:
                 entry["skipped"] = "; ".join(f"{m.flagged_by} {'/'.join(f)} on the {KIND_NAMES.get(k, k)} sets"
-                                             for k, f in flagged.items())
+                                             for k, f in left_out.items())
                 entries.append(entry)
                 continue
         candidates = {k: v for k, v in values.items() if k != "random"}
@@ -90,7 +96,9 @@ def verdict_lines(entries: list[dict], digits: dict[str, int] | None = None) -> 
     for e in entries:
         d = places.get(e["measure"], 2)
         if "skipped" in e:
-            lines.append(f"{e['label']}: no verdict — {e['skipped']}.")
+            why = ("the random baseline is flagged, so nothing can be compared with it"
+                   if "random" in (e.get("left_out") or {}) else "too few unflagged set kinds")
+            lines.append(f"{e['label']}: no verdict — {why} ({e['skipped']}).")
             continue
         best, rand = e["values"][e["hardest"]], e["values"]["random"]
         name = f"the {KIND_NAMES.get(e['hardest'], e['hardest'])} set"
@@ -110,5 +118,9 @@ def verdict_lines(entries: list[dict], digits: dict[str, int] | None = None) -> 
             names = ", ".join(f"the {KIND_NAMES.get(k, k)} set by {_interval(*_finite(v), d)}"
                               for k, v in beaten.items())
             text += f" WARNING: the searched set is not the worst case by this measure — {names}."
+        left = e.get("left_out") or {}
+        if left:
+            text += " Left out: " + "; ".join(f"the {KIND_NAMES.get(k, k)} sets ({e.get('flagged_by', 'MIA')} "
+                                              f"{'/'.join(f)})" for k, f in left.items()) + "."
         lines.append(text)
     return lines

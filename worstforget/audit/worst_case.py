@@ -3,7 +3,7 @@ on baseline sets of the same size — random sets, and one-shot heuristics (lowe
 original, most memorised, most exposed) — and, on request, attack every set."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,6 +26,9 @@ from .result import SearchAudit
 from .units import method_label, run_on_kinds
 
 
+SELECT_MODELS = 8  # unlearned and retrained models per candidate when selection is on by default
+
+
 @dataclass
 class AuditOptions:
     num_random: int = 5  # random forget sets of the same size
@@ -36,12 +39,20 @@ class AuditOptions:
     baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))  # one-shot sets (BASELINES)
     attacks: list[str] = field(default_factory=list)  # per-example attacks on every set (`evaluate`'s)
     num_models: int = 16  # unlearned and retrained models per set for the attacks
+    # attack-validated selection among candidate sets with this many models a side (0: off); None: on, with
+    # SELECT_MODELS, when a per-example attack judges the sets (lira, rmia), so the search consults that attack
+    select_models: int | None = None
 
     def validate(self) -> "AuditOptions":
         if self.num_random < 1 or self.seeds < 1:
             raise ConfigError("an audit needs at least one random set and one unlearning seed")
         if self.attacks and self.num_models < 2:
             raise ConfigError("--num-models must be at least 2 for attacks")
+        if self.select_models is None:
+            self.select_models = SELECT_MODELS if {"lira", "rmia"} & set(self.attacks) else 0
+        if self.select_models and self.select_models < 4:
+            raise ConfigError(f"--select-models must be 0 (no selection) or at least 4 (U-LiRA needs 2 shadows "
+                              f"and 2 targets a side), got {self.select_models}")
         self.eval_methods = [METHODS.canonical(m) for m in self.eval_methods]
         self.eval_params = {METHODS.canonical(m): p for m, p in self.eval_params.items()}
         for m in self.eval_methods:
@@ -127,12 +138,17 @@ def audit_worst_case(setting: Setting, method: str, params: dict | None, cfg: Se
         found, again = executor.map(setting, [
             Call(search_task, (name, params, cfg, seed, state_dir, resume, refs, init_units),
                  label=f"search for {method_label(name, params)}, seed {seed}"),
-            Call(search_task, (name, params, cfg, seed + 1, state_dir, resume, None, init_units),
+            Call(search_task, (name, params, cfg, seed + 1, state_dir, resume, refs, init_units),
                  label=f"stability search for {method_label(name, params)}, seed {seed + 1}")],
             progress=progress, description="searches")
         stability = {"seed_a": seed, "seed_b": seed + 1, "jaccard": jaccard(found.units, again.units)}
     else:
         found = search_task(setting, name, params, cfg, seed, state_dir, resume, refs, init_units, progress=progress)
+
+    selection = None
+    if options.select_models:
+        found, selection = _select(setting, name, params, cfg, seed, problem, baselines, randoms, found, again,
+                                   options, progress, executor)
 
     methods = [(name, params)] + [(m, options.eval_params.get(m, {})) for m in options.eval_methods
                                   if m not in (name, "retrain")]
@@ -146,12 +162,12 @@ def audit_worst_case(setting: Setting, method: str, params: dict | None, cfg: Se
     trace = {"weights": found.weight_history.numpy(), "final_weights": found.weights.numpy(),
              "objective": np.asarray(history["objective"]), "step_size": np.asarray(history["step_size"]),
              "overlap_with_initial": np.asarray(history["overlap_with_initial"]),
-             "overlap_with_random": np.asarray([history[f"overlap_with_random_{r}"] for r in range(len(randoms))])}
+             "overlap_with_random": np.asarray([_trace(history, f"overlap_with_random_{r}") for r in range(len(randoms))])}
     forget_sets = {"worst_case": found.indices.numpy(), "worst_case_units": found.units.numpy(),
                    "initial_units": found.initial_units.numpy(),
                    "random": [s.numpy() for s in sets["random"]]}
     for b, units in baselines.items():
-        trace[f"overlap_with_{b}"] = np.asarray(history[f"overlap_with_{b}"])
+        trace[f"overlap_with_{b}"] = _trace(history, f"overlap_with_{b}")
         forget_sets[b] = sets[b][0].numpy()
         forget_sets[f"{b}_units"] = units.numpy()
     if again is not None:
@@ -163,8 +179,9 @@ def audit_worst_case(setting: Setting, method: str, params: dict | None, cfg: Se
     config = {"search": cfg.to_dict(), "audit": asdict(options), "method_params": instance.hyperparameters(),
               "eval_params": {m: p for m, p in methods}}
     audit = SearchAudit(header=header, seeds=seeds, kinds=kinds, provenance=setting.provenance(config),
-                        search=trace, search_info={**_cost(setting, found.seconds, kinds, problem, found.key),
-                                                   **({"init": start} if start else {})},
+                        search=trace, search_info={**_cost(setting, found, again, kinds, problem, options, selection),
+                                                   **({"init": start} if start else {}),
+                                                   **({"selection": selection} if selection else {})},
                         forget_sets=forget_sets, stability=stability,
                         baseline_overlap={b: overlap(found.units, u) for b, u in baselines.items()})
     if options.attacks:
@@ -173,6 +190,12 @@ def audit_worst_case(setting: Setting, method: str, params: dict | None, cfg: Se
         audit.evaluation = evaluate_sets(setting, [(name, params)], sets, num_models=options.num_models,
                                          attacks=options.attacks, progress=progress, executor=executor)
     return audit
+
+
+def _trace(history: dict, key: str) -> np.ndarray:
+    """A per-step overlap of the search's history (NaN where a run kept none: one resumed from an older state)."""
+    steps = len(history["objective"])
+    return np.asarray(history.get(key, [float("nan")] * steps), dtype=np.float64)
 
 
 def search_task(setting: Setting, name: str, params: dict, cfg: SearchConfig, seed: int, state_dir: str | Path | None,
@@ -202,16 +225,78 @@ def best_start(problem: Problem, baselines: dict[str, torch.Tensor], seed: int) 
     return {"baseline": best, "objective": values}
 
 
-def _cost(setting: Setting, seconds: float, kinds: dict, problem: Problem, key: str) -> dict:
-    """The search's wall time against training the original — or, when that time is unknown (a checkpoint),
-    against one Retrain on a random set (its median over runs)."""
+# Objectives whose searches compete in attack-validated selection beside the search's own: each is a hypothesis
+# of what separates the method from Retrain (logit exposure, the probability gap, a fit the method leaves intact).
+PORTFOLIO = ("exposure", "confidence", "loss")
+
+
+def _select(setting: Setting, name: str, params: dict, cfg: SearchConfig, seed: int, problem: Problem,
+            baselines: dict[str, torch.Tensor], randoms: list[torch.Tensor], found, again, options: AuditOptions,
+            progress, executor):
+    """Attack-validated selection (audit/selection.py). Candidates: the search and its stability twin, a search
+    with each other PORTFOLIO objective, and from each baseline set a search started there and the set itself
+    (its step 0). The most exposed by a cheap U-LiRA is returned with the selection's record; its run (a
+    baseline start has none of its own: the search from it) gives the reported trace."""
+    from .selection import select_by_attack
+
+    refs = {**{f"random_{r}": u for r, u in enumerate(randoms)}, **baselines}
+    runs = {"search": found, **({"stability": again} if again is not None else {})}
+    calls, names = [], []
+    for objective in (o for o in PORTFOLIO if o != cfg.objective):
+        names.append(f"objective_{objective}")
+        calls.append(Call(search_task, (name, params, replace(cfg, objective=objective), seed, None, False, refs, None),
+                          label=f"search for {method_label(name, params)} by the {objective} objective"))
+    for b, units in baselines.items():
+        names.append(f"from_{b}")
+        calls.append(Call(search_task, (name, params, replace(cfg, init="heuristic"), seed, None, False, refs, units),
+                          label=f"search for {method_label(name, params)} from the {b} set"))
+    if calls:
+        runs.update(zip(names, executor.map(setting, calls, progress=progress, description="candidate searches")))
+    candidates = {k: r.indices for k, r in runs.items()}
+    candidates.update({b: problem.members(u) for b, u in baselines.items()})
+    chosen = select_by_attack(setting, name, params, candidates, num_models=options.select_models,
+                              progress=progress, executor=executor)
+    chosen["search_seconds"] = float(sum(r.seconds for k, r in runs.items() if k not in ("search", "stability")))
+    chosen["overlap_with_search"] = {k: overlap(v, found.indices) for k, v in candidates.items()}
+    pick = chosen["chosen"]
+    if pick in baselines:  # a baseline set at the start of its own search: that run's trace, its start as the set
+        run = runs[f"from_{pick}"]
+        start = baselines[pick].cpu().sort().values
+        return replace(run, units=start, indices=problem.members(start)), chosen
+    return runs[pick], chosen
+
+
+def _cost(setting: Setting, found, again, kinds: dict, problem: Problem, options: AuditOptions,
+          selection: dict | None = None) -> dict:
+    """What the search cost against training the original — or, when that time is unknown (a checkpoint),
+    against one Retrain on a random set (its median over runs): the search, its stability twin and the
+    reference models behind the objective and the baselines (trained by this run, or shared from the cache)."""
+    from ..search.objectives import uses_references
+    from ..training.reference import TRAINED_HERE, reference_key
+
     if setting.train_seconds:
         reference, label = setting.train_seconds, "training the original"
     else:
         reference, label = float(np.median(kinds["random"].metrics["retrain"]["RTE"])), "one Retrain"
-    return {"seconds": seconds, "train_seconds": setting.train_seconds, "cost_reference": label,
-            "cost_ratio": seconds / reference if reference > 0 else None,
-            "inner_steps": problem.inner_steps, "key": key}
+    ratio = (lambda s: s / reference if reference > 0 and s is not None else None)  # noqa: E731
+    cost = {"seconds": found.seconds, "train_seconds": setting.train_seconds, "cost_reference": label,
+            "cost_ratio": ratio(found.seconds), "inner_steps": problem.inner_steps, "key": found.key,
+            "stability_seconds": again.seconds if again is not None else None}
+    k = problem.config.reference_models
+    if uses_references(problem.config.objective) or {"memorization", "exposure"} & set(options.baselines):
+        stats = setting.references(k)
+        trained = reference_key(setting.spec, setting.data, num_models=k, seed=0) in TRAINED_HERE
+        cost["reference_models"] = {"num_models": k, "seconds": stats.seconds,
+                                    "source": "trained" if trained else "cache", "cost_ratio": ratio(stats.seconds)}
+    parts = [found.seconds, cost["stability_seconds"] or 0.0]
+    if "reference_models" in cost and cost["reference_models"]["source"] == "trained":
+        parts.append(cost["reference_models"]["seconds"] or 0.0)
+    if selection:
+        cost["selection_seconds"] = selection["search_seconds"] + selection["seconds"]
+        parts.append(cost["selection_seconds"])
+    cost["total_seconds"] = float(sum(parts))
+    cost["total_cost_ratio"] = ratio(cost["total_seconds"])
+    return cost
 
 
 __all__ = ["AuditOptions", "BASELINES", "audit_worst_case", "baseline_units", "random_units"]

@@ -82,13 +82,41 @@ def print_verdict(console, summary: dict) -> None:
             console.print("  " + line, style="red" if "WARNING" in line else None)
 
 
+def cost_phrase(trace: dict) -> str:
+    """'search 0.9s + stability search 0.9s + 16 reference models 18.4s (trained now; shared, once per setting)
+    = 20.2s (3.61× training the original)': every part the command ran, with the reference models marked when
+    they came from the cache (then outside the total)."""
+    ratio = trace.get("cost_ratio")
+    parts = [f"search {trace['seconds']:.1f}s" + (f" ({ratio:.2f}×)" if ratio is not None else "")]
+    if trace.get("stability_seconds") is not None:
+        parts.append(f"stability search {trace['stability_seconds']:.1f}s")
+    if trace.get("selection_seconds") is not None:
+        sel = trace.get("selection") or {}
+        parts.append(f"attack-validated selection {trace['selection_seconds']:.1f}s "
+                     f"({len(sel.get('scores', {}))} candidates × {sel.get('num_models', '?')}+{sel.get('num_models', '?')} models)")
+    refs = trace.get("reference_models")
+    if refs:
+        took = "time unknown" if refs.get("seconds") is None else f"{refs['seconds']:.1f}s"
+        if refs.get("source") == "trained":
+            parts.append(f"{refs['num_models']} reference models {took} (trained now; shared, once per setting)")
+    text = " + ".join(parts)
+    if "total_seconds" in trace:
+        total_ratio = trace.get("total_cost_ratio")
+        text += f" = {trace['total_seconds']:.1f}s" + (f" ({total_ratio:.2f}× {trace['cost_reference']})"
+                                                       if total_ratio is not None else "")
+    elif ratio is not None:  # results written before the cost breakdown
+        text += f" ({trace['cost_reference']})"
+    if refs and refs.get("source") == "cache":
+        took = "time unknown" if refs.get("seconds") is None else f"{refs['seconds']:.1f}s when trained"
+        text += f"; {refs['num_models']} reference models from the cache (shared, once per setting: {took})"
+    return "search: " + text[len("search "):]
+
+
 def search_line(summary: dict) -> str:
     s, trace = summary, summary["search"]
     moved = 1 - trace["overlap_with_initial"][-1]
     ratio = trace.get("cost_ratio")
-    line = (f"search: {trace['seconds']:.1f}s"
-            + (f" ({ratio:.2f}× {trace['cost_reference']})" if ratio is not None else "")
-            + f", {len(trace['objective'])} outer steps, set moved {moved:.0%} away from its start")
+    line = cost_phrase(trace) + f"; {len(trace['objective'])} outer steps, set moved {moved:.0%} away from its start"
     if trace.get("init"):
         line += f" (started from the {KIND_LABELS.get(trace['init']['baseline'], trace['init']['baseline'])} set)"
     if trace.get("train_seconds") is None:
@@ -98,6 +126,13 @@ def search_line(summary: dict) -> str:
         line += ", overlap with " + ", ".join(f"{KIND_LABELS.get(b, b)} {v:.0%}" for b, v in overlaps.items())
     if s.get("stability"):
         line += f", Jaccard with seed {s['stability']['seed_b']}: {s['stability']['jaccard']:.2f}"
+    sel = trace.get("selection")
+    if sel:
+        def tpr(name: str) -> str:
+            return f"{sel['scores'][name]['tpr_at_1pct_fpr']:.2f}"
+        line += (f"; selection kept the {sel['chosen'].replace('_', ' ')} set (U-LiRA TPR@1%FPR {tpr(sel['chosen'])} "
+                 f"on {sel['num_models']}+{sel['num_models']} selection models; "
+                 + ", ".join(f"{k.replace('_', ' ')} {tpr(k)}" for k in sel["scores"] if k != sel["chosen"]) + ")")
     return line
 
 

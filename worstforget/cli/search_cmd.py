@@ -18,8 +18,9 @@ from .basic import _params_option
               show_default=True,
               help="warm: one unlearning run continued across outer steps (fast); first-order: K steps from the "
                    "original every outer step (the paper's); unrolled: differentiate through K SGD steps.")
-@click.option("--warm-fraction", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
-              help="warm: epochs of the method's steps per outer step.")
+@click.option("--warm-fraction", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="warm: epochs of the method's steps per outer step [default: the outer steps span the method's "
+                   "own run on a set of m samples].")
 @click.option("--warm-restart", type=click.Choice(["budget", "never"]), default="budget", show_default=True,
               help="warm: restart the run from the original when it outlives the method's own run (budget).")
 @click.option("--warm-refresh", type=click.IntRange(min=1), default=10, show_default=True,
@@ -37,7 +38,7 @@ from .basic import _params_option
               help="Upper step α, in units of the gradient's std (see --raw-step).")
 @click.option("--raw-step", is_flag=True, help="Use α on the raw gradient (the paper's update) instead of normalising.")
 @click.option("--gamma", type=click.FloatRange(min=0), default=1e-4, show_default=True, help="γ of the ‖w‖² term.")
-@click.option("--objective", type=RegistryChoice("..search.objectives:OBJECTIVES"), default="exposure",
+@click.option("--objective", type=RegistryChoice("..search.objectives:OBJECTIVES"), default="confidence",
               show_default=True, help="Per-sample upper objective (see `worstforget list objectives`); "
                                       "`--objective loss --lower-level sign` is the paper's search.")
 @click.option("--reference-models", type=click.IntRange(min=2), default=16, show_default=True,
@@ -63,6 +64,11 @@ from .basic import _params_option
               "writes evaluation.json (see `worstforget evaluate`).")
 @click.option("--num-models", type=click.IntRange(min=2), default=16, show_default=True,
               help="Unlearned and retrained models per set for --attacks.")
+@click.option("--select-models", type=click.IntRange(min=0), default=None,
+              help="Attack-validated selection: score the search, its stability twin and a search started from each "
+                   "baseline with U-LiRA on this many unlearned and retrained models (≥ 4; 0 = off) and keep the "
+                   "most exposed; --attacks then scores it with fresh models [default: 8 with --attacks lira or "
+                   "rmia, else 0].")
 @_params_option
 @click.option("--resume", is_flag=True, help="Continue an interrupted search from its last outer step.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -72,7 +78,7 @@ from .basic import _params_option
 @pass_app
 def search_command(app, method, forget_ratio, solver, warm_fraction, warm_restart, warm_refresh, unroll_backend, lower_level, reference_models, outer_steps, inner_steps, inner_lr, upper_lr, raw_step, gamma,
                    objective, granularity, init, num_random, baselines, eval_methods, params_file, num_seeds, seed, stability,
-                   attacks, num_models, params, resume, out, as_json, **opts) -> None:
+                   attacks, num_models, select_models, params, resume, out, as_json, **opts) -> None:
     """Search the worst-case forget set for METHOD and report it against random sets of the same size."""
     import json
 
@@ -102,7 +108,7 @@ def search_command(app, method, forget_ratio, solver, warm_fraction, warm_restar
     options = AuditOptions(num_random=num_random, eval_methods=extra, eval_params=tuned, seeds=num_seeds,
                            stability=stability, attacks=parse_attacks(attacks) if attacks.strip() else [],
                            baselines=[] if baselines.strip() == "none" else [b for b in baselines.split(",") if b.strip()],
-                           num_models=num_models).validate()
+                           num_models=num_models, select_models=select_models).validate()
     out_dir = Path(out) if out else Path("worstforget-out") / f"search-{opts['dataset'].replace(':', '_')}-{name}"
     check_output_dir(out_dir)
     executor = executor_from_options(app, opts)

@@ -254,11 +254,28 @@ class StreamSampler:
             return next(self._queue)
 
 
+def plan_length(method: UnlearningMethod, ctx: Context, w: torch.Tensor) -> int:
+    """Steps of the method's whole run under forget weights `w`: every runnable phase of every epoch of its plan,
+    one pass of the phase's lead stream each (what `run_loop` takes without `max_steps`)."""
+    bs = method.batch_size or 128
+    total = 0
+    for epoch in range(method.epochs):
+        for phase in method.phases(epoch, ctx):
+            sizes = [StreamSampler(s, w, bs, torch.Generator()) for s in phase.streams]
+            if all(len(z) > 0 for z in sizes):
+                total += sizes[0].steps_per_pass()
+    return total
+
+
 def run_loop(method: UnlearningMethod, stepper: Any, ctx: Context, *, progress: Progress | None = None,
-             max_steps: int | None = None) -> None:
+             max_steps: int | None = None, total_steps: int | None = None, skip: int = 0) -> None:
     """The shared epoch/phase/stream loop; `stepper.model` is the (possibly functional) model.
 
     With `max_steps`, epochs repeat (the method's epoch plan cycling) until exactly that many steps ran.
+    Steps count on from `ctx.step` (0 for a fresh run; a continued run passes its age), and schedules read
+    `ctx.step / ctx.total_steps`: `total_steps` is the length of the whole run when this call is one piece of
+    it (default: the steps of this call). `skip` starts at that position of the plan (the steps a continued run
+    already took), so a run taken in pieces walks its epoch plan — phases, per-epoch lr — in order.
 
     Raises:
         DivergedError: a step's loss was NaN or ±inf (checked once per epoch from a device-side record, so
@@ -280,8 +297,9 @@ def run_loop(method: UnlearningMethod, stepper: Any, ctx: Context, *, progress: 
     if max_steps is not None:
         if per_plan == 0:
             return
-        plan = plan * math.ceil(max_steps / per_plan)
-    ctx.total_steps = max(1, max_steps if max_steps is not None else per_plan)
+        plan = plan * math.ceil((skip + max_steps) / per_plan)
+    ctx.total_steps = max(1, total_steps or (max_steps if max_steps is not None else per_plan))
+    first, position = ctx.step, 0
     watch = DivergenceWatch(method.name, method.lr)
     task = (progress or NullProgress()).task(f"unlearn {method.name}", len(plan))
     try:
@@ -291,7 +309,10 @@ def run_loop(method: UnlearningMethod, stepper: Any, ctx: Context, *, progress: 
                 if not runnable(phase):
                     continue
                 for _ in range(samplers[phase.streams[0]].steps_per_pass()):
-                    if max_steps is not None and ctx.step >= max_steps:
+                    if position < skip:  # taken by an earlier piece of this run
+                        position += 1
+                        continue
+                    if max_steps is not None and ctx.step - first >= max_steps:
                         break
                     batches = {s: _next_batch(samplers[s], data, w, aug_g if method.augment else None)
                                for s in phase.streams}
@@ -301,6 +322,7 @@ def run_loop(method: UnlearningMethod, stepper: Any, ctx: Context, *, progress: 
                     watch.observe(loss)
                     stepper.step(loss, ctx)
                     ctx.step += 1
+                    position += 1
             watch.check(ctx.total_steps)
             task.advance(1)
         watch.check(ctx.total_steps, params=stepper.model.parameters())

@@ -33,10 +33,12 @@ class SearchConfig:
     upper_lr: float = 0.5  # α; in units of the gradient's std when normalize_step
     normalize_step: bool = True  # divide the upper gradient by its std (False: the paper's raw step)
     gamma: float = 1e-4  # γ of the ‖w‖² term
-    objective: str = "exposure"  # a name in search.objectives.OBJECTIVES: exposure | loss (the paper's) | margin
+    objective: str = "confidence"  # search.objectives.OBJECTIVES: confidence | exposure | loss (the paper's) | margin
     reference_models: int = 16  # models on random halves behind objectives that read references (exposure)
     granularity: str = "sample"  # sample | class
-    warm_fraction: float = 0.05  # warm: epochs of lower-level steps per outer step (when inner_steps is None)
+    # warm: epochs of lower-level steps per outer step (when inner_steps is None); None: the outer steps span the
+    # method's own run on a set of m samples (its epochs × passes of its lead stream / outer_steps)
+    warm_fraction: float | None = None
     warm_restart: str = "budget"  # warm: when the continuing run restarts from the original (WARM_RESTARTS)
     warm_refresh: int = 10  # warm: every this many outer steps the objective of every sample, else of w > 0 only
     init: str = "uniform"  # uniform (w = m/N) | random (a random binary set, the reference code's start) | heuristic
@@ -48,7 +50,7 @@ class SearchConfig:
             raise ConfigError("--outer-steps must be at least 1")
         if self.inner_steps is not None and self.inner_steps < 1:
             raise ConfigError("--inner-steps must be at least 1")
-        if not 0 < self.warm_fraction <= 100:
+        if self.warm_fraction is not None and not 0 < self.warm_fraction <= 100:
             raise ConfigError(f"--warm-fraction must be a positive number of epochs (at most 100), "
                               f"got {self.warm_fraction}")
         if self.warm_refresh < 1:

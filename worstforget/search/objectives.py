@@ -55,6 +55,22 @@ def exposure_objective(logits: torch.Tensor, y: torch.Tensor, refs: SampleRefere
 exposure_objective.uses_references = True
 
 
+@OBJECTIVES.register("confidence")
+def confidence_objective(logits: torch.Tensor, y: torch.Tensor, refs: SampleReferences | None) -> torch.Tensor:
+    """Minus |p_y − mean p_y of models that never trained on the sample|, p_y the true-label probability.
+
+    The probability scale of the accuracy gap and of MIA-Efficacy (an SVC on this confidence): a sample
+    the unlearned model still gets right with confidence while a model that never saw it does not (or the
+    reverse, for relabelling) moves both. Two-sided, like `exposure`, whose logit scale U-LiRA reads.
+    """
+    if refs is None:
+        raise ValueError("the confidence objective needs the reference statistics (SampleReferences)")
+    return -(torch.softmax(logits, 1).gather(1, y[:, None]).squeeze(1) - refs.prob_mean).abs()
+
+
+confidence_objective.uses_references = True
+
+
 def per_sample_objective(logits: torch.Tensor, y: torch.Tensor, kind: str,
                          refs: SampleReferences | None = None) -> torch.Tensor:
     """The registered objective `kind` of every sample. (N,)"""

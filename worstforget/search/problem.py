@@ -21,7 +21,9 @@ class Problem:
     method: UnlearningMethod  # resolved (batch size set); the lower level's copy is derived per solver
     config: SearchConfig
     progress: Any = None  # sink for the lower level's progress bars
+    whole_run: bool = False  # first-order: the lower level is the method's whole run (the warm solver's fallback)
     _references: SampleReferences | None = field(default=None, init=False, repr=False)
+    _span: int | None = field(default=None, init=False, repr=False)
 
     @property
     def data(self):
@@ -48,6 +50,12 @@ class Problem:
         if self.config.solver == "unrolled":
             return 10
         steps_per_epoch = -(-self.data.num_train // (self.method.batch_size or 128))
+        if self.config.solver == "warm" and self.config.warm_fraction is None:
+            if self._span is None:  # the method's whole run on a set of m units, spread over the outer steps
+                from .solvers.warm import span_steps
+
+                self._span = span_steps(self)
+            return self._span
         if self.config.solver == "warm":  # a fraction of an epoch of the lower level's own batches
             batch_size = self.config.inner_batch_size or self.method.batch_size or 128
             return max(1, round(self.config.warm_fraction * -(-self.data.num_train // batch_size)))

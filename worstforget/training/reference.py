@@ -15,7 +15,7 @@ under a hash of those (`ArrayCache` kind "reference") and shared by every consum
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,6 +25,7 @@ from ..core.cache import ArrayCache
 from ..core.errors import ConfigError
 from ..core.hashing import stable_hash
 from ..core.progress import Progress
+from ..core.runtime import Timer
 from ..core.seeds import derive_seed, generator
 from ..datasets import Dataset
 from .loop import fit, predict_logits
@@ -38,7 +39,9 @@ VERSION = 2  # bump when what is stored changes, so old cached arrays are not re
 # The streams the halves and the model seeds are drawn from. They carry the name of the memorization
 # proxy, which introduced these models, so its scores are unchanged now that it reads them from here.
 STREAM = "memorization"
-UNITS = ("prob", "lsc")  # true-label probability | logit-scaled confidence (log p_y − log Σ_{j≠y} p_j)
+UNITS = ("prob", "lsc")
+# keys of the reference models this process trained (→ seconds): a cost line tells them from cached ones
+TRAINED_HERE: dict[str, float] = {}  # true-label probability | logit-scaled confidence (log p_y − log Σ_{j≠y} p_j)
 
 
 def reference_key(spec: ModelSpec, data: Dataset, *, num_models: int, seed: int) -> str:
@@ -75,6 +78,8 @@ class ReferenceStats:
     inside: np.ndarray  # (K, N) bool
     prob: np.ndarray  # (K, N) float32, softmax of the float32 logits
     lsc: np.ndarray  # (K, N) float64, from the float32 logits in double precision
+    seconds: float | None = None  # wall time of their training, measured when trained (None: unknown)
+    source: str = "trained"  # trained (by this call) | cache (trained earlier, shared by every consumer)
 
     @property
     def num_models(self) -> int:
@@ -153,16 +158,28 @@ def reference_statistics(spec: ModelSpec, data: Dataset, *, num_models: int = 16
     cache = cache if cache is not None else ArrayCache()
     key = reference_key(spec, data, num_models=num_models, seed=seed)
     shape = (num_models, data.num_train)
-    hit = cache.get(CACHE_KIND, key)
-    if hit is not None and all(hit.get(k, np.empty(0)).shape == shape for k in ("inside", "prob", "lsc")):
-        return ReferenceStats(inside=hit["inside"].astype(bool), prob=hit["prob"], lsc=hit["lsc"])
+    hit = _from_cache(cache.get(CACHE_KIND, key), shape)
+    if hit is not None:
+        return hit
     with cache.lock(CACHE_KIND, key):
-        hit = cache.get(CACHE_KIND, key)  # trained meanwhile by another process?
-        if hit is not None and all(hit.get(k, np.empty(0)).shape == shape for k in ("inside", "prob", "lsc")):
-            return ReferenceStats(inside=hit["inside"].astype(bool), prob=hit["prob"], lsc=hit["lsc"])
-        stats = _train(spec, data, num_models, seed, progress, ensemble.fit_ensemble)
-        cache.put(CACHE_KIND, key, {"inside": stats.inside, "prob": stats.prob, "lsc": stats.lsc})
+        hit = _from_cache(cache.get(CACHE_KIND, key), shape)  # trained meanwhile by another process?
+        if hit is not None:
+            return hit
+        with Timer() as timer:
+            stats = _train(spec, data, num_models, seed, progress, ensemble.fit_ensemble)
+        stats = replace(stats, seconds=timer.seconds)
+        TRAINED_HERE[key] = timer.seconds
+        cache.put(CACHE_KIND, key, {"inside": stats.inside, "prob": stats.prob, "lsc": stats.lsc,
+                                    "seconds": np.array(timer.seconds)})
     return stats
+
+
+def _from_cache(hit: dict | None, shape: tuple[int, int]) -> ReferenceStats | None:
+    if hit is None or not all(hit.get(k, np.empty(0)).shape == shape for k in ("inside", "prob", "lsc")):
+        return None
+    seconds = float(hit["seconds"]) if "seconds" in hit else None  # entries from before timing: unknown
+    return ReferenceStats(inside=hit["inside"].astype(bool), prob=hit["prob"], lsc=hit["lsc"], seconds=seconds,
+                          source="cache")
 
 
 def _train(spec, data: Dataset, num_models: int, seed: int, progress, fit_ensemble) -> ReferenceStats:

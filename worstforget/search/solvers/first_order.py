@@ -39,7 +39,8 @@ def first_order(problem: Problem, w_var: torch.Tensor, seed: int) -> Hypergradie
     method = problem.method
     if method.iterative:
         model = lower_method(problem).apply(problem.setting.original, problem.data, w, seed=seed,
-                                            spec=problem.setting.spec, max_steps=problem.inner_steps,
+                                            spec=problem.setting.spec,
+                                            max_steps=None if problem.whole_run else problem.inner_steps,
                                             progress=problem.progress)
     else:  # retrain, influence, plugins: run the method itself on the weighted set
         model = method.apply(problem.setting.original, problem.data, w, seed=seed, spec=problem.setting.spec,

@@ -47,6 +47,7 @@ bit.
 from __future__ import annotations
 
 import copy
+import math
 import logging
 from dataclasses import dataclass, replace
 from typing import Any
@@ -55,7 +56,7 @@ import torch
 from torch import nn
 
 from ...methods import UnlearningMethod
-from ...methods.base import Context, Stepper, StreamSampler, check_weights, run_loop
+from ...methods.base import Context, Stepper, check_weights, plan_length, run_loop
 from ..problem import Problem
 from .base import SOLVERS, Hypergradient
 from .first_order import first_order, lower_method
@@ -91,7 +92,10 @@ class WarmState:
 
     def __init__(self, problem: Problem):
         self.problem = problem
-        self.method = replace(lower_method(problem), schedule="constant")
+        # spanning the method's run (the default), the run has an end: its own schedule (lr, ℓ1 decay) runs over
+        # the outer steps as over one run; a fixed fraction per step makes a run without an end: constant lr
+        self.span = problem.config.warm_fraction is None and problem.config.inner_steps is None
+        self.method = lower_method(problem) if self.span else replace(lower_method(problem), schedule="constant")
         self.run: WarmRun | None = None
         self.restarts = 0  # runs started after the first
         self.steps = 0  # outer steps taken
@@ -101,7 +105,9 @@ class WarmState:
             zeros = torch.zeros(problem.data.num_train, device=problem.data.device)
             probe = self.method.context(problem.setting.original, problem.data, zeros, seed=0,
                                         spec=problem.setting.spec)
-        self.cold_reason = continuation_problem(self.method, probe)
+        # a spanning run walks the method's epoch plan in order, so only a method that is no loop runs cold
+        self.cold_reason = ((None if self.method.iterative else f"{self.method.name} is not an iterative loop")
+                            if self.span else continuation_problem(self.method, probe))
         if self.cold_reason is not None:
             LOGGER.warning("warm solver: %s; its lower level runs from the original at every outer step "
                            "(the first-order solver's)", self.cold_reason)
@@ -114,9 +120,12 @@ class WarmState:
             self.run = self._start(w, seed)
         run = self.run
         ctx = run.ctx
-        ctx.weights, ctx.seed, ctx.epoch, ctx.step = w, seed, 0, 0  # this outer step's batches and augmentation
-        run_loop(run.method, run.stepper, ctx, progress=self.problem.progress, max_steps=k)
-        run.age += ctx.step
+        begin = run.age if self.span else 0  # a spanning run counts its steps on, so schedules see the whole run
+        ctx.weights, ctx.seed, ctx.epoch, ctx.step = w, seed, 0, begin  # this outer step's batches, augmentation
+        total = max(self.run_length(w), k * self.problem.config.outer_steps) if self.span else None
+        run_loop(run.method, run.stepper, ctx, progress=self.problem.progress, max_steps=k, total_steps=total,
+                 skip=begin)
+        run.age += ctx.step - begin
         return self._finished(run)
 
     def score(self, model: nn.Module, w: torch.Tensor) -> torch.Tensor:
@@ -131,14 +140,14 @@ class WarmState:
         return self.values
 
     def run_length(self, w: torch.Tensor) -> int:
-        """Steps of the method's own run under weights `w`: its epochs × the passes of its lead stream."""
-        lead = self.method.phases(0, self.run.ctx)[0].streams[0]
-        passes = StreamSampler(lead, w, self.method.batch_size or 128, torch.Generator()).steps_per_pass()
-        return self.method.epochs * passes
+        """Steps of the method's own run under weights `w` (every phase of its epoch plan)."""
+        return plan_length(self.method, self.run.ctx, w)
 
     def _restart_due(self, w: torch.Tensor, k: int) -> bool:
         if self.problem.config.warm_restart == "never" or self.run.age == 0:
             return False
+        if self.span:  # k = ⌈run / outer steps⌉ may overshoot the run by less than k: restart once it is over
+            return self.run.age >= self.run_length(w)
         return self.run.age + k > self.run_length(w)
 
     def _start(self, w: torch.Tensor, seed: int) -> WarmRun:
@@ -191,10 +200,28 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
+def span_steps(problem: Problem) -> int:
+    """Steps per outer step that make the outer steps span the method's own run on a set of m units (every phase
+    of its epoch plan under binary weights, divided by the outer steps). The search then scores the model the
+    method leaves at the end of its run, not after its first epoch; a method that is no loop gets 1 (its lower
+    level is the first-order solver's)."""
+    method = lower_method(problem)
+    if not method.iterative:
+        return 1
+    w_var = torch.zeros(problem.num_vars, dtype=torch.float64, device=problem.data.device)
+    w_var[: problem.budget] = 1.0
+    w = problem.expand(w_var).float()
+    ctx = method.context(problem.setting.original, problem.data, w, seed=0, spec=problem.setting.spec)
+    return max(1, math.ceil(plan_length(method, ctx, w) / problem.config.outer_steps))
+
+
 def cold_problem(problem: Problem) -> Problem:
-    """The same problem for the first-order solver (its inner steps: 2 epochs unless `inner_steps` is set)."""
+    """The same problem for the first-order solver. Its lower level is the method's whole run from the original
+    (unless `inner_steps` is set): a method whose plan changes with the epoch is searched on what it does, never
+    on a few steps of its first phase."""
     cold = replace(problem, config=replace(problem.config, solver="first_order"))
     cold._references = problem._references  # the reference statistics are the same constants
+    cold.whole_run = problem.config.inner_steps is None
     return cold
 
 

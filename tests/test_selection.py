@@ -1,0 +1,112 @@
+"""Attack-validated selection: the split-averaged U-LiRA against a transcription of one evaluation per halving,
+the choice of the most exposed candidate, and the audit's use of it (fresh models for the report, the chosen
+run's set reported as the worst case, its cost in the search line)."""
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from worstforget.audit import selection as selection_module
+from worstforget.cli import cli
+from worstforget.scoring.privacy import lira_attack_metrics, lira_online, u_lira_split_average
+
+
+def _one_halving(u, r, pu, pr):
+    hu, hr = len(u) // 2, len(r) // 2
+    pos = np.concatenate([lira_online(u[pu[hu:]], u[pu[:hu]], r[pr[:hr]]).ravel(),
+                          lira_online(u[pu[:hu]], u[pu[hu:]], r[pr[hr:]]).ravel()])
+    neg = np.concatenate([lira_online(r[pr[hr:]], u[pu[:hu]], r[pr[:hr]]).ravel(),
+                          lira_online(r[pr[:hr]], u[pu[hu:]], r[pr[hr:]]).ravel()])
+    return lira_attack_metrics(pos, neg)
+
+
+def test_split_average_is_the_mean_of_one_u_lira_per_halving():
+    rng = np.random.default_rng(3)
+    u = rng.normal(0.8, 1.0, (8, 40)) + rng.normal(0, 1, 40)
+    r = rng.normal(0.0, 1.3, (6, 40))
+    perm = np.random.default_rng(11)
+    halvings = [(np.arange(8), np.arange(6))] + [(perm.permutation(8), perm.permutation(6)) for _ in range(3)]
+    expected = [_one_halving(u, r, pu, pr) for pu, pr in halvings]
+    got = u_lira_split_average(u, r, splits=4, seed=11)
+    for key in ("tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "auc"):
+        assert got[key] == pytest.approx(np.mean([e[key] for e in expected]), abs=1e-12)
+    assert u_lira_split_average(u, r, splits=1)["auc"] == pytest.approx(expected[0]["auc"], abs=1e-12)
+    with pytest.raises(Exception, match="at least 4 models"):
+        u_lira_split_average(u[:3], r)
+
+
+def test_selection_keeps_the_most_exposed_candidate_and_scores_duplicates_once(monkeypatch):
+    """Candidates are scored by the attack alone: a stub gives each set a known exposure, and the choice and the
+    per-candidate scores follow it; two candidates holding one set share one scoring (one set of models)."""
+    exposure = {(0, 1, 2): 0.9, (3, 4, 5): 2.5, (6, 7, 8): 1.4}
+    trained = []
+
+    def fake_calls(method, params, forget, seeds):
+        trained.append((method, tuple(forget.tolist()), tuple(seeds)))
+        shift = exposure[tuple(forget.tolist())] if method != "retrain" else 0.0
+        return [lambda shift=shift, s=s: [{"lsc": np.random.default_rng(s).normal(shift, 1.0, 3)}] for s in seeds]
+
+    class Serial:
+        def map(self, setting, calls, **_):
+            return [c() for c in calls]
+
+    monkeypatch.setattr(selection_module, "statistics_calls", fake_calls)
+    cands = {"search": torch.tensor([0, 1, 2]), "stability": torch.tensor([2, 1, 0]),
+             "from_memorization": torch.tensor([3, 4, 5]), "from_exposure": torch.tensor([6, 7, 8])}
+    out = selection_module.select_by_attack(None, "finetune", {}, cands, num_models=6, executor=Serial())
+    assert out["chosen"] == "from_memorization"
+    assert out["scores"]["search"] == out["scores"]["stability"]  # the same set, scored once
+    assert len([t for t in trained if t[0] == "finetune"]) == 3
+    order = sorted(out["scores"], key=lambda k: out["scores"][k]["tpr_at_1pct_fpr"])
+    assert order[-1] == "from_memorization" and out["scores"]["search"]["auc"] < out["scores"]["from_exposure"]["auc"]
+    # the selection's models never share seeds with the reported attack (0…N−1, 100000+)
+    seeds = {s for t in trained for s in t[2]}
+    assert min(seeds) >= selection_module.SELECT_SEED and not seeds & (set(range(16)) | set(range(100_000, 100_016)))
+
+
+def test_search_with_selection_reports_the_chosen_set_with_fresh_models(tmp_path):
+    out = tmp_path / "out"
+    args = ["--quiet", "search", "--method", "ft", "--dataset", "synthetic", "--epochs", "4", "--outer-steps", "3",
+            "--num-random", "2", "--seeds", "2", "--mia-resamples", "1", "--select-models", "4",
+            "--attacks", "lira", "--num-models", "4", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    sel = summary["search"]["selection"]
+    baselines = {"lowest_loss", "memorization", "exposure"}
+    assert set(sel["scores"]) == ({"search", "stability", "objective_exposure", "objective_loss"} | baselines
+                                  | {f"from_{b}" for b in baselines})
+    best = max(sel["scores"], key=lambda k: (sel["scores"][k]["tpr_at_1pct_fpr"], sel["scores"][k]["auc"]))
+    assert sel["chosen"] == best and sel["num_models"] == 4
+    chosen = np.load(out / "worst_case_indices.npy")
+    assert len(chosen) == summary["forget_size"]
+    with h5py.File(out / "result.h5") as res:  # the chosen candidate is the reported worst case
+        cands = {k: res[f"forget_sets/{k}"][()] for k in baselines}
+    if sel["chosen"] in baselines:
+        np.testing.assert_array_equal(np.sort(chosen), np.sort(cands[sel["chosen"]]))
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert "worst_case" in ev["sets"]  # scored by the report's own (fresh) models
+    assert summary["search"]["selection_seconds"] > 0
+    assert summary["search"]["total_seconds"] >= summary["search"]["seconds"] + summary["search"]["selection_seconds"]
+    assert "selection kept the" in " ".join(result.output.split())
+
+
+def test_select_models_below_four_is_refused_in_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["--quiet", "search", "--dataset", "synthetic", "--select-models", "3",
+                                      "--cache-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert result.exit_code != 0 and "--select-models must be 0" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_selection_is_on_by_default_exactly_when_a_per_example_attack_judges():
+    from worstforget.audit.worst_case import SELECT_MODELS, AuditOptions
+
+    assert AuditOptions().validate().select_models == 0
+    assert AuditOptions(attacks=["loss", "ks"]).validate().select_models == 0
+    assert AuditOptions(attacks=["lira"]).validate().select_models == SELECT_MODELS
+    assert AuditOptions(attacks=["rmia"], select_models=0).validate().select_models == 0
