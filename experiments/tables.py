@@ -1,6 +1,6 @@
 """Print the compact Markdown tables of results/README.md from the committed result folders.
 
-    python experiments/tables.py [methods|worst|attacks|hardest|all] > /tmp/tables.md
+    python experiments/tables.py [methods|worst|attacks|hardest|matrix|all] > /tmp/tables.md
 
 Every number comes from a summary.json / evaluation.json written by the commands in
 results/*/commands.txt, read through worstforget's own result readers (older schemas are upgraded
@@ -115,12 +115,54 @@ def hardest_table(folder: Path, key: str = "lira_tpr_at_0.1pct_fpr") -> None:
     print()
 
 
+def matrix_table(folder: Path) -> None:
+    """The worst-case matrix (results/worst_case_matrix/<dataset>/<cell>/seed<k>): per cell and search seed, U-LiRA
+    TPR at 0.1% and 1% FPR and AUC (bootstrap intervals) of the searched set, the best baseline and the random
+    sets; the candidate selection kept; the stability Jaccard; the search's cost; and the issue's criterion
+    (where any set reaches ≥ 3× random at 0.1% FPR: searched ≥ best baseline and ≥ 3× random)."""
+    for data in sorted(p for p in folder.iterdir() if p.is_dir()):
+        print(f"#### {data.name}\n")
+        print("| cell | seed | searched TPR@0.1% | TPR@1% | AUC | best baseline TPR@0.1% | random TPR@0.1% | kept "
+              "| Jaccard | search + selection (× training) | criterion |\n|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|")
+        for path in sorted(p.parent for p in data.glob("*/seed*/result.h5")):
+            audit = SearchAudit.read(path)
+            if audit.evaluation is None:
+                continue
+            s, sets = audit.summary(), audit.evaluation.summary()["sets"]
+            m = audit.method
+
+            def get(kind, key):
+                return sets[kind]["methods"][m].get(key)
+            key = "lira_tpr_at_0.1pct_fpr"
+            base = {k: get(k, key) for k in sets if k not in ("worst_case", "random")}
+            best = max(base, key=lambda k: base[k]["mean"]) if base else None
+            w, r = get("worst_case", key), get("random", key)
+            top = max([w["mean"], r["mean"]] + [v["mean"] for v in base.values()])
+            counts = top >= 3 * r["mean"] and r["mean"] >= 0
+            ok = w["mean"] >= (base[best]["mean"] if best else 0) and w["mean"] >= 3 * r["mean"]
+            trace = s["search"]
+            sel = (trace.get("selection") or {}).get("chosen", "–")
+            train = trace.get("train_seconds")
+            own = trace["seconds"] + (trace.get("selection_seconds") or 0.0)
+            refs = (trace.get("reference_models") or {}).get("cost_ratio")
+            ratio = None if not train else f"{own / train:.2f} (+ refs {'–' if refs is None else f'{refs:.2f}'})"
+            jac = f"{s['stability']['jaccard']:.2f}" if s.get("stability") else "–"
+            print(f"| {path.parent.name} | {path.name[4:]} | {fmt_agg(w, 2)} | {fmt_agg(get('worst_case', 'lira_tpr_at_1pct_fpr'), 2)} "
+                  f"| {fmt_agg(get('worst_case', 'lira_auc'), 3)} | {best}: {fmt_agg(base[best], 2) if best else '–'} "
+                  f"| {fmt_agg(r, 2)} | {sel} | {jac} | {'–' if ratio is None else ratio} "
+                  f"| {('pass' if ok else 'FAIL') if counts else 'n/a (no set ≥ 3× random)'} |")
+        print()
+
+
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
     for path in sorted(ROOT.glob("*/methods/summary.json")) if which in ("all", "methods") else []:
         print(f"### {path.parent.parent.name}\n")
         methods_table(path.parent)
         print()
+    if which in ("all", "matrix") and (ROOT / "worst_case_matrix").is_dir():
+        print("### worst_case_matrix\n")
+        matrix_table(ROOT / "worst_case_matrix")
     if which in ("all", "worst"):
         heading = None
         for path in sorted(ROOT.glob("*/*/result.h5")):

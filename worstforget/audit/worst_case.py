@@ -14,6 +14,7 @@ from ..core.errors import ConfigError
 from ..core.executor import Call, Executor, serial
 from ..core.progress import Progress
 from ..core.registry import Registry
+from ..core.runtime import Timer
 from ..core.seeds import derive_seed, generator
 from ..methods import METHODS, make_method
 from ..scoring.attacks import ATTACKS
@@ -233,12 +234,13 @@ PORTFOLIO = ("exposure", "confidence", "loss")
 def _select(setting: Setting, name: str, params: dict, cfg: SearchConfig, seed: int, problem: Problem,
             baselines: dict[str, torch.Tensor], randoms: list[torch.Tensor], found, again, options: AuditOptions,
             progress, executor):
-    """Attack-validated selection (audit/selection.py). Candidates: the search and its stability twin, a search
-    with each other PORTFOLIO objective, and from each baseline set a search started there and the set itself
-    (its step 0). The most exposed by a cheap U-LiRA is returned with the selection's record; its run (a
-    baseline start has none of its own: the search from it) gives the reported trace."""
+    """Attack-validated selection (audit/selection.py) over the candidates: the search and its stability twin,
+    a search with each other PORTFOLIO objective, and from each baseline a search started there and the set
+    itself. Returns the search's result carrying the chosen set, and the selection's record."""
     from .selection import select_by_attack
 
+    if problem.by_class:
+        raise ConfigError("attack-validated selection picks samples; use --select-models 0 with --granularity class")
     refs = {**{f"random_{r}": u for r, u in enumerate(randoms)}, **baselines}
     runs = {"search": found, **({"stability": again} if again is not None else {})}
     calls, names = [], []
@@ -250,20 +252,17 @@ def _select(setting: Setting, name: str, params: dict, cfg: SearchConfig, seed: 
         names.append(f"from_{b}")
         calls.append(Call(search_task, (name, params, replace(cfg, init="heuristic"), seed, None, False, refs, units),
                           label=f"search for {method_label(name, params)} from the {b} set"))
-    if calls:
-        runs.update(zip(names, executor.map(setting, calls, progress=progress, description="candidate searches")))
+    with Timer() as timer:
+        if calls:
+            runs.update(zip(names, executor.map(setting, calls, progress=progress, description="candidate searches")))
     candidates = {k: r.indices for k, r in runs.items()}
     candidates.update({b: problem.members(u) for b, u in baselines.items()})
-    chosen = select_by_attack(setting, name, params, candidates, num_models=options.select_models,
-                              progress=progress, executor=executor)
-    chosen["search_seconds"] = float(sum(r.seconds for k, r in runs.items() if k not in ("search", "stability")))
-    chosen["overlap_with_search"] = {k: overlap(v, found.indices) for k, v in candidates.items()}
-    pick = chosen["chosen"]
-    if pick in baselines:  # a baseline set at the start of its own search: that run's trace, its start as the set
-        run = runs[f"from_{pick}"]
-        start = baselines[pick].cpu().sort().values
-        return replace(run, units=start, indices=problem.members(start)), chosen
-    return runs[pick], chosen
+    chosen, record = select_by_attack(setting, name, params, candidates, m=len(found.indices),
+                                      num_models=options.select_models, progress=progress, executor=executor)
+    record["search_seconds"] = timer.seconds
+    record["overlap_with_search"] = overlap(chosen, found.indices)
+    record["overlap"] = {k: overlap(chosen, v) for k, v in candidates.items()}
+    return replace(found, units=chosen, indices=chosen), record
 
 
 def _cost(setting: Setting, found, again, kinds: dict, problem: Problem, options: AuditOptions,

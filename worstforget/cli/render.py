@@ -3,6 +3,7 @@ compact `mean±std` cells, short column names, and a legend for every abbreviati
 from __future__ import annotations
 
 from ..audit.kinds import KIND_LABELS
+from ..audit.cost import cost_phrase
 from ..core.stats import fmt_agg
 
 ACCURACY = (("UA", "UA", 1), ("RA", "RA", 1), ("TA", "TA", 1), ("acc_gap", "AccGap", 2), ("RTE_fraction", "×Retr", 2))
@@ -82,36 +83,6 @@ def print_verdict(console, summary: dict) -> None:
             console.print("  " + line, style="red" if "WARNING" in line else None)
 
 
-def cost_phrase(trace: dict) -> str:
-    """'search 0.9s + stability search 0.9s + 16 reference models 18.4s (trained now; shared, once per setting)
-    = 20.2s (3.61× training the original)': every part the command ran, with the reference models marked when
-    they came from the cache (then outside the total)."""
-    ratio = trace.get("cost_ratio")
-    parts = [f"search {trace['seconds']:.1f}s" + (f" ({ratio:.2f}×)" if ratio is not None else "")]
-    if trace.get("stability_seconds") is not None:
-        parts.append(f"stability search {trace['stability_seconds']:.1f}s")
-    if trace.get("selection_seconds") is not None:
-        sel = trace.get("selection") or {}
-        parts.append(f"attack-validated selection {trace['selection_seconds']:.1f}s "
-                     f"({len(sel.get('scores', {}))} candidates × {sel.get('num_models', '?')}+{sel.get('num_models', '?')} models)")
-    refs = trace.get("reference_models")
-    if refs:
-        took = "time unknown" if refs.get("seconds") is None else f"{refs['seconds']:.1f}s"
-        if refs.get("source") == "trained":
-            parts.append(f"{refs['num_models']} reference models {took} (trained now; shared, once per setting)")
-    text = " + ".join(parts)
-    if "total_seconds" in trace:
-        total_ratio = trace.get("total_cost_ratio")
-        text += f" = {trace['total_seconds']:.1f}s" + (f" ({total_ratio:.2f}× {trace['cost_reference']})"
-                                                       if total_ratio is not None else "")
-    elif ratio is not None:  # results written before the cost breakdown
-        text += f" ({trace['cost_reference']})"
-    if refs and refs.get("source") == "cache":
-        took = "time unknown" if refs.get("seconds") is None else f"{refs['seconds']:.1f}s when trained"
-        text += f"; {refs['num_models']} reference models from the cache (shared, once per setting: {took})"
-    return "search: " + text[len("search "):]
-
-
 def search_line(summary: dict) -> str:
     s, trace = summary, summary["search"]
     moved = 1 - trace["overlap_with_initial"][-1]
@@ -128,11 +99,11 @@ def search_line(summary: dict) -> str:
         line += f", Jaccard with seed {s['stability']['seed_b']}: {s['stability']['jaccard']:.2f}"
     sel = trace.get("selection")
     if sel:
-        def tpr(name: str) -> str:
-            return f"{sel['scores'][name]['tpr_at_1pct_fpr']:.2f}"
-        line += (f"; selection kept the {sel['chosen'].replace('_', ' ')} set (U-LiRA TPR@1%FPR {tpr(sel['chosen'])} "
-                 f"on {sel['num_models']}+{sel['num_models']} selection models; "
-                 + ", ".join(f"{k.replace('_', ' ')} {tpr(k)}" for k in sel["scores"] if k != sel["chosen"]) + ")")
+        scores = sel["scores"]
+        line += (f"; attack-validated selection kept the {sel.get('pool_size', '?')}-sample pool's most separated samples "
+                 f"(mean U-LiRA separation {scores['chosen']:.2f} on {sel['num_models']}+{sel['num_models']} selection "
+                 f"models; search {scores.get('search') or float('nan'):.2f}; overlap with the search "
+                 f"{sel['overlap_with_search']:.0%})")
     return line
 
 

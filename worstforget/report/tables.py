@@ -14,6 +14,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ..audit.cost import cost_phrase
 from ..audit.kinds import KIND_LABELS, SET_KINDS
 from ..core.errors import WorstforgetError
 from ..core.stats import fmt_agg
@@ -133,7 +134,7 @@ def trace_table(summary: dict) -> Table:
     rows = [
         ["Forget set", f"{s['forget_size']} of {s['num_train']} training samples ({s['forget_size'] / s['num_train']:.1%})"
          + (f", {s['forget_units']} class{'es' if s['forget_units'] != 1 else ''}" if s.get("granularity") == "class" else "")],
-        ["Search time", "–" if trace.get("seconds") is None else f"{trace['seconds']:.1f} s"],
+        ["Search cost", "–" if trace.get("seconds") is None else cost_phrase(trace)[len("search: "):]],
         ["Outer steps", str(len(objective))],
         ["Inner steps", str(trace.get("inner_steps", "–"))],
         ["Upper objective (first → last)", f"{objective[0]:.4g} → {objective[-1]:.4g}" if objective else "–"],
