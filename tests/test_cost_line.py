@@ -54,6 +54,6 @@ def test_cost_phrase_names_every_part():
              "reference_models": {"num_models": 16, "seconds": 4.0, "source": "trained"},
              "total_seconds": 10.0, "total_cost_ratio": 1.0, "cost_reference": "training the original"}
     text = cost_phrase(trace)
-    assert text == ("search: 1.0s (0.10×) + stability search 2.0s + attack-validated selection 3.0s (2 candidates × "
+    assert text == ("search: 1.0s (0.10×) + stability search 2.0s + attack-validated selection 3.0s (2 candidates, "
                     "8+8 models) + 16 reference models 4.0s (trained now; shared, once per setting) = 10.0s (1.00× "
                     "training the original)")

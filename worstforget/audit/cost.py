@@ -13,7 +13,7 @@ def cost_phrase(trace: dict) -> str:
     if trace.get("selection_seconds") is not None:
         sel = trace.get("selection") or {}
         parts.append(f"attack-validated selection {trace['selection_seconds']:.1f}s "
-                     f"({len(sel.get('scores', {})) - 1} candidates, {sel.get('num_models', '?')}+"
+                     f"({len(sel.get('scores', {}))} candidates, {sel.get('num_models', '?')}+"
                      f"{sel.get('num_models', '?')} models)")
     refs = trace.get("reference_models")
     if refs:

@@ -27,7 +27,7 @@ from .result import SearchAudit
 from .units import method_label, run_on_kinds
 
 
-SELECT_MODELS = 8  # unlearned and retrained models per candidate when selection is on by default
+SELECT_MODELS = 16  # unlearned and retrained models per candidate when selection is on by default
 
 
 @dataclass
@@ -234,35 +234,30 @@ PORTFOLIO = ("exposure", "confidence", "loss")
 def _select(setting: Setting, name: str, params: dict, cfg: SearchConfig, seed: int, problem: Problem,
             baselines: dict[str, torch.Tensor], randoms: list[torch.Tensor], found, again, options: AuditOptions,
             progress, executor):
-    """Attack-validated selection (audit/selection.py) over the candidates: the search and its stability twin,
-    a search with each other PORTFOLIO objective, and from each baseline a search started there and the set
-    itself. Returns the search's result carrying the chosen set, and the selection's record."""
+    """Attack-validated selection (audit/selection.py) among the search and its stability twin, a search with each
+    other PORTFOLIO objective, and the baseline sets. Returns the search's result carrying the chosen set (its
+    trace stays the search's) and the selection's record."""
     from .selection import select_by_attack
 
-    if problem.by_class:
-        raise ConfigError("attack-validated selection picks samples; use --select-models 0 with --granularity class")
     refs = {**{f"random_{r}": u for r, u in enumerate(randoms)}, **baselines}
     runs = {"search": found, **({"stability": again} if again is not None else {})}
-    calls, names = [], []
-    for objective in (o for o in PORTFOLIO if o != cfg.objective):
-        names.append(f"objective_{objective}")
-        calls.append(Call(search_task, (name, params, replace(cfg, objective=objective), seed, None, False, refs, None),
-                          label=f"search for {method_label(name, params)} by the {objective} objective"))
-    for b, units in baselines.items():
-        names.append(f"from_{b}")
-        calls.append(Call(search_task, (name, params, replace(cfg, init="heuristic"), seed, None, False, refs, units),
-                          label=f"search for {method_label(name, params)} from the {b} set"))
+    names = [f"objective_{o}" for o in PORTFOLIO if o != cfg.objective]
+    calls = [Call(search_task, (name, params, replace(cfg, objective=n[len("objective_"):]), seed, None, False, refs,
+                                None), label=f"search for {method_label(name, params)} by the {n[10:]} objective")
+             for n in names]
     with Timer() as timer:
         if calls:
             runs.update(zip(names, executor.map(setting, calls, progress=progress, description="candidate searches")))
-    candidates = {k: r.indices for k, r in runs.items()}
-    candidates.update({b: problem.members(u) for b, u in baselines.items()})
-    chosen, record = select_by_attack(setting, name, params, candidates, m=len(found.indices),
-                                      num_models=options.select_models, progress=progress, executor=executor)
+    candidates = {**{k: r.indices for k, r in runs.items()}, **{b: problem.members(u) for b, u in baselines.items()}}
+    record = select_by_attack(setting, name, params, candidates, num_models=options.select_models,
+                              progress=progress, executor=executor)
     record["search_seconds"] = timer.seconds
-    record["overlap_with_search"] = overlap(chosen, found.indices)
-    record["overlap"] = {k: overlap(chosen, v) for k, v in candidates.items()}
-    return replace(found, units=chosen, indices=chosen), record
+    record["overlap_with_search"] = {k: overlap(v, found.indices) for k, v in candidates.items()}
+    pick = record["chosen"]
+    if pick in runs:
+        return runs[pick], record
+    units = baselines[pick].cpu().sort().values  # a baseline set: the search's trace, the baseline's set
+    return replace(found, units=units, indices=problem.members(units)), record
 
 
 def _cost(setting: Setting, found, again, kinds: dict, problem: Problem, options: AuditOptions,

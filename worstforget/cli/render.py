@@ -99,11 +99,11 @@ def search_line(summary: dict) -> str:
         line += f", Jaccard with seed {s['stability']['seed_b']}: {s['stability']['jaccard']:.2f}"
     sel = trace.get("selection")
     if sel:
-        scores = sel["scores"]
-        line += (f"; attack-validated selection kept the {sel.get('pool_size', '?')}-sample pool's most separated samples "
-                 f"(mean U-LiRA separation {scores['chosen']:.2f} on {sel['num_models']}+{sel['num_models']} selection "
-                 f"models; search {scores.get('search') or float('nan'):.2f}; overlap with the search "
-                 f"{sel['overlap_with_search']:.0%})")
+        def tpr(name: str) -> str:
+            return f"{sel['scores'][name]['tpr_at_0.1pct_fpr']:.2f}"
+        line += (f"; attack-validated selection kept the {sel['chosen'].replace('_', ' ')} set (U-LiRA TPR@0.1%FPR "
+                 f"{tpr(sel['chosen'])} on {sel['num_models']}+{sel['num_models']} selection models; "
+                 + ", ".join(f"{k.replace('_', ' ')} {tpr(k)}" for k in sel["scores"] if k != sel["chosen"]) + ")")
     return line
 
 

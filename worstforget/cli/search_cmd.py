@@ -65,10 +65,10 @@ from .basic import _params_option
 @click.option("--num-models", type=click.IntRange(min=2), default=16, show_default=True,
               help="Unlearned and retrained models per set for --attacks.")
 @click.option("--select-models", type=click.IntRange(min=0), default=None,
-              help="Attack-validated selection: score the search, its stability twin and a search started from each "
-                   "baseline with U-LiRA on this many unlearned and retrained models (≥ 4; 0 = off) and keep the "
-                   "most exposed; --attacks then scores it with fresh models [default: 8 with --attacks lira or "
-                   "rmia, else 0].")
+              help="Attack-validated selection: attack the search, its stability twin, the searches by the other "
+                   "objectives and the baseline sets with U-LiRA on this many unlearned and retrained models (≥ 4; "
+                   "0 = off) and keep the most exposed; --attacks then scores it with fresh models [default: 16 "
+                   "with --attacks lira or rmia, else 0].")
 @_params_option
 @click.option("--resume", is_flag=True, help="Continue an interrupted search from its last outer step.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
