@@ -151,7 +151,8 @@ def test_exposure_objective_against_a_hand_computation_on_both_sides():
 
 def test_search_config_validates_lower_level_reference_models_and_objective():
     default = SearchConfig()  # the audit's defaults: the measured strongest search
-    assert (default.objective, default.lower_level, default.reference_models) == ("exposure", "method", 16)
+    assert (default.objective, default.lower_level, default.reference_models) == ("confidence", "method", 16)
+    assert default.warm_fraction is None  # the outer steps span the method's run
     SearchConfig(objective="exposure", lower_level="method", reference_models=2).validate()
     with pytest.raises(ConfigError, match="--lower-level"):
         SearchConfig(lower_level="adam").validate()
@@ -274,3 +275,21 @@ def test_objective_on_some_rows_is_the_full_objective_at_those_rows(setting, obj
             assert torch.equal(getattr(part, name), getattr(refs, name)[rows])
     else:
         assert refs is None  # the loss reads no references
+
+
+def test_confidence_objective_is_minus_the_two_sided_true_label_probability_gap():
+    from worstforget.search.objectives import per_sample_objective
+    from worstforget.training.reference import SampleReferences
+
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -3.0]], dtype=torch.float64)
+    y = torch.tensor([0, 0, 2])
+    e = math.e
+    p = torch.tensor([e**2 / (e**2 + 2), 1 / (2 + e), e**-3 / (2 + e**-3)], dtype=torch.float64)  # by hand
+    refs = SampleReferences(prob_mean=torch.tensor([0.5, 0.5, 0.01], dtype=torch.float64),
+                            prob_std=torch.ones(3, dtype=torch.float64), lsc_mean=torch.zeros(3, dtype=torch.float64),
+                            lsc_std=torch.ones(3, dtype=torch.float64))
+    got = per_sample_objective(logits, y, "confidence", refs)
+    torch.testing.assert_close(got, -(p - refs.prob_mean).abs(), rtol=1e-12, atol=1e-12)
+    assert got[0] < 0 and got[1] < 0  # above and below the held-out mean both count
+    with pytest.raises(ValueError, match="reference statistics"):
+        per_sample_objective(logits, y, "confidence", None)

@@ -108,3 +108,23 @@ def test_selection_is_on_by_default_exactly_when_a_per_example_attack_judges():
     assert AuditOptions(attacks=["loss", "ks"]).validate().select_models == 0
     assert AuditOptions(attacks=["lira"]).validate().select_models == SELECT_MODELS == 16
     assert AuditOptions(attacks=["rmia"], select_models=0).validate().select_models == 0
+
+
+def test_u_lira_reports_the_mean_over_halvings_with_the_first_halvings_roc():
+    """The attack's AUC and TPRs are the split-average of U-LiRA over HALVINGS halvings (the first the fixed one:
+    first half shadows, then swapped), its interval brackets them, and its ROC is the fixed halving's."""
+    from worstforget.scoring.attacks import ATTACKS, HALVINGS, Stats
+
+    rng = np.random.default_rng(5)
+    u = rng.normal(0.7, 1.0, (8, 60)) + rng.normal(0, 2, 60)
+    r = rng.normal(0.0, 1.2, (8, 60))
+    stats = Stats(lsc_u=u, lsc_r=r, loss_u=u, loss_r=r, test_loss_u=u, test_loss_r=r, acc_u={}, acc_r={},
+                  seconds_u=np.ones(8), seconds_r=np.ones(8), seed=3)
+    out = ATTACKS.get("lira")(stats)
+    expected = u_lira_split_average(u, r, splits=HALVINGS, seed=3)
+    for key in ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"):
+        agg = out[f"lira_{key}"]
+        assert agg["value"] == pytest.approx(expected[key], abs=1e-12)
+        assert agg["low"] <= agg["value"] <= agg["high"]
+    fixed = _one_halving(u, r, np.arange(8), np.arange(8))
+    assert out["lira_roc"]["roc_fpr"] == fixed["roc_fpr"] and out["lira_roc"]["roc_tpr"] == fixed["roc_tpr"]

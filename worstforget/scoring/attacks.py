@@ -7,6 +7,7 @@ from typing import Callable
 import numpy as np
 
 from ..core.registry import Registry
+from .privacy.roc import _tpr_at, curve_area, roc_curve
 from .privacy import (
     BOUND_ALPHA,
     RMIA_GAMMA,
@@ -79,40 +80,64 @@ def _u_lira(stats: Stats, *, online: bool, fix_variance: bool) -> dict:
     model is scored, and the attack separates unlearned from retrained targets. Offline uses only the
     retrained shadows (one-sided test).
     """
-    n = len(stats.lsc_u)
+    n = min(len(stats.lsc_u), len(stats.lsc_r))
     half = n // 2
     if half < 2:
         return {"lira_note": "LiRA needs at least 4 models of each kind"}
-    pos, neg = [], []  # (targets, ex) scores of unlearned / retrained target models
-    for shadow, target in ((slice(0, half), slice(half, n)), (slice(half, n), slice(0, half))):
-        for targets, out in ((stats.lsc_u[target], pos), (stats.lsc_r[target], neg)):
-            if online:
-                out.append(lira_online(targets, stats.lsc_u[shadow], stats.lsc_r[shadow], fix_variance=fix_variance))
-            else:
-                out.append(lira_offline(targets, stats.lsc_r[shadow], fix_variance=fix_variance))
+    halvings = []  # per halving: (targets, ex) scores of unlearned / retrained target models
+    rng = np.random.default_rng(stats.seed)
+    for h in range(HALVINGS):
+        pu = np.arange(n) if h == 0 else rng.permutation(n)  # the first halving: first half shadows, then swapped
+        pr = np.arange(n) if h == 0 else rng.permutation(n)
+        pos, neg = [], []
+        for shadow, target in ((slice(0, half), slice(half, n)), (slice(half, n), slice(0, half))):
+            su, sr = stats.lsc_u[pu[shadow]], stats.lsc_r[pr[shadow]]
+            for targets, out in ((stats.lsc_u[pu[target]], pos), (stats.lsc_r[pr[target]], neg)):
+                if online:
+                    out.append(lira_online(targets, su, sr, fix_variance=fix_variance))
+                else:
+                    out.append(lira_offline(targets, sr, fix_variance=fix_variance))
+        halvings.append((np.concatenate(pos), np.concatenate(neg)))
     mode = ("online" if online else "offline") + (", fixed variance" if fix_variance else "")
-    return {"lira_mode": mode, **_target_summary("lira", np.concatenate(pos), np.concatenate(neg), stats.seed)}
+    return {"lira_mode": mode, **_target_summary("lira", *halvings[0], stats.seed, halvings=halvings)}
 
 
-def _target_summary(prefix: str, pos_m: np.ndarray, neg_m: np.ndarray, seed: int) -> dict:
+def _target_summary(prefix: str, pos_m: np.ndarray, neg_m: np.ndarray, seed: int,
+                    halvings: list[tuple[np.ndarray, np.ndarray]] | None = None) -> dict:
     """AUC and TPR at 1 % / 0.1 % FPR with bootstrap intervals, ROC and per-example exposure of scores
     (targets, examples) of unlearned (pos) and retrained (neg) target models.
 
-    The bootstrap resamples target models and forget examples together: TPR at 0.1 % FPR rests on a handful
-    of negatives above the threshold and moves as much with the draw of models as with the examples.
+    With `halvings` (the scores of every split of the models into shadows and targets, `pos_m, neg_m` the
+    first), AUC and TPRs are means over the halvings: at 0.1 % FPR one halving rests on a handful of negatives
+    above the threshold and two halvings of the same models differ by tens of points, while the mean keeps the
+    draw of models as the only noise. Each bootstrap draw resamples the forget examples and, per halving, the
+    target models of BOOTSTRAP_HALVINGS random halvings and averages them: its interval is that of a mean of
+    fewer halvings, a little wider than the point estimate's own. ROC points are the first halving's.
     """
+    halvings = halvings or [(pos_m, neg_m)]
     ex = pos_m.shape[1]
 
-    def metrics_for(rows_p: np.ndarray, rows_n: np.ndarray, columns: np.ndarray) -> dict:
-        a, b = pos_m[np.ix_(rows_p, columns)].ravel(), neg_m[np.ix_(rows_n, columns)].ravel()
-        return lira_attack_metrics(a[np.isfinite(a)], b[np.isfinite(b)])
+    def one(p_m, n_m, rows_p, rows_n, columns) -> dict:
+        a, b = p_m[np.ix_(rows_p, columns)].ravel(), n_m[np.ix_(rows_n, columns)].ravel()
+        fpr, tpr = roc_curve(a[np.isfinite(a)], b[np.isfinite(b)])
+        low = _tpr_at(fpr, tpr, LOW_FPRS)  # FPR < target, as lira_attack_metrics
+        return {"auc": curve_area(fpr, tpr), "tpr_at_1pct_fpr": float(low[0]), "tpr_at_0.1pct_fpr": float(low[1])}
 
-    every_p, every_n = np.arange(len(pos_m)), np.arange(len(neg_m))
-    metrics = metrics_for(every_p, every_n, np.arange(ex))
+    def mean_of(draw, which) -> dict:
+        parts = [one(*halvings[h], *draw(*halvings[h])) for h in which]
+        return {k: float(np.mean([q[k] for q in parts])) for k in parts[0]}
+
+    every = np.arange(ex)
+    metrics = {**lira_attack_metrics(*(m[np.isfinite(m)] for m in (pos_m.ravel(), neg_m.ravel()))),
+               **mean_of(lambda p_m, n_m: (np.arange(len(p_m)), np.arange(len(n_m)), every), range(len(halvings)))}
     rng = np.random.default_rng(seed)
-    boots = [metrics_for(rng.integers(0, len(pos_m), len(pos_m)), rng.integers(0, len(neg_m), len(neg_m)),
-                         rng.integers(0, ex, ex)) for _ in range(BOOTSTRAP_RESAMPLES)]
-    exposure = np.nanmean(pos_m, 0) - np.nanmean(neg_m, 0)  # how far unlearned targets sit from retrained ones
+    boots = []
+    for _ in range(BOOTSTRAP_RESAMPLES):  # each draw: examples, and per halving target models, of a few halvings
+        columns = rng.integers(0, ex, ex)
+        which = rng.choice(len(halvings), min(BOOTSTRAP_HALVINGS, len(halvings)), replace=False)
+        boots.append(mean_of(lambda p_m, n_m: (rng.integers(0, len(p_m), len(p_m)),
+                                               rng.integers(0, len(n_m), len(n_m)), columns), which))
+    exposure = np.mean([np.nanmean(p_m, 0) - np.nanmean(n_m, 0) for p_m, n_m in halvings], 0)
 
     def interval(key: str) -> dict:
         values = [b[key] for b in boots]
@@ -127,6 +152,9 @@ def _target_summary(prefix: str, pos_m: np.ndarray, neg_m: np.ndarray, seed: int
 
 
 BOOTSTRAP_RESAMPLES = 100
+LOW_FPRS = np.array([0.01, 0.001])
+BOOTSTRAP_HALVINGS = 4
+HALVINGS = 20  # splits of the models into shadows and targets that U-LiRA's numbers average
 
 
 @ATTACKS.register("lira", aliases=("lira_online",))
