@@ -112,7 +112,8 @@ def check_cache_folder(root: str | Path | None = None) -> Path:
 
     given = root is not None
     root = Path(root).expanduser() if given else cache_root()
-    source = "--cache-dir" if given else ("WORSTFORGET_CACHE" if os.environ.get("WORSTFORGET_CACHE") else "the cache folder")
+    source = ("--cache-dir" if given else
+              "WORSTFORGET_CACHE" if os.environ.get("WORSTFORGET_CACHE") else "the cache folder")
     fix = "point --cache-dir or WORSTFORGET_CACHE at a writable folder, or pass --no-cache"
     if root.exists() and not root.is_dir():
         raise WorstforgetError(f"{source} {root} is a file, not a folder; {fix}")

@@ -318,11 +318,13 @@ def restored_torch_globals() -> Iterator[None]:
         "default dtype": (torch.get_default_dtype, torch.set_default_dtype),
         "intra-op threads": (torch.get_num_threads, torch.set_num_threads),
         "deterministic algorithms": (
-            lambda: (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()),
+            lambda: (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled()),
             lambda v: torch.use_deterministic_algorithms(v[0], warn_only=v[1])),
         "float32 matmul precision": (torch.get_float32_matmul_precision, torch.set_float32_matmul_precision),
         "anomaly detection": (torch.is_anomaly_enabled, torch.set_anomaly_enabled),
-        "cuDNN benchmark": (lambda: torch.backends.cudnn.benchmark, lambda v: setattr(torch.backends.cudnn, "benchmark", v)),
+        "cuDNN benchmark": (lambda: torch.backends.cudnn.benchmark,
+                            lambda v: setattr(torch.backends.cudnn, "benchmark", v)),
         "cuDNN deterministic": (lambda: torch.backends.cudnn.deterministic,
                                 lambda v: setattr(torch.backends.cudnn, "deterministic", v)),
     }
