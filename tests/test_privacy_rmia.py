@@ -308,7 +308,7 @@ def test_exposure_anatomy_script_reads_an_audit_and_its_scores(tmp_path, monkeyp
     cache, out = tmp_path / "cache", tmp_path / "audit"
     result = CliRunner().invoke(cli, ["--quiet", "search", "--method", "ft", "--dataset", "synthetic", "--epochs", "4",
                                       "--outer-steps", "2", "--num-random", "1", "--no-stability", "--baselines",
-                                      "lowest_loss", "--attacks", "lira", "--num-models", "2", "--mia-resamples", "1",
+                                      "lowest_loss", "--attacks", "loss", "--num-models", "2", "--mia-resamples", "1",
                                       "--cache-dir", str(cache), "--out", str(out)])
     assert result.exit_code == 0, result.output
     spec = importlib.util.spec_from_file_location("exposure_anatomy", ROOT / "experiments" / "exposure_anatomy.py")

@@ -36,6 +36,10 @@ from .verdict import verdict
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
 CSV_FIELDS = ("set_kind", "set_index", "method", "seed", "metric", "value")
+# Every file a result folder's writers own: a rewrite drops those the new result lacks, so no file of an
+# earlier run (a finetune audit's evaluation.json under a gradient_ascent summary) is read as the new run's.
+RESULT_FILES = ("summary.json", "results.csv", "result.h5", "worst_case_indices.npy", "evaluation.json",
+                "evaluation.h5")
 
 
 # --- per-run arrays ----------------------------------------------------------------------------------------
@@ -136,7 +140,7 @@ class Comparison:
         return {"summary.json": json_bytes(self.summary()), "results.csv": _csv_bytes(self.rows())}
 
     def write(self, out: str | Path) -> Path:
-        return write_result_folder(out, self.files())
+        return write_result_folder(out, self.files(), owned=RESULT_FILES)
 
 
 def _ordered(kinds: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -301,7 +305,7 @@ class AttackEvaluation:
         return files
 
     def write(self, out: str | Path) -> Path:
-        return write_result_folder(out, self.files())
+        return write_result_folder(out, self.files(), owned=RESULT_FILES)
 
     @classmethod
     def read(cls, folder: str | Path) -> "AttackEvaluation | None":
@@ -333,6 +337,72 @@ def _decode(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+# What a result's HDF5 file may declare: a hand-edited or foreign file could declare terabytes in a few bytes
+# (an empty chunked dataset), link to other files, or loop; it is checked before any array is read.
+MAX_H5_OBJECTS = 100_000
+MAX_H5_DEPTH = 12
+MIN_H5_BUDGET = 256 * 2**20  # bytes any file may declare; beyond it, at most H5_EXPANSION × its size on disk
+H5_EXPANSION = 64
+
+
+def check_h5_tree(h5, folder: Path, name: str, fix: str) -> None:
+    """Refuse, in one line, an HDF5 file whose structure is not one worstforget writes: soft or external
+    links (never written; an external link would read another file), more than MAX_H5_OBJECTS objects or
+    MAX_H5_DEPTH levels (a hard-link cycle), datasets of anything but numbers, or datasets whose declared
+    size is far beyond what the file on disk can hold."""
+    import h5py
+
+    budget = max(MIN_H5_BUDGET, H5_EXPANSION * (folder / name).stat().st_size)
+    declared = 0
+    count = 0
+    todo = [(h5, "", 0)]
+    while todo:
+        group, path, depth = todo.pop()
+        if depth > MAX_H5_DEPTH:
+            raise _fail(folder, f"{name} nests groups deeper than {MAX_H5_DEPTH} levels at /{path}", fix)
+        for key in group:
+            count += 1
+            if count > MAX_H5_OBJECTS:
+                raise _fail(folder, f"{name} holds more than {MAX_H5_OBJECTS} objects", fix)
+            where = f"{path}/{key}" if path else key
+            link = group.get(key, getlink=True)
+            if not isinstance(link, h5py.HardLink):
+                kind = "an external link to another file" if isinstance(link, h5py.ExternalLink) else "a soft link"
+                raise _fail(folder, f"{name} holds {kind} at /{where}, which worstforget never writes", fix)
+            node = group[key]
+            if isinstance(node, h5py.Group):
+                todo.append((node, where, depth + 1))
+                continue
+            if not isinstance(node, h5py.Dataset):
+                raise _fail(folder, f"{name} holds an object of unknown type at /{where}", fix)
+            if node.dtype.kind not in "biuf" or node.dtype.names is not None or node.dtype.subdtype is not None:
+                raise _fail(folder, f"{name} holds non-numeric data ({node.dtype}) at /{where}", fix)
+            if node.shape is None:
+                raise _fail(folder, f"{name} holds an empty-space dataset at /{where}", fix)
+            declared += int(np.prod(node.shape, dtype=object)) * node.dtype.itemsize
+            if declared > budget:
+                raise _fail(folder, f"{name} declares {declared / 2**20:,.0f} MiB of arrays (at /{where}) in a "
+                                    f"{(folder / name).stat().st_size / 2**20:,.1f} MiB file", fix)
+
+
+def _check_shapes(folder: Path, search: dict, forget_sets: dict, num_train: Any, fix: str) -> None:
+    """The arrays that index the training split must fit it: final weights of length num_train, forget sets
+    of at most num_train indices in [0, num_train)."""
+    if isinstance(num_train, bool) or not isinstance(num_train, int) or num_train < 1:
+        raise _fail(folder, f"summary.json's num_train is {num_train!r}, not a positive integer", fix)
+    final = np.asarray(search["final_weights"])
+    if final.shape != (num_train,):
+        raise _fail(folder, f"result.h5's /search/final_weights has shape {final.shape}; the audit's training "
+                            f"split has {num_train} samples", fix)
+    for key, value in forget_sets.items():
+        for i, members in enumerate(value if isinstance(value, list) else [value]):
+            members = np.asarray(members)
+            where = f"/forget_sets/{key}" + (f"/{i}" if isinstance(value, list) else "")
+            if members.ndim != 1 or len(members) > num_train or members.dtype.kind not in "iu" or (
+                    len(members) and (members.min() < 0 or members.max() >= num_train)):
+                raise _fail(folder, f"result.h5's {where} is not a set of training indices in [0, {num_train})", fix)
 
 
 def read_search_audit(folder: Path) -> SearchAudit:
@@ -371,6 +441,7 @@ def read_search_audit(folder: Path) -> SearchAudit:
                                 f"versions {', '.join(map(str, READABLE_SCHEMAS))}",
                         f"read it with the worstforget that wrote it ({attrs.get('worstforget_version', 'unknown')}) "
                         "or re-run the search with this one")
+        check_h5_tree(h5, folder, "result.h5", rerun)
         try:
             attrs["config"] = json.loads(attrs.pop("config_json", "{}"))
             attrs["environment"] = json.loads(attrs.pop("environment_json", "{}"))
@@ -389,11 +460,12 @@ def read_search_audit(folder: Path) -> SearchAudit:
                                   else node[()])
             metrics = {kind: {who: {m: np.asarray(d[()], dtype=np.float64) for m, d in grp.items()}
                               for who, grp in group.items()} for kind, group in h5["metrics"].items()}
-        except (KeyError, ValueError, json.JSONDecodeError) as exc:
+        except (KeyError, ValueError, TypeError, OSError, json.JSONDecodeError) as exc:
             raise _fail(folder, f"result.h5 is incomplete or damaged ({exc})", rerun) from None
     for key in ("final_weights", "objective", "overlap_with_initial"):
         if key not in search:
             raise _fail(folder, f"result.h5 lacks /search/{key}", rerun)
+    _check_shapes(folder, search, forget_sets, summary.get("num_train"), rerun)
     if version == 1:
         summary, forget_sets = _upgrade_v1(summary, forget_sets)
     kinds = {kind: SetKind(sets=_sets_of(kind, forget_sets), metrics=per_who) for kind, per_who in metrics.items()}
@@ -440,7 +512,15 @@ def read_attack_evaluation(folder: Path) -> AttackEvaluation | None:
         raise _fail(folder, f"evaluation.json is unreadable ({exc})", "fix or remove the file") from None
     if not isinstance(doc, dict):
         raise _fail(folder, "evaluation.json is not an evaluation document", "fix or remove the file")
-    if doc.get("schema_version") == SCHEMA_VERSION:
+    version = doc.get("schema_version", 1)  # schema 1 documents may lack the field
+    if isinstance(version, bool) or version not in READABLE_SCHEMAS:
+        from .. import __version__
+
+        raise _fail(folder, f"evaluation.json has schema_version {version!r} but worstforget {__version__} reads "
+                            f"versions {', '.join(map(str, READABLE_SCHEMAS))}",
+                    f"read it with the worstforget that wrote it ({doc.get('code_version', 'unknown')}) or re-run "
+                    "`worstforget evaluate` with this one")
+    if version == SCHEMA_VERSION:
         scores = doc.get("per_set", {})
         extra = {k: v for k, v in doc.items() if k not in ("schema_version", "kind", "config", "sets", "per_set",
                                                            "code_version", "environment", "setting")}
@@ -449,23 +529,27 @@ def read_attack_evaluation(folder: Path) -> AttackEvaluation | None:
         scores = {kind: {m: (v["per_set"] if "per_set" in v else [v]) for m, v in per.items()}
                   for kind, per in raw.items() if kind != "lira_original" and isinstance(per, dict)}
         extra = {"lira_original": raw["lira_original"]} if "lira_original" in raw else {}
-    return AttackEvaluation(config=doc.get("config", {}), scores=scores, arrays=_read_arrays(folder / "evaluation.h5"),
+    return AttackEvaluation(config=doc.get("config", {}), scores=scores, arrays=_read_arrays(folder, "evaluation.h5"),
                             extra=extra,
                             provenance={k: doc[k] for k in ("code_version", "environment", "setting") if k in doc})
 
 
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
-    """Every dataset of an evaluation.h5 by its path (empty when the file is absent or unreadable)."""
+def _read_arrays(folder: Path, name: str) -> dict[str, np.ndarray]:
+    """Every dataset of an evaluation.h5 by its path (empty when the file is absent or unreadable); a file
+    that fails `check_h5_tree` is refused."""
+    path = folder / name
     if not path.is_file():
         return {}
     import h5py
 
     out: dict[str, np.ndarray] = {}
     try:
-        with h5py.File(path, "r") as f:
-            f.visititems(lambda name, node: out.__setitem__(name, node[()]) if isinstance(node, h5py.Dataset) else None)
+        f = h5py.File(path, "r")
     except OSError:
         return {}
+    with f:
+        check_h5_tree(f, folder, name, "re-run `worstforget evaluate` or remove the file")
+        f.visititems(lambda key, node: out.__setitem__(key, node[()]) if isinstance(node, h5py.Dataset) else None)
     return out
 
 

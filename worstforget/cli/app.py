@@ -161,8 +161,15 @@ def data_options(fn: Callable) -> Callable:
 
 def setting_from_options(app: AppContext, progress, opts: dict):
     """The setting of the data options, built from a recipe that executors' workers rebuild it from."""
+    from ..core.cache import check_cache_folder
     from ..core.executor import SettingRecipe
+    from ..core.runlog import move_run_log
     from ..training.accel import Accel, set_accel
+
+    if opts["cache_dir"]:
+        move_run_log(opts["cache_dir"])  # the run log belongs with the cache this command uses
+    if not opts["no_cache"]:
+        check_cache_folder(opts["cache_dir"])  # before any training: a cache that cannot be written fails late
 
     # speed switches hold for the rest of this command (undone when its click context closes)
     undo = set_accel(Accel(amp=opts["amp"], channels_last=opts["channels_last"], compile=opts["compile_model"]))
@@ -223,7 +230,9 @@ def executor_from_options(app: AppContext, opts: dict):
 
 
 class RichProgress:
-    """Adapts the library's progress sink to rich bars on stderr."""
+    """Adapts the library's progress sink to rich bars on stderr — or, when stderr is not a terminal (a log
+    file, CI), to plain lines with elapsed time and an estimate of what remains (`core.progress.LineProgress`),
+    also kept in the run log: a live bar there would print nothing until it ends."""
 
     def __init__(self, console):
         from rich.progress import (
@@ -235,9 +244,14 @@ class RichProgress:
             TimeRemainingColumn,
         )
 
+        from ..core.progress import LineProgress
+
+        self._lines = None
+        if not console.quiet and not console.is_terminal:
+            self._lines = LineProgress(lambda line: _progress_line(console, line))
         self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                              TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                             console=console, transient=False, disable=console.quiet)
+                             console=console, transient=False, disable=console.quiet or self._lines is not None)
 
     def __enter__(self) -> "RichProgress":
         self._bar.__enter__()
@@ -247,6 +261,8 @@ class RichProgress:
         self._bar.__exit__(*exc)
 
     def task(self, description: str, total: int | None):
+        if self._lines is not None:
+            return self._lines.task(description, total)
         bar = self._bar
         task_id = bar.add_task(description, total=total, info="")
 
@@ -260,6 +276,13 @@ class RichProgress:
                 bar.remove_task(task_id)
 
         return _Task()
+
+
+def _progress_line(console, line: str) -> None:
+    from ..core.runlog import LOGGER
+
+    print(f"progress: {line}", file=console.file, flush=True)
+    LOGGER.info("progress: %s", line)
 
 
 def pass_app(fn: Callable) -> Callable:
@@ -281,4 +304,31 @@ def main() -> None:
     import signal
 
     signal.signal(signal.SIGTERM, _terminate)
-    cli(prog_name="worstforget")
+    try:
+        cli(prog_name="worstforget")
+    except SystemExit as exc:
+        _exit_without_plugin_threads(exc.code)
+        raise
+
+
+def _exit_without_plugin_threads(code: Any) -> None:
+    """End now when a plug-in left non-daemon threads running: the results are written, and Python would
+    otherwise wait for those threads forever (a hung CI job). Nothing else is skipped when there are none."""
+    import sys
+
+    if "worstforget.methods.plugin" not in sys.modules:
+        return
+    from ..methods.plugin import abandoned_threads
+
+    left = abandoned_threads()
+    if not left:
+        return
+    import os
+
+    status = code if isinstance(code, int) else (0 if code is None else 1)
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+    print(f"warning: exiting without waiting for {len(left)} thread(s) a plug-in left running", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

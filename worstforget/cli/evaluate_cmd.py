@@ -14,10 +14,21 @@ def attacks_option(fn):
                         help="Comma-separated attacks (svc, loss, lira, epsilon, ks, tow).")(fn)
 
 
-def parse_attacks(text: str) -> list[str]:
+# U-LiRA splits the models of each kind into shadow and target halves of at least two (scoring/attacks.py).
+LIRA_MIN_MODELS = 4
+
+
+def parse_attacks(text: str, num_models: int | None = None) -> list[str]:
+    """Canonical attack names; with `num_models`, LiRA with fewer models than it needs is refused (it would
+    be left out of the table silently)."""
+    from ..core.errors import ConfigError
     from ..scoring.attacks import ATTACKS
 
-    return [ATTACKS.canonical(a) for a in text.split(",") if a.strip()]
+    names = [ATTACKS.canonical(a) for a in text.split(",") if a.strip()]
+    if num_models is not None and "lira" in names and num_models < LIRA_MIN_MODELS:
+        raise ConfigError(f"--attacks lira needs --num-models {LIRA_MIN_MODELS} or more (two shadow and two target "
+                          f"models of each kind), got {num_models}; raise --num-models or drop lira from --attacks")
+    return names
 
 
 @cli.command("evaluate")
@@ -56,7 +67,7 @@ def evaluate_command(app, method, result_dir, forget_set, selector, forget_ratio
     from .basic import load_params_file
     from .render import evaluation_table
 
-    attack_names = parse_attacks(attacks)
+    attack_names = parse_attacks(attacks, num_models)
     audit = SearchAudit.read(result_dir) if result_dir else None
     method = method or (audit.method if audit else None)
     name = METHODS.canonical(method or "finetune")

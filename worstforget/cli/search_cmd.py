@@ -106,7 +106,7 @@ def search_command(app, method, forget_ratio, solver, warm_fraction, warm_restar
     check_solver(cfg.solver, make_method(name, hyper))
     extra = METHODS.names() if eval_methods.strip() == "all" else [m for m in eval_methods.split(",") if m.strip()]
     options = AuditOptions(num_random=num_random, eval_methods=extra, eval_params=tuned, seeds=num_seeds,
-                           stability=stability, attacks=parse_attacks(attacks) if attacks.strip() else [],
+                           stability=stability, attacks=parse_attacks(attacks, num_models) if attacks.strip() else [],
                            baselines=[] if baselines.strip() == "none" else [b for b in baselines.split(",") if b.strip()],
                            num_models=num_models, select_models=select_models).validate()
     out_dir = Path(out) if out else Path("worstforget-out") / f"search-{opts['dataset'].replace(':', '_')}-{name}"

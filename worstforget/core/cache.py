@@ -100,6 +100,47 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0][:160]}" if text else type(exc).__name__
 
 
+# --- the folder --------------------------------------------------------------------------------------------
+
+def check_cache_folder(root: str | Path | None = None) -> Path:
+    """Refuse, in one line and before any work, a cache folder that cannot take new entries: a file in its
+    place or on its path, or a folder (or one of its entry folders) that cannot be written — a read-only
+    mount, an immutable folder. Creates the folder when missing; returns it."""
+    import tempfile
+
+    from .errors import WorstforgetError
+
+    given = root is not None
+    root = Path(root).expanduser() if given else cache_root()
+    source = ("--cache-dir" if given else
+              "WORSTFORGET_CACHE" if os.environ.get("WORSTFORGET_CACHE") else "the cache folder")
+    fix = "point --cache-dir or WORSTFORGET_CACHE at a writable folder, or pass --no-cache"
+    if root.exists() and not root.is_dir():
+        raise WorstforgetError(f"{source} {root} is a file, not a folder; {fix}")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WorstforgetError(f"{source} {root} cannot be created ({exc.strerror or exc}); {fix}") from None
+    folders = [root]
+    for sub in ("models", "records", "arrays", "logs"):
+        entry = root / sub
+        if entry.is_dir():
+            folders.append(entry)
+            if sub in ("records", "arrays"):
+                folders += [d for d in entry.iterdir() if d.is_dir()]
+        elif entry.exists():
+            raise WorstforgetError(f"{source} {root} holds a file named {sub} where a folder belongs; {fix}")
+    for folder in folders:
+        try:  # a real probe: permission bits say nothing for root, immutable folders or read-only mounts
+            fd, probe = tempfile.mkstemp(prefix=".worstforget-probe-", dir=folder)
+            os.close(fd)
+            os.remove(probe)
+        except OSError as exc:
+            raise WorstforgetError(f"{source} {root} cannot be written ({exc.strerror or exc} in {folder}); "
+                                   f"{fix}") from None
+    return root
+
+
 # --- locks -----------------------------------------------------------------------------------------------
 
 @contextmanager

@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -151,20 +152,24 @@ def _check_writable(folder: Path, expected_bytes: int, what: str, *, fix: str, s
                                f"{needed / 2**20:.1f} MiB needed; free space or choose another folder")
 
 
-def write_result_folder(out: str | Path, files: dict[str, bytes]) -> Path:
+def write_result_folder(out: str | Path, files: dict[str, bytes], *, owned: tuple[str, ...] = ()) -> Path:
     """Write `files` (name → bytes) as one unit into the folder `out`.
 
-    Other files already in `out` (a report, the user's notes) are kept. Everything is written and synced in a
-    temporary sibling folder, which then takes the place of `out`.
+    Other files already in `out` (a report, the user's notes) are kept, except those named in `owned`: the
+    files a result of this kind may hold, which must all come from the same run (a previous run's
+    evaluation.json beside a new summary.json would be read as this run's). Everything is written and synced
+    in a temporary sibling folder, which then takes the place of `out`. Hidden leftovers of earlier writes
+    into `out` that were killed midway (`.<name>.*.tmp`, `.<name>.*.old`) are removed first.
     """
     out = Path(out).expanduser().absolute()
     tmp = old = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        remove_stale_siblings(out)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{_writer_tag()}.", suffix=".tmp", dir=out.parent))
         if out.is_dir():
             for entry in out.iterdir():
-                if entry.name not in files:
+                if entry.name not in files and entry.name not in owned:
                     _link_or_copy(entry, tmp / entry.name)
         for name, data in files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
@@ -174,7 +179,7 @@ def write_result_folder(out: str | Path, files: dict[str, bytes]) -> Path:
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp creates 0700; results are meant to be shared
         _sync_dir(tmp)
         if out.exists():
-            old = out.parent / f".{out.name}.{os.getpid()}.old"
+            old = out.parent / f".{out.name}.{_writer_tag()}.old"
             os.rename(out, old)
         os.rename(tmp, out)
         _sync_dir(out.parent)
@@ -189,6 +194,71 @@ def write_result_folder(out: str | Path, files: dict[str, bytes]) -> Path:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+# A leftover whose writer cannot be identified (an older version's name) is removed once it is this old.
+STALE_UNKNOWN_SECONDS = 3600
+
+
+def _writer_tag() -> str:
+    """`<pid>@<host>` of this process: names its temporary folders so a later write can tell a live writer's
+    folder (never touched) from a killed one's (removed)."""
+    host = "".join(c if c.isalnum() or c == "-" else "-" for c in socket.gethostname())[:40] or "host"
+    return f"{os.getpid()}@{host}"
+
+
+def _writer_alive(tag: str) -> bool | None:
+    """Whether the writer of `tag` still runs: None when it cannot be told (another host, no tag)."""
+    pid, sep, host = tag.partition("@")
+    if not sep or not pid.isdigit() or host != _writer_tag().partition("@")[2]:
+        return None
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by another user
+        return True
+    return True
+
+
+def remove_stale_siblings(out: Path) -> list[Path]:
+    """Remove `.<out name>.<tag>.<...>.tmp` and `.<out name>.<tag>.old` folders beside `out` left by writes
+    that were killed (kill -9, a power cut): those of a dead process on this host, and untagged ones older
+    than STALE_UNKNOWN_SECONDS. Returns what was removed."""
+    import time
+
+    removed = []
+    prefix = f".{out.name}."
+    try:
+        entries = list(out.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(prefix) and (name.endswith(".tmp") or name.endswith(".old"))):
+            continue
+        middle = name[len(prefix):-4]
+        if not middle:
+            continue
+        alive = _writer_alive(middle.split(".")[0])
+        if alive is None:
+            try:
+                alive = time.time() - entry.lstat().st_mtime < STALE_UNKNOWN_SECONDS
+            except OSError:
+                continue
+        if alive:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            try:
+                entry.unlink()
+            except OSError:
+                continue
+        removed.append(entry)
+    return removed
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

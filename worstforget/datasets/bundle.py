@@ -83,8 +83,23 @@ def stratified_holdout(y: np.ndarray, fraction: float, seed: int, purpose: str) 
     rank = np.empty(len(y), dtype=np.int64)
     rank[order] = np.arange(len(y)) - np.repeat(starts, counts)
     take = np.round(counts * fraction).astype(np.int64)
+    if fraction > 0 and take.sum() == 0 and counts.max(initial=0) >= 2:
+        # tiny data: no class reaches one held-out sample at this fraction; hold one out of the largest
+        # class (it keeps the others) rather than an empty split that nothing can be measured on
+        take[int(np.argmax(counts))] = 1
     held = rank < take[y_perm]
     return np.sort(perm[~held]), np.sort(perm[held])
+
+
+def _holdout_or_refuse(name: str, y: np.ndarray, fraction: float, seed: int, purpose: str, split: str,
+                       keys: str) -> tuple[np.ndarray, np.ndarray]:
+    """`stratified_holdout`, refusing in one line when no sample can be held out (every class has one)."""
+    keep, held = stratified_holdout(y, fraction, seed, purpose)
+    if len(held) == 0:
+        raise WorstforgetError(f"{name}: no {split} split is given and none can be held out of the {len(y)} "
+                               f"training samples (every class has a single sample); add {keys} to the data, "
+                               "or more training samples")
+    return keep, held
 
 
 def build_dataset(
@@ -107,14 +122,16 @@ def build_dataset(
     x_train, y_train = np.asarray(raw.x_train), _labels(raw.y_train, "y_train")
     x_test, y_test = raw.x_test, raw.y_test
     if x_test is None or len(x_test) == 0:
-        keep, held = stratified_holdout(y_train, test_fraction, split_seed, "test-split")
+        keep, held = _holdout_or_refuse(name, y_train, test_fraction, split_seed, "test-split", "test",
+                                        "x_test and y_test")
         x_test, y_test = x_train[held], y_train[held]
         x_train, y_train = x_train[keep], y_train[keep]
     y_test = _labels(y_test, "y_test")
     if raw.x_val is not None and len(raw.x_val) > 0:
         x_val, y_val = raw.x_val, _labels(raw.y_val, "y_val")
     else:
-        keep, held = stratified_holdout(y_train, val_fraction, split_seed, "val-split")
+        keep, held = _holdout_or_refuse(name, y_train, val_fraction, split_seed, "val-split", "validation",
+                                        "x_val and y_val")
         x_val, y_val = x_train[held], y_train[held]
         x_train, y_train = x_train[keep], y_train[keep]
     if x_train.shape[1:] != np.asarray(x_test).shape[1:] or x_train.shape[1:] != np.asarray(x_val).shape[1:]:

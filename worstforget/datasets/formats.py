@@ -394,6 +394,9 @@ def _check_features(x: np.ndarray, key: str, source: str) -> None:
     if x.ndim < 2:
         raise WorstforgetError(f"{source}: {key} has shape {x.shape}; expected (N, D) features or (N, C, H, W) "
                                f"images, reshape with {key}.reshape(len({key}), -1)")
+    if x.dtype.kind == "c":  # converting would silently drop the imaginary part
+        raise WorstforgetError(f"{source}: {key} has complex dtype {x.dtype}; store real features (e.g. the real and "
+                               f"imaginary parts as separate columns, float32)")
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
         raise WorstforgetError(f"{source}: {key} has dtype {x.dtype}; store numeric features (e.g. float32 or uint8)")
     if len(x) == 0 and key != "x_val":
@@ -469,11 +472,38 @@ def load_h5(path: Path) -> RawSplits:
                              lambda key: f"write it with h5py: f.create_dataset('{key}', data=...)")
 
 
+# An HDF5 dataset may declare far more than its file holds (an empty chunked dataset reads as zeros): what a
+# file declares is refused beyond this many times its size on disk (and a floor for small files).
+H5_EXPANSION = 64
+H5_MIN_BUDGET = 256 * 2**20
+
+
 def _h5_array(handle: Any, key: str, path: Path) -> np.ndarray:
     import h5py
 
-    node = handle[key]
+    store = f"store the array itself at the top level with f.create_dataset('{key}', data=...)"
+    link = handle.get(key, getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        raise WorstforgetError(f"{path}: '{key}' is an external link to {link.filename}; {store}")
+    try:
+        node = handle[key]
+    except (KeyError, OSError, RuntimeError, RecursionError) as exc:  # a dangling or looping soft link
+        raise WorstforgetError(f"{path}: '{key}' cannot be resolved ({str(exc)[:100]}); {store}") from None
     if not isinstance(node, h5py.Dataset):
-        raise WorstforgetError(f"{path}: '{key}' is a {type(node).__name__}, not a dataset; "
-                               f"store the array at the top level with f.create_dataset('{key}', data=...)")
-    return np.asarray(node[()])
+        raise WorstforgetError(f"{path}: '{key}' is a {type(node).__name__}, not a dataset; {store}")
+    if node.shape is None or node.dtype.kind not in "biuf" or node.dtype.names is not None \
+            or node.dtype.subdtype is not None:
+        raise WorstforgetError(f"{path}: '{key}' holds {node.dtype} data of shape {node.shape}; store a plain numeric "
+                               "array (float32, uint8, int64)")
+    declared = int(np.prod(node.shape, dtype=object)) * node.dtype.itemsize
+    budget = max(H5_MIN_BUDGET, H5_EXPANSION * path.stat().st_size)
+    if declared > budget:
+        raise WorstforgetError(f"{path}: '{key}' declares {declared / 2**30:,.2f} GiB ({node.shape} {node.dtype}) in a "
+                               f"{path.stat().st_size / 2**20:,.1f} MiB file; store the actual array")
+    try:
+        return np.asarray(node[()])
+    except MemoryError:
+        raise WorstforgetError(f"{path}: '{key}' needs {declared / 2**30:,.2f} GiB, more than this machine can "
+                               "allocate; use --train-subset on a smaller file or a larger machine") from None
+    except (OSError, RuntimeError) as exc:
+        raise WorstforgetError(f"{path}: '{key}' is unreadable ({str(exc)[:100]}); rewrite it with h5py") from None

@@ -22,7 +22,9 @@ def make_method(name: str, params: dict[str, Any] | None = None) -> UnlearningMe
     unknown = sorted(set(params) - known)
     if unknown:
         raise ConfigError(f"{cls.name} has no hyper-parameter {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return cls(**params)
+    method = cls(**params)
+    method.check_hyperparameters()
+    return method
 
 
 def parse_params(name: str, pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:

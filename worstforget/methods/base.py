@@ -172,6 +172,14 @@ class UnlearningMethod:
     def hyperparameters(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def check_hyperparameters(self) -> None:
+        """Refuse, in one line naming the parameter and its range, values that type-check but cannot mean
+        anything (see `hyperparameter_problem`); `make_method` calls it before any work."""
+        for name, value in self.hyperparameters().items():
+            problem = hyperparameter_problem(name, value)
+            if problem:
+                raise ConfigError(f"{self.name or type(self).__name__} hyper-parameter {name}={value!r}: {problem}")
+
     def code_key(self) -> str | None:
         """A hash of the code behind this method when the package version does not pin it (plug-ins)."""
         return None
@@ -211,6 +219,38 @@ class UnlearningMethod:
         steps = make_stepper(model, self.trainable(model, ctx), self)
         run_loop(self, steps, ctx, progress=progress, max_steps=max_steps)
         return self.finish(steps.model, ctx).eval()
+
+
+# Bounds of typed but absurd hyper-parameters. An epoch count is the work a run may start: 10^12 epochs would
+# never end (and its epoch plan alone would fill the memory), so counts have a ceiling far above any recipe's.
+MAX_EPOCHS = 10_000
+MAX_STEPS = 10_000_000
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # parameters and steps are float32: beyond it is inf
+
+
+def hyperparameter_problem(name: str, value: Any) -> str | None:
+    """What is wrong with one hyper-parameter's value (None when it is usable): every number finite and within
+    float32; learning rates positive; momentum and weight decay non-negative; `epochs` in [1, MAX_EPOCHS],
+    other epoch counts in [0, MAX_EPOCHS], step counts in [0, MAX_STEPS]; a batch size at least 1."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if abs(value) > FLOAT32_MAX:
+        return f"is beyond float32's range (±{FLOAT32_MAX:.3g})"
+    if name == "lr" or name.endswith("_lr"):
+        return None if value > 0 else "a learning rate must be positive"
+    if name in ("momentum", "weight_decay"):
+        return None if value >= 0 else "must be zero or positive"
+    if name == "batch_size":
+        return None if value >= 1 else "must be at least 1"
+    if name == "epochs":
+        return None if 1 <= value <= MAX_EPOCHS else f"must lie in [1, {MAX_EPOCHS:,}]"
+    if "epoch" in name and isinstance(value, int):
+        return None if 0 <= value <= MAX_EPOCHS else f"must lie in [0, {MAX_EPOCHS:,}]"
+    if (name == "steps" or name.endswith("_steps")) and isinstance(value, int):
+        return None if 0 <= value <= MAX_STEPS else f"must lie in [0, {MAX_STEPS:,}]"
+    return None
 
 
 def check_weights(w: torch.Tensor, data: Dataset) -> torch.Tensor:

@@ -307,6 +307,65 @@ def seeded_global_rngs(seed: int) -> Iterator[None]:
             torch.mps.set_rng_state(saved[4])
 
 
+# --- the process-wide state a plug-in may change -----------------------------------------------------
+@contextmanager
+def restored_torch_globals() -> Iterator[None]:
+    """Undo, after the plug-in, what it changed of torch's process-wide settings: default dtype and device,
+    intra-op threads, deterministic algorithms, float32 matmul precision, anomaly detection, cuDNN flags.
+    A plug-in calling `torch.set_default_dtype(torch.float64)` must not change how the next unit (a
+    reference model's training) builds its tensors. What it changed is logged."""
+    getters = {
+        "default dtype": (torch.get_default_dtype, torch.set_default_dtype),
+        "intra-op threads": (torch.get_num_threads, torch.set_num_threads),
+        "deterministic algorithms": (
+            lambda: (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled()),
+            lambda v: torch.use_deterministic_algorithms(v[0], warn_only=v[1])),
+        "float32 matmul precision": (torch.get_float32_matmul_precision, torch.set_float32_matmul_precision),
+        "anomaly detection": (torch.is_anomaly_enabled, torch.set_anomaly_enabled),
+        "cuDNN benchmark": (lambda: torch.backends.cudnn.benchmark,
+                            lambda v: setattr(torch.backends.cudnn, "benchmark", v)),
+        "cuDNN deterministic": (lambda: torch.backends.cudnn.deterministic,
+                                lambda v: setattr(torch.backends.cudnn, "deterministic", v)),
+    }
+    if hasattr(torch, "get_default_device"):
+        getters["default device"] = (torch.get_default_device, torch.set_default_device)
+    saved = {what: get() for what, (get, _) in getters.items()}
+    try:
+        yield
+    finally:
+        for what, (get, put) in getters.items():
+            if get() != saved[what]:
+                LOGGER.warning("a plug-in changed torch's %s to %s; restored to %s", what, get(), saved[what])
+                put(saved[what])
+
+
+# Non-daemon threads that plug-ins started and left running: the CLI does not wait for them at exit.
+ABANDONED_THREADS: list = []
+
+
+@contextmanager
+def watched_threads(label: str) -> Iterator[None]:
+    """Note the non-daemon threads a plug-in starts and leaves running: Python would wait for them at exit,
+    so a finished audit would never end. They are logged and kept in ABANDONED_THREADS for the CLI."""
+    import threading
+
+    before = set(threading.enumerate())
+    try:
+        yield
+    finally:
+        left = [t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon]
+        if left:
+            LOGGER.warning("plugin %s left %d thread(s) running (%s); worstforget will not wait for them",
+                           label, len(left), ", ".join(t.name for t in left))
+            ABANDONED_THREADS.extend(left)
+
+
+def abandoned_threads() -> list:
+    """The plug-ins' non-daemon threads still running."""
+    return [t for t in ABANDONED_THREADS if t.is_alive()]
+
+
 # --- the adapter -----------------------------------------------------------------------------------
 @dataclass(kw_only=True)
 class PluginMethod(UnlearningMethod):
@@ -344,7 +403,7 @@ class PluginMethod(UnlearningMethod):
         retain, forget, val = self.loaders(data, top_weighted(w), seed)
         net = copy.deepcopy(original)
         try:
-            with seeded_global_rngs(seed), torch.enable_grad():
+            with restored_torch_globals(), watched_threads(self.label), seeded_global_rngs(seed), torch.enable_grad():
                 out = type(self).function(net, retain, forget, val)
         except KeyboardInterrupt:
             raise
@@ -355,7 +414,20 @@ class PluginMethod(UnlearningMethod):
         if not isinstance(out, nn.Module):
             raise WorstforgetError(f"plugin {self.label} returned {type(out).__name__}, expected the unlearned "
                                    "nn.Module (or None after changing net in place)")
-        return self.checked(out.to(data.device), data).eval()
+        for kind, tensors in (("parameter", out.named_parameters()), ("buffer", out.named_buffers())):
+            for pname, t in tensors:
+                if t.is_meta:
+                    raise WorstforgetError(f"plugin {self.label} returned a model whose {kind} {pname} is on the meta "
+                                           "device (shapes without values); return a model with its weights")
+        try:
+            out = out.to(data.device)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            LOGGER.exception("the model returned by plugin %s cannot be moved to %s", self.label, data.device)
+            raise WorstforgetError(f"plugin {self.label} returned a model that cannot be moved to {data.device}: "
+                                   f"{describe(exc)}{where_logged()}") from None
+        return self.checked(out, data).eval()
 
     @property
     def label(self) -> str:

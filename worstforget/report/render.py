@@ -52,6 +52,7 @@ import base64
 import html
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,7 @@ from .tables import (
     combined_table,
     comparison_table,
     evaluated_methods,
+    fmt_stat,
     gap_stat,
     provenance_rows,
     roc_auc,
@@ -107,7 +109,7 @@ def _headline(r: LoadedResult) -> str:
     worst, rand = gap_stat(s, "worst_case", s["method"]), gap_stat(s, "random", s["method"])
     text = (f"{s['method']} was audited on {s['dataset']}/{s['model']} with a forget set of {s['forget_size']} of "
             f"{s['num_train']} training samples. Its Avg. Gap to Retrain is {worst[0]:.2f} on the worst-case set "
-            f"and {rand[0]:.2f} ± {rand[1]:.2f} on random sets of the same size.")
+            f"and {fmt_stat(*rand)} on {'random sets' if rand[2] > 1 else 'a random set'} of the same size.")
     lines = verdict_lines(s.get("verdict") or [])
     return " ".join([text, *(["Verdict:"] + lines if lines else [])])
 
@@ -154,16 +156,29 @@ def _outline(results: Sequence[LoadedResult], images: Sequence[Any] | None) -> l
 
 # --- Markdown ------------------------------------------------------------------------------------------------
 
+def _md(text: Any) -> str:
+    """Text for Markdown outside code: HTML's special characters as entities. Most viewers render Markdown to
+    HTML, and names and commands come from summary.json, which anyone can edit: a `<script>` there must show
+    as text, never run."""
+    return html.escape(str(text), quote=False)
+
+
 def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return _md(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_fence(text: str) -> str:
+    """A code fence longer than any run of backticks in `text`, so nothing inside can close it."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
 
 
 def _md_table(t: Table) -> list[str]:
-    lines = [f"**{t.title}**", "", "| " + " | ".join(map(_md_cell, t.header)) + " |",
+    lines = [f"**{_md(t.title)}**", "", "| " + " | ".join(map(_md_cell, t.header)) + " |",
              "|" + "|".join(["---"] + ["---:" if t.numeric else "---"] * (len(t.header) - 1)) + "|"]
     lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in t.rows]
     if t.note:
-        lines += ["", f"_{t.note}_"]
+        lines += ["", f"_{_md(t.note)}_"]
     return lines + [""]
 
 
@@ -173,22 +188,26 @@ def render_markdown(results: Sequence[LoadedResult], images: Sequence[Any] | Non
     out: list[str] = []
     for b in _outline(results, images):
         if b.kind == "heading":
-            out += [f"{'#' * b.level} {b.payload}", ""]
+            out += [f"{'#' * b.level} {_md(b.payload)}", ""]
         elif b.kind == "para":
-            out += [b.payload, ""]
+            out += [_md(b.payload), ""]
         elif b.kind == "table":
             out += _md_table(b.payload)
         elif b.kind == "figure":
             f = b.payload
             target = os.path.relpath(f.path, base_dir) if base_dir is not None else str(f.path)
-            out += [f"![{f.title}]({Path(target).as_posix()})", "", f"_{f.caption}_", ""]
+            out += [f"![{_md(f.title)}]({Path(target).as_posix()})", "", f"_{_md(f.caption)}_", ""]
         elif b.kind == "notes":
-            out += [f"> Note: {n}" for n in b.payload] + [""]
+            out += [f"> Note: {_md(n)}" for n in b.payload] + [""]
         elif b.kind == "kv":
-            out += [f"- **{k}**: {v}" for k, v in b.payload] + [""]
+            out += [f"- **{_md(k)}**: {_md(v)}" for k, v in b.payload] + [""]
         elif b.kind == "details":
             summary, text = b.payload
-            out += ["<details>", f"<summary>{summary}</summary>", "", "```json", text, "```", "", "</details>", ""]
+            # still valid JSON (< > & occur only inside its strings), and no viewer can see a tag in it
+            text = text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+            fence = _md_fence(text)
+            out += ["<details>", f"<summary>{_md(summary)}</summary>", "", f"{fence}json", text, fence, "",
+                    "</details>", ""]
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -34,7 +34,9 @@ class Table:
 # --- numbers -------------------------------------------------------------------------------------------------
 
 def fmt_stat(mean: float | None, std: float | None = None, n: int = 1, digits: int = 2) -> str:
-    """'2.92 ± 0.71' for several runs, '2.92' for one, '–' for a missing or NaN mean."""
+    """'2.92 ± 0.71' for several runs, '2.92' for one (or an unknown spread), '–' for a missing or NaN mean."""
+    if std is not None and not math.isfinite(std):
+        std, n = None, 1  # never "± nan"
     return fmt_agg({"mean": mean, "std": std, "n": n}, digits)
 
 
