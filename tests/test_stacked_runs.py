@@ -81,7 +81,8 @@ def test_a_stacked_record_is_the_same_in_any_stack_and_on_any_executor(tmp_path,
     for a, b, c in zip(together, alone, pooled):
         assert without_timing(a) == without_timing(b) == without_timing(c)  # bit for bit
     # a stack bounded by memory: more, smaller stacks, the same records
-    monkeypatch.setattr(ensemble, "memory_budget", lambda device: 2 * model_bytes(alone_setting.spec, alone_setting.data))
+    two_models = 2 * model_bytes(alone_setting.spec, alone_setting.data)
+    monkeypatch.setattr(ensemble, "memory_budget", lambda device: two_models)
     small = run_units(make_setting(tmp_path / "small"), units)
     assert [r["RTE_stack"] for r in small] == [2.0] * 6
     assert [without_timing(r) for r in small] == [without_timing(r) for r in together]
@@ -187,3 +188,22 @@ def test_a_model_trains_bit_for_bit_alike_alone_and_in_any_stack(synthetic):
         together = trained(rows)
         for name in alone:
             assert torch.equal(alone[name], together[name]), (rows, name)
+
+
+@pytest.mark.slow
+def test_the_audit_cost_benchmark_runs(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_audit.py"
+    out = tmp_path / "audit_cost.md"
+    done = subprocess.run([sys.executable, str(script), "--tiny", "--out", str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = out.read_text()
+    assert "`python benchmarks/bench_audit.py --tiny --out" in text
+    for row in ("| one training of the original |", "| reference models |", "| search |", "| stability search |",
+                "| retrain, all kinds (stacked) |", "| retrain, worst_case |", "| retrain, all units |",
+                "| finetune, random |", "| audit |"):
+        assert row in text, row
