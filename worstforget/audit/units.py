@@ -121,20 +121,10 @@ class Unit:
     where: str = "a set"
 
 
-class _Missing(Exception):
-    """Raised by the compute function of a cache look-up that must not compute."""
-
-
-def _raise_missing() -> dict:
-    raise _Missing
-
-
 def cached_unit(setting: Setting, instance: UnlearningMethod, forget_set: torch.Tensor, seed: int) -> dict | None:
-    """The unit's cached record, or None (also when caching is off)."""
-    try:
-        return setting.records.get_or_compute("unit", unit_key(setting, instance, forget_set, seed), _raise_missing)
-    except _Missing:
-        return None
+    """The unit's cached record, or None (also when caching is off, or the entry is unusable: storing the
+    recomputed record warns about it, once)."""
+    return setting.records.get("unit", unit_key(setting, instance, forget_set, seed))
 
 
 def stackable_retrain(setting: Setting, method: str, params: dict) -> Retrain | None:
