@@ -9,7 +9,9 @@ otherwise uniform random images and labels of the same shape and size (45k/5k/10
 classes); the table says which. Phases, in order, each under its own time limit inside --budget-s:
 throughput calibration, host syncs per step, one original training with the fast recipe (epochs capped
 so it fits), one short search with every registered solver, one finetune unlearning run with its
-evaluation, a vmapped ensemble, torch.compile (when time is left), and the projection. A phase that
+evaluation, a vmapped ensemble, stacked Retrain (an audit's Retrain runs as one ensemble, per model
+against one run alone), torch.compile (when time is left), and the projection: every phase as a multiple
+of one training of the original, and the main table in GPU-hours with Retrain one by one and stacked. A phase that
 fails or runs out of time leaves its row saying so; the table is rewritten after every phase, so
 whatever was measured survives a later failure or a kill.
 """
@@ -45,7 +47,7 @@ from worstforget.scoring.metrics import evaluate  # noqa: E402
 from worstforget.search import SOLVERS, SearchConfig, search_worst_case  # noqa: E402
 from worstforget.setting import Setting, forget_size, forget_weights, random_forget_set  # noqa: E402
 from worstforget.training.accel import Accel, current_accel  # noqa: E402
-from worstforget.training.ensemble import fit_ensemble  # noqa: E402
+from worstforget.training.ensemble import fit_ensemble, fit_stacked, stack_capacity  # noqa: E402
 from worstforget.training.loop import accuracy, fit  # noqa: E402
 from worstforget.training.models import build_model  # noqa: E402
 from worstforget.training.original import ModelSpec  # noqa: E402
@@ -260,9 +262,14 @@ def main(argv: list[str] | None = None) -> int:
              *[(f"search:{label}", f"search, {label} (s)") for label, _ in solver_rows],
              ("finetune", "unlearning: finetune, 1 epoch (s)"), ("evaluate", "evaluation of one model (s)"),
              ("ensemble", f"ensemble of {args.ensemble_models} models, 1 epoch (s)"),
+             ("retrain_stack", f"stacked Retrain: {args.ensemble_models} runs, per run / one run alone"),
              ("compile", "train images/s with torch.compile"),
+             ("ratios", "phases × one training of the original (fast recipe)"),
              ("proj_fast", "projected main table, fast recipe (h)"),
-             ("proj_paper", "projected main table, paper recipe (h)"), ("total", "wall time of this check (s)")]
+             ("proj_paper", "projected main table, paper recipe (h)"),
+             ("proj_fast_stacked", "projected main table, fast recipe, Retrain stacked (h)"),
+             ("proj_paper_stacked", "projected main table, paper recipe, Retrain stacked (h)"),
+             ("total", "wall time of this check (s)")]
     table = Table(order, out)
     runner = Runner(table, args.budget_s, device)
     try:
@@ -425,6 +432,28 @@ def check(args, scale: Scale, device: torch.device, accel: Accel, fast, paper, s
 
     runner.run("ensemble", ["ensemble"], ensemble, cap_s=90, reserve_s=5, min_s=10)
 
+    def stacked_retrain(_):
+        # an audit's Retrain units: one recipe, equal retain sizes (so BatchNorm stacks), own seeds and sets
+        cfg = fast.with_updates(epochs=1, select_best=False)
+        sub = train_subset(data, min(scale.ensemble_images, data.num_train))
+        k, n = args.ensemble_models, sub.num_train
+        weights = torch.stack([1 - forget_weights(sub, random_forget_set(n, forget_size(n, FORGET_RATIO), r))
+                               for r in range(k)])
+        warm = fit_stacked(spec(cfg), sub, seeds=list(range(k)), sample_weights=weights, cfg=cfg, accel=accel)
+        del warm  # the warm-up run (kernels, allocator) is untimed
+        _, alone = timed(lambda: fit(spec(cfg).build(sub), sub, cfg, seed=0, sample_weights=weights[0],
+                                     accel=accel), device)
+        _, stacked = timed(lambda: fit_stacked(spec(cfg), sub, seeds=list(range(k)), sample_weights=weights,
+                                               cfg=cfg, accel=accel), device)
+        m["stack_ratio"] = stacked / (k * alone)
+        capacity = stack_capacity(spec(fast), data, fast)
+        table.set("retrain_stack", m["stack_ratio"], (
+            f"resnet18, 1 epoch on {n:,} samples less a {FORGET_RATIO:.0%} forget set each: {k} stacked in "
+            f"{stacked:.2f} s, one alone {alone:.2f} s ({1 / m['stack_ratio']:.2f}× faster per run); "
+            f"stack_capacity at the full data: {capacity} models"))
+
+    runner.run("stacked retrain", ["retrain_stack"], stacked_retrain, cap_s=90, reserve_s=5, min_s=10)
+
     def compiled(_):
         tp = training_throughput(spec(fast).build(data), data, fast, images=scale.compile_images,
                                  accel=dataclasses.replace(accel, compile=True))
@@ -445,7 +474,7 @@ def project(table: Table, m: dict, data, fast, paper) -> None:
     """The main-table projections (AUDIT_FORMULA) for the fast and the paper recipe."""
     need = [k for k in ("train_fast", "train_paper", "infer", "ft_epoch", "search") if k not in m]
     if need:
-        for key in ("proj_fast", "proj_paper"):
+        for key in ("ratios", "proj_fast", "proj_paper", "proj_fast_stacked", "proj_paper_stacked"):
             table.set(key, "n/a", f"missing measurements: {', '.join(need)}")
         return
     n, n_val = data.num_train, len(data.y_val)
@@ -470,6 +499,19 @@ def project(table: Table, m: dict, data, fast, paper) -> None:
                           retrain=retain_share * full_epochs * epoch_s, evaluate=m.get("evaluate", 0.0),
                           references=REFERENCE_MODELS * 0.5 * full_epochs * epoch_s)
         total = project_audit_seconds(costs)
+        if key == "proj_fast":
+            phase_ratios(table, m, costs, total)
+        stacked_key = f"{key}_stacked"
+        if "stack_ratio" in m:
+            # Retrain units and the reference models train stacked: each costs stack_ratio of a run alone
+            stacked = dataclasses.replace(costs, retrain=costs.retrain * m["stack_ratio"],
+                                          references=costs.references * m["stack_ratio"])
+            table.set(stacked_key, project_audit_seconds(stacked) / 3600, (
+                f"as '{table.labels[key]}' with T_retrain and T_refs × {m['stack_ratio']:.2f} (stacked Retrain "
+                f"per run / one run alone, measured above): T_retrain={stacked.retrain:,.0f} s, "
+                f"T_refs={stacked.references:,.0f} s"))
+        else:
+            table.set(stacked_key, "n/a", "stacked Retrain not measured")
         table.set(key, total / 3600, (
             f"{AUDIT_FORMULA} with W=1 searched set, R=5 random sets, S=2 seeds, M=10 methods; "
             f"T_orig={costs.original:,.0f} s ({full_epochs} epochs × {epoch_s:.1f} s), "
@@ -482,6 +524,19 @@ def project(table: Table, m: dict, data, fast, paper) -> None:
             + ("" if scale == 1.0 else f"; lower-level and method images cost {scale:.2f}× (the fit throughput ratio "
                                        f"of batch {fast.batch_size} to batch {paper.batch_size})")
             + "".join(f"; {note}" for note in notes)))
+
+
+def phase_ratios(table: Table, m: dict, costs: UnitCosts, total: float) -> None:
+    """Every phase of the main-table audit as a multiple of one training of the original (fast recipe), so
+    other settings can be projected from one measured training."""
+    unit = costs.original
+    parts = [f"reference models {costs.references / unit:.2f}", f"one search {costs.search / unit:.3f}",
+             f"one Retrain {costs.retrain / unit:.3f}"]
+    if "stack_ratio" in m:
+        parts.append(f"one stacked Retrain {costs.retrain * m['stack_ratio'] / unit:.3f}")
+    parts += [f"one method run (FT) {costs.method / unit:.3f}", f"one evaluation {costs.evaluate / unit:.4f}",
+              f"main table {total / unit:.1f} (Retrain one by one)"]
+    table.set("ratios", f"T_orig = {unit:,.0f} s", "; ".join(parts))
 
 
 def finish(table: Table, runner: Runner) -> int:

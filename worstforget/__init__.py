@@ -10,7 +10,16 @@ Library entry points (imported lazily so the CLI's --help stays fast):
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
+
+# Thread-count independence. MKL's sgemm splits the reduction of a product with a small side (a classifier's
+# weight gradient: classes × batch × hidden) across threads, so serial runs, pool workers and OMP_NUM_THREADS
+# settings trained weights that differed in their last bits — and the SVC behind MIA_logit turned those
+# bits into different percentages. MKL's strict conditional numerical reproducibility makes its products
+# independent of the thread count; MKL reads the setting once, at its first call, hence here, before this
+# package imports torch. A caller's own MKL_CBWR is kept.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 __version__ = "0.1.0"
 

@@ -2,8 +2,10 @@
 the registered attacks on them, and the pipeline over named forget sets (worst case, random, heuristic).
 
 Models are executor tasks (core/executor.py): each unlearned model is one task, Retrain's N models one
-task per set (trained together as a vmapped ensemble); every model's statistics are cached on disk, under
-a lock, so drivers and workers sharing the cache folder compute each once."""
+task per set (trained together as vmapped ensembles of at most `stack_capacity` models); every model's
+statistics are cached on disk, under a lock, so drivers and workers sharing the cache folder compute each
+once. A retrained model's `seconds` is the wall time of one Retrain run alone (`units.retrain_seconds`),
+not its share of an ensemble's, so RTE fractions compare a method with Retrain as it would run."""
 from __future__ import annotations
 
 import logging
@@ -14,19 +16,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.cache import COMPUTED, ArrayCache
-from ..core.errors import ConfigError
 from ..core.executor import Call, Executor, serial
 from ..core.hashing import stable_hash
 from ..core.progress import NullProgress, Progress
 from ..core.runtime import Timer
-from ..core.seeds import derive_seed
 from ..methods import make_method
+from ..methods.exact import Retrain
 from ..scoring.attacks import ATTACKS, Stats
 from ..training.outputs import logit_scaled_confidence
 from ..setting import Setting, forget_mask, forget_weights, forgotten_classes
+from ..training.accel import current_accel
+from ..training.ensemble import chunk_sizes, fit_stacked, stack_capacity
 from ..training.loop import predict_logits
 from .result import AttackEvaluation
-from .units import method_label, unit_call
+from .units import Unit, UnitPlan, method_label, retrain_seconds, stackable_retrain
 
 LOGGER = logging.getLogger("worstforget")
 
@@ -147,21 +150,24 @@ def _store(cache: ArrayCache, key: str, arrays: dict, seconds: float) -> None:
 
 
 def _retrain_ensemble(setting: Setting, forget_set, w, seeds, progress) -> dict:
-    from ..training.ensemble import fit_ensemble
-
+    """Retrained models for `seeds` as stacks of at most `stack_capacity` models; {} where the architecture
+    cannot be stacked (then they train one by one)."""
+    instance = stackable_retrain(setting, "retrain", {})
+    if instance is None:
+        return {}
     spec, data = setting.spec, setting.data
-    try:
-        with Timer() as timer:
-            # the same seeds Retrain.apply derives, so model i equals retrain with seed i up to rounding
-            models = fit_ensemble(spec, data, seeds=[derive_seed(s, "retrain-order") for s in seeds],
-                                  init_seeds=[derive_seed(s, "retrain-init") for s in seeds],
-                                  sample_weights=(1 - w).expand(len(seeds), -1), progress=progress,
-                                  description="retrain ensemble")
-    except ConfigError:
-        return {}  # architectures the ensemble cannot stack fall back to sequential retraining
-    per_model_seconds = timer.seconds / len(seeds)
-    return {s: {**per_model_arrays(m, setting, forget_set), "seconds": np.array(per_model_seconds)}
-            for s, m in zip(seeds, models)}
+    cfg = instance.recipe(spec)
+    seconds = np.array(retrain_seconds(setting, instance, forget_set, progress=progress))  # one Retrain alone
+    out, start = {}, 0
+    for size in chunk_sizes(len(seeds), stack_capacity(spec, data, cfg)):
+        part, start = seeds[start:start + size], start + size
+        pairs = [Retrain.seeds(s) for s in part]  # as Retrain.apply draws them: model i is retrain with seed i
+        stack = fit_stacked(spec, data, seeds=[order for _, order in pairs], init_seeds=[init for init, _ in pairs],
+                            sample_weights=(1 - w).expand(len(part), -1), cfg=cfg, progress=progress,
+                            description=f"retrain ×{len(part)}", accel=current_accel())
+        out.update({s: {**per_model_arrays(m, setting, forget_set), "seconds": seconds}
+                    for s, m in zip(part, stack.models())})
+    return out
 
 
 def stack(per_model: list[dict], key: str) -> np.ndarray:
@@ -239,17 +245,20 @@ def evaluate_sets(setting: Setting, methods: list[tuple[str, dict]], sets: dict[
     """Attack every method on every set of every kind (N unlearned vs N retrained models per set). Every
     model of every set is an independent task: one executor map (with each set's Retrain unit, the RTE
     reference), then the attacks in the driver."""
-    calls: list[Call] = []
+    executor = executor or serial()
+    # each set's Retrain unit (seed 0), the RTE reference: stacked across sets like an audit's
+    where = [(kind, i) for kind, members in sets.items() for i in range(len(members))]
+    units = UnitPlan(setting, [Unit("retrain", {}, sets[kind][i], 0, f"{kind} set {i + 1} of {len(sets[kind])}")
+                               for kind, i in where], parallelism=executor.parallelism)
+    calls: list[Call] = list(units.calls)
     plans: dict[tuple[str, int, str], tuple[_Plan, int]] = {}  # (kind, set, method) → its plan, its first call
-    rte_calls: dict[tuple[str, int], int] = {}  # each set's Retrain unit: the RTE reference
     for kind, members in sets.items():
         for i, forget in enumerate(members):
-            rte_calls[kind, i] = len(calls)
-            calls.append(unit_call("retrain", {}, forget, 0, f"{kind} set {i + 1} of {len(members)}"))
             for name, params in methods:
                 plans[kind, i, name] = plan, first = _Plan(name, params, forget, num_models, 0), len(calls)
                 calls.extend(plan.calls)
-    results = (executor or serial()).map(setting, calls, progress=progress, description="attack models")
+    results = executor.map(setting, calls, progress=progress, description="attack models")
+    rte = dict(zip(where, units.records(results[:len(units.calls)])))
     scores: dict[str, dict[str, list[dict]]] = {}
     arrays: dict[str, np.ndarray] = {}
     for kind, members in sets.items():
@@ -258,7 +267,7 @@ def evaluate_sets(setting: Setting, methods: list[tuple[str, dict]], sets: dict[
             arrays[f"{kind}/{i}/forget_set"] = forget.cpu().numpy()
             for name, _ in methods:
                 plan, first = plans[kind, i, name]
-                res = plan.scores(results[first:first + len(plan.calls)], attacks, results[rte_calls[kind, i]]["RTE"])
+                res = plan.scores(results[first:first + len(plan.calls)], attacks, rte[kind, i]["RTE"])
                 scores[kind][name].append(res["scores"])
                 for key, value in res["per_example"].items():
                     arrays[f"{kind}/{i}/{name}/{key}"] = np.asarray(value)

@@ -24,7 +24,7 @@ from ..forget_sets import random_forget_set
 from ..methods import make_method, parse_params
 from ..setting import Setting, forget_size
 from .result import run_arrays
-from .units import unit_call
+from .units import Unit, run_units
 
 SAMPLERS = ("grid", "tpe")
 TUNE_INSTALL = "pip install 'worstforget[tune]'"
@@ -50,9 +50,9 @@ def avg_gaps(setting: Setting, method: str, points: list[dict], sets: list, *, e
     """The Avg. Gap to Retrain (aggregated over the sets, seed 0) of `method` at every point: Retrain's units
     once per set, then every (point, set) unit, all in one executor map."""
     where = [f"tuning set {r + 1} of {len(sets)}" for r in range(len(sets))]
-    calls = [unit_call("retrain", {}, forget, 0, w) for forget, w in zip(sets, where)]
-    calls += [unit_call(method, params, forget, 0, w) for params in points for forget, w in zip(sets, where)]
-    records = (executor or serial()).map(setting, calls, progress=progress, description="tuning units")
+    units = [Unit("retrain", {}, forget, 0, w) for forget, w in zip(sets, where)]  # stacked (units.run_units)
+    units += [Unit(method, params, forget, 0, w) for params in points for forget, w in zip(sets, where)]
+    records = run_units(setting, units, progress=progress, executor=executor, description="tuning units")
     retrain, runs = records[:len(sets)], records[len(sets):]
     out = []
     for p in range(len(points)):

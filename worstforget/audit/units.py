@@ -3,22 +3,42 @@
 A unit — unlearn one forget set with one method and seed, then evaluate it — is a pure function of
 (original model key, method and hyper-parameters, forget set, seed, evaluation settings); its record is
 cached on disk under a hash of those, so audits can be split across processes or machines that share
-the cache folder. `run_on_sets` (and `run_on_kinds` for several kinds of sets at once) runs Retrain and
-every method on every set with every seed — all independent units, fanned out by an executor
-(core/executor.py; serial by default) — and returns the per-run arrays the typed results aggregate;
-`compare_methods` and `unlearn_on_set` are the `compare` and `unlearn` commands.
+the cache folder. `run_units` runs a list of units: the Retrain units of one recipe and retain size that
+are not cached yet train together, as vmapped ensembles of at most `stack_capacity` models
+(training/ensemble.py), one executor task per stack, each record still cached under its own unit key;
+every other unit is a task of its own. `run_on_sets` (and `run_on_kinds` for several kinds of sets at
+once) runs Retrain and every method on every set with every seed and returns the per-run arrays the
+typed results aggregate; `compare_methods` and `unlearn_on_set` are the `compare` and `unlearn` commands.
+
+Stacked Retrain. A model trained in a stack is bit for bit the model trained in any other stack or
+alone in one (the ensemble's rows never mix), so records do not depend on how units were chunked —
+the executor, its workers, free memory or which units were cached. They match `Retrain.apply` (the
+sequential loop) up to float rounding: the same initialisation, batch order, augmentation, schedule
+and validation selection. Timing: a stack's wall time is not one Retrain's, so a stacked record's RTE
+is the wall time of one Retrain run alone (`Retrain.apply` on a retain set of the same size, the loop
+every method's RTE is measured with), measured once per setting, recipe and retain size and cached;
+`RTE_stack` (models trained together) and `RTE_stack_seconds` (their wall time) say what the audit
+spent.
 """
 from __future__ import annotations
 
+import json
+from contextlib import nullcontext
+from dataclasses import dataclass
+
 import torch
 
-from ..core.errors import WorstforgetError
+from ..core.cache import file_lock
+from ..core.errors import ConfigError, WorstforgetError
 from ..core.executor import Call, Executor, serial
 from ..core.hashing import stable_hash
 from ..core.progress import Progress
 from ..core.runtime import Timer, sync
 from ..methods import UnlearningMethod, make_method
+from ..methods.exact import Retrain
 from ..scoring.metrics import evaluate
+from ..training.ensemble import check_stackable, chunk_sizes, fit_stacked, stack_capacity
+from ..training.accel import current_accel
 from ..setting import Setting, forget_mask, forget_size, forget_weights, forgotten_classes, random_forget_set
 from .result import Comparison, SetKind, run_arrays
 
@@ -87,19 +107,207 @@ def unit_call(method: str, params: dict, forget_set: torch.Tensor, seed: int, wh
                 label=f"{method_label(method, params)} on {where} ({len(forget_set)} samples), seed {seed}")
 
 
+# --- units, and Retrain units stacked ------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class Unit:
+    """One run: `method` with `params` on `forget_set` with `seed`; `where` names the set (e.g. 'random set 2
+    of 5') in progress lines, logs and errors."""
+
+    method: str
+    params: dict
+    forget_set: torch.Tensor
+    seed: int = 0
+    where: str = "a set"
+
+
+def cached_unit(setting: Setting, instance: UnlearningMethod, forget_set: torch.Tensor, seed: int) -> dict | None:
+    """The unit's cached record, or None (also when caching is off, or the entry is unusable: storing the
+    recomputed record warns about it, once)."""
+    return setting.records.get("unit", unit_key(setting, instance, forget_set, seed))
+
+
+def stackable_retrain(setting: Setting, method: str, params: dict) -> Retrain | None:
+    """The resolved Retrain instance when `method` is the built-in Retrain and its model can train in a stack
+    (no dropout; see training/ensemble.py), else None (the unit then runs on its own)."""
+    instance = make_method(method, params).resolved(setting.spec.train.batch_size)
+    if not isinstance(instance, Retrain):  # a plug-in may override the name
+        return None
+    try:
+        check_stackable(setting.spec, setting.data)
+    except ConfigError:
+        return None
+    return instance
+
+
+class UnitPlan:
+    """The executor tasks behind a list of units, and the units' records from the tasks' results.
+
+    Retrain units (`stackable_retrain`) are grouped by recipe and retain size; the group's units not cached
+    yet are split into stacks (`chunk_sizes`: within the driver's `stack_capacity`, and at least one per
+    worker while units last) and its cached units are shared out among those stacks, so every unit still
+    has a task that says whether it computed or read it. Each stack is one `retrain_stack_task`, which
+    trains only the units missing from the cache when it runs. Every other unit is one `unit_task`.
+    Stacks come first."""
+
+    def __init__(self, setting: Setting, units: list[Unit], *, parallelism: int = 1):
+        self.units = list(units)
+        self.calls: list[Call] = []
+        self.returns: list[list[int]] = []  # per call: the units whose records it returns, in its order
+        groups: dict[tuple, tuple[Retrain, list[int], list[int]]] = {}  # → (Retrain, missing, cached)
+        single: list[int] = []
+        for i, unit in enumerate(self.units):
+            instance = stackable_retrain(setting, unit.method, unit.params)
+            if instance is None:
+                single.append(i)
+                continue
+            group = (json.dumps(method_identity(instance), sort_keys=True, default=str),
+                     setting.data.num_train - len(unit.forget_set))
+            _, missing, cached = groups.setdefault(group, (instance, [], []))
+            (missing if cached_unit(setting, instance, unit.forget_set, unit.seed) is None else cached).append(i)
+        for instance, missing, cached in groups.values():
+            capacity = stack_capacity(setting.spec, setting.data, instance.recipe(setting.spec))
+            stacks, start = [], 0
+            for size in chunk_sizes(len(missing), capacity, parallelism) or [0]:
+                stacks.append(missing[start:start + size])
+                start += size
+            for n, i in enumerate(cached):  # reading a record costs nothing: anywhere will do
+                stacks[n % len(stacks)].append(i)
+            for members in stacks:
+                members.sort()
+                self.calls.append(stack_call([self.units[i] for i in members]))
+                self.returns.append(members)
+        for i in single:
+            unit = self.units[i]
+            self.calls.append(unit_call(unit.method, unit.params, unit.forget_set, unit.seed, unit.where))
+            self.returns.append([i])
+
+    def records(self, results: list) -> list[dict]:
+        """Each unit's record, in the order of the units, from the results of `calls`."""
+        out: list[dict | None] = [None] * len(self.units)
+        for members, result in zip(self.returns, results):
+            for i, record in zip(members, result if isinstance(result, list) else [result]):
+                out[i] = record
+        return out  # type: ignore[return-value]
+
+
+def run_units(setting: Setting, units: list[Unit], *, progress: Progress | None = None,
+              executor: Executor | None = None, description: str = "units") -> list[dict]:
+    """The records of `units`, in their order (see `UnitPlan`): one executor map."""
+    executor = executor or serial()
+    plan = UnitPlan(setting, units, parallelism=executor.parallelism)
+    return plan.records(executor.map(setting, plan.calls, progress=progress, description=description))
+
+
+def stack_call(units: list[Unit]) -> Call:
+    """The task training the Retrain units of one stack (one recipe, one retain size)."""
+    first, last = units[0], units[-1]
+    label = method_label(first.method, first.params)
+    if len(units) == 1:
+        label += f" on {first.where} ({len(first.forget_set)} samples), seed {first.seed}"
+    else:
+        seeds = ", ".join(str(s) for s in sorted({u.seed for u in units}))
+        label += (f" ×{len(units)} stacked, on {first.where} … {last.where} ({len(first.forget_set)} samples), "
+                  f"seeds {seeds}")
+    return Call(retrain_stack_task, (dict(first.params), [(u.forget_set.cpu(), u.seed) for u in units]), label=label)
+
+
+def retrain_stack_task(setting: Setting, params: dict, runs: list[tuple[torch.Tensor, int]], *,
+                       progress: Progress | None = None) -> list[dict]:
+    """Records of Retrain (with `params`) on each (forget set, seed) of `runs`, whose retain sets have one
+    size. Cached ones are read; the others train as stacks of at most this machine's `stack_capacity`
+    models under one lock, are evaluated one by one and cached under their own unit keys."""
+    instance = stackable_retrain(setting, "retrain", params)
+    if instance is None:  # not expected from a plan: run them one by one
+        return [run_unit(setting, "retrain", params, f, seed=s, progress=progress) for f, s in runs]
+    keys = [unit_key(setting, instance, f, s) for f, s in runs]
+    records = [cached_unit(setting, instance, f, s) for f, s in runs]
+    missing = [i for i, r in enumerate(records) if r is None]
+    if not missing:
+        return records  # type: ignore[return-value]
+    lock = (file_lock(setting.records.path("unit-stack", stable_hash([keys[i] for i in missing])).with_suffix(".lock"))
+            if setting.records.enabled else nullcontext())
+    with lock:  # two drivers with the same plan train a stack once; the second reads its records
+        for i in missing:
+            records[i] = cached_unit(setting, instance, *runs[i])
+        missing = [i for i, r in enumerate(records) if r is None]
+        if not missing:
+            return records  # type: ignore[return-value]
+        alone = retrain_seconds(setting, instance, runs[missing[0]][0], progress=progress)
+        cfg = instance.recipe(setting.spec)
+        start = 0
+        for size in chunk_sizes(len(missing), stack_capacity(setting.spec, setting.data, cfg)):
+            part, start = missing[start:start + size], start + size
+            metrics, seconds = _train_stack(setting, instance, [runs[i] for i in part], progress)
+            for i, found in zip(part, metrics):
+                record = {**found, "RTE": alone, "RTE_stack": float(len(part)), "RTE_stack_seconds": seconds}
+                records[i] = setting.records.get_or_compute("unit", keys[i], lambda r=record: r)
+    return records  # type: ignore[return-value]
+
+
+def _train_stack(setting: Setting, instance: Retrain, runs: list[tuple[torch.Tensor, int]],
+                 progress: Progress | None) -> tuple[list[dict], float]:
+    """Train Retrain on each (forget set, seed) of `runs` as one stack; each model's metrics, and the stack's
+    training wall time."""
+    data = setting.data
+    seeds = [Retrain.seeds(s) for _, s in runs]  # (init, order) per run, as Retrain.apply draws them
+    weights = torch.stack([1.0 - forget_weights(data, f) for f, _ in runs])
+    with Timer() as timer:
+        stack = fit_stacked(setting.spec, data, seeds=[order for _, order in seeds],
+                            init_seeds=[init for init, _ in seeds], sample_weights=weights,
+                            cfg=instance.recipe(setting.spec), progress=progress,
+                            description=f"retrain ×{len(runs)}", accel=current_accel())
+        sync(data.device)
+    out = []
+    for (forget, seed), model in zip(runs, stack.models()):
+        check_finite(model, instance.name, seed)
+        metrics = evaluate(model, data, forget, mia_seed=setting.mia_seed, mia_resamples=setting.mia_resamples)
+        out.append(metrics)
+    return out, timer.seconds
+
+
+RETRAIN_TIME_VERSION = 1
+
+
+def retrain_seconds(setting: Setting, instance: Retrain, forget_set: torch.Tensor, *,
+                    progress: Progress | None = None) -> float:
+    """Wall time of one Retrain run on its own (`Retrain.apply`, seed 0) on a retain set of `forget_set`'s
+    size: the RTE of stacked Retrain units. Measured once per setting, recipe, retain size and device type,
+    and cached (the model is discarded)."""
+    data = setting.data
+    key = stable_hash({"v": RETRAIN_TIME_VERSION, "original": setting.original_key, "spec": setting.spec.to_dict(),
+                       "method": method_identity(instance), "retain": data.num_train - len(forget_set),
+                       "device": data.device.type})
+
+    def compute() -> dict:
+        with Timer() as timer:
+            instance.apply(setting.original, data, forget_weights(data, forget_set), seed=0, spec=setting.spec,
+                           progress=progress)
+            sync(data.device)
+        return {"seconds": timer.seconds}
+
+    def problem(record) -> str | None:
+        ok = isinstance(record, dict) and isinstance(record.get("seconds"), (int, float)) and record["seconds"] >= 0
+        return None if ok else "lacks a non-negative 'seconds'"
+
+    return float(setting.records.get_or_compute("retrain-time", key, compute, validate=problem)["seconds"])
+
+
+# --- Retrain and methods over kinds of forget sets -------------------------------------------------------
+
 def run_on_kinds(setting: Setting, methods: Methods, kinds: dict[str, list[torch.Tensor]], *, seeds: list[int],
                  progress: Progress | None = None, executor: Executor | None = None) -> dict[str, SetKind]:
     """Retrain and every method on every set of every kind with every seed: per kind, per-run arrays
-    (num_sets, num_seeds). All units are independent: one executor map, Retrain's units first."""
+    (num_sets, num_seeds). All units are independent: one executor map (`run_units`), Retrain's first."""
     names = ["retrain", *[name for name, _ in methods if name != "retrain"]]
-    slots, calls = [], []
+    slots, units = [], []
     for who, params in [("retrain", {}), *[(n, p) for n, p in methods if n != "retrain"]]:
         for kind, sets in kinds.items():
             for i, forget in enumerate(sets):
                 for j, s in enumerate(seeds):
                     slots.append((kind, who, i, j))
-                    calls.append(unit_call(who, params, forget, s, f"{kind or 'the'} set {i + 1} of {len(sets)}"))
-    results = (executor or serial()).map(setting, calls, progress=progress, description="units")
+                    units.append(Unit(who, dict(params), forget, s, f"{kind or 'the'} set {i + 1} of {len(sets)}"))
+    results = run_units(setting, units, progress=progress, executor=executor)
     records = {kind: {who: [[{} for _ in seeds] for _ in sets] for who in names} for kind, sets in kinds.items()}
     for (kind, who, i, j), record in zip(slots, results):
         records[kind][who][i][j] = record
@@ -141,5 +349,6 @@ def unlearn_on_set(setting: Setting, method: str, params: dict, forget_set: torc
     return Comparison(header=header, seeds=seeds, kinds={kind: block}, provenance=setting.provenance())
 
 
-__all__ = ["RECORD_VERSION", "run_unit", "run_on_sets", "run_on_kinds", "compare_methods", "unlearn_on_set",
-           "random_sets", "unit_key", "check_finite", "unit_task", "unit_call", "method_label"]
+__all__ = ["RECORD_VERSION", "run_unit", "run_units", "run_on_sets", "run_on_kinds", "compare_methods",
+           "unlearn_on_set", "random_sets", "unit_key", "check_finite", "unit_task", "unit_call", "method_label",
+           "Unit", "UnitPlan", "retrain_stack_task", "retrain_seconds", "stackable_retrain", "cached_unit"]

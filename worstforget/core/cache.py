@@ -274,6 +274,13 @@ class RecordCache:
     def path(self, kind: str, key: str) -> Path:
         return self.root / "records" / kind / f"{key}.json"
 
+    def get(self, kind: str, key: str, *, validate: Validator | None = None) -> dict | None:
+        """The cached record of (kind, key) when there is a usable one, else None — silently: the
+        `get_or_compute` that recomputes an unusable entry says why."""
+        if not self.enabled:
+            return None
+        return self._read(self.path(kind, key), validate or (lambda record: record_problem(kind, record)), warn=False)
+
     def get_or_compute(self, kind: str, key: str, compute: Callable[[], dict], *,
                        validate: Validator | None = None) -> dict:
         """The cached record of (kind, key), or `compute()` stored under it.

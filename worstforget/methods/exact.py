@@ -11,7 +11,7 @@ from ..core.errors import ConfigError
 from ..core.progress import Progress
 from ..core.seeds import derive_seed
 from ..datasets import Dataset
-from ..training.loop import fit
+from ..training.loop import TrainConfig, fit
 from .base import UnlearningMethod, check_weights
 from .registry import register_method
 
@@ -32,10 +32,19 @@ class Retrain(UnlearningMethod):
             raise ConfigError("retrain needs the original model's recipe (spec); it cannot audit a bare checkpoint "
                               "without --model, --epochs and --lr")
         w = check_weights(forget_weights, data)
-        cfg = spec.train.with_updates(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
-        model = spec.build(data, seed=derive_seed(seed, "retrain-init"))
-        return fit(model, data, cfg, seed=derive_seed(seed, "retrain-order"), sample_weights=1.0 - w,
+        init_seed, order_seed = self.seeds(seed)
+        return fit(spec.build(data, seed=init_seed), data, self.recipe(spec), seed=order_seed, sample_weights=1.0 - w,
                    progress=progress, description="retrain")
+
+    def recipe(self, spec) -> TrainConfig:
+        """The run's training recipe: the original's, with this method's epochs, lr and batch size (the
+        stacked Retrain runs of an audit, audit/units.py, train with the same)."""
+        return spec.train.with_updates(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
+
+    @staticmethod
+    def seeds(seed: int) -> tuple[int, int]:
+        """(initialisation seed, batch-order seed) of the run with `seed`."""
+        return derive_seed(seed, "retrain-init"), derive_seed(seed, "retrain-order")
 
 
 @register_method("noop", aliases=("none",))

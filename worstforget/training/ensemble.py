@@ -42,9 +42,12 @@ masks from the global RNG, which a vmapped run cannot reproduce per model.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
+import json
 import math
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -57,6 +60,7 @@ from ..core.errors import ConfigError
 from ..core.progress import NullProgress, Progress
 from ..core.seeds import generator
 from ..datasets import Dataset, augment_batch
+from .accel import Accel
 from .loop import TrainConfig
 from .models import MLP
 from .optim import lr_factor
@@ -64,7 +68,14 @@ from .optim import lr_factor
 if TYPE_CHECKING:
     from .original import ModelSpec
 
-__all__ = ["StackedModels", "fit_ensemble", "fit_stacked", "predict_logits_ensemble"]
+__all__ = ["StackedModels", "fit_ensemble", "fit_stacked", "predict_logits_ensemble", "stack_capacity",
+           "model_bytes", "chunk_sizes", "check_stackable", "memory_budget"]
+
+MAX_STACK = 64  # models per stack at most: past a few dozen a stack gains nothing per model, and a chunk is one task
+PARAM_COPIES = 8  # stacked leaves, gradients, momentum, best-epoch copy, built and unstacked modules, slack
+ACTIVATION_COPIES = 3  # a batch's activations kept for backward, their gradients, and slack
+MEMORY_SHARE = {"cuda": 0.5, "cpu": 0.25}  # of the free (CUDA) or available (CPU) memory a stack may take
+VALIDATION_BATCH = 2048  # StackedModels.predict_logits' batch: its no-grad pass holds a layer's input and output
 
 
 def _check_supported(model: nn.Module, sizes: Sequence[int]) -> None:
@@ -77,6 +88,23 @@ def _check_supported(model: nn.Module, sizes: Sequence[int]) -> None:
         if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
             raise ConfigError(f"model ensembles do not support dropout (layer {name!r}): its masks come from the "
                               "global RNG and cannot be reproduced per model")
+
+
+def check_stackable(spec: ModelSpec, data: Dataset) -> None:
+    """Raise ConfigError when models of `spec` cannot train in a stack at all (dropout); models that train on
+    equally many samples always can. Checked once per architecture."""
+    key = (json.dumps(spec.to_dict(), sort_keys=True, default=str), tuple(data.input_shape), data.num_classes)
+    if key not in _STACKABLE:
+        try:
+            _check_supported(spec.build(data, seed=0), [1])
+            _STACKABLE[key] = None
+        except ConfigError as exc:
+            _STACKABLE[key] = str(exc)
+    if _STACKABLE[key] is not None:
+        raise ConfigError(_STACKABLE[key])
+
+
+_STACKABLE: dict[tuple, str | None] = {}
 
 
 @dataclass(frozen=True)
@@ -239,6 +267,84 @@ def predict_logits_ensemble(models_or_stack: StackedModels | Sequence[nn.Module]
     return stack.predict_logits(x, batch_size=batch_size)
 
 
+# --- how many models fit in one stack ---------------------------------------------------------------------
+
+def model_bytes(spec: ModelSpec, data: Dataset, cfg: TrainConfig | None = None) -> int:
+    """Bytes one model adds to a stack that trains with `cfg` (default `spec.train`): its parameters and
+    buffers PARAM_COPIES times over, plus the larger of one training batch's activations (ACTIVATION_COPIES
+    times: kept for backward, their gradients) and the validation pass's widest layer (input and output at
+    VALIDATION_BATCH rows). Activations are measured by one forward pass of a batch on the CPU."""
+    cfg = spec.train if cfg is None else cfg
+    key = (json.dumps(spec.to_dict(), sort_keys=True, default=str), tuple(data.input_shape), data.num_classes,
+           cfg.batch_size)
+    if key not in _MODEL_BYTES:
+        model = spec.build(data, seed=0).cpu().eval()
+        state = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+        outputs: list[int] = []
+
+        def record(module: nn.Module, inputs: tuple, output: object) -> None:
+            if isinstance(output, torch.Tensor):
+                outputs.append(output.numel() * output.element_size())
+
+        leaves = [m for m in model.modules() if not list(m.children())]
+        hooks = [m.register_forward_hook(record) for m in leaves]
+        x = data.x_train[:cfg.batch_size].cpu()
+        try:
+            with torch.no_grad():
+                model(x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        batch = x.numel() * x.element_size() + sum(outputs)
+        widest = 2 * max(outputs + [x.numel() * x.element_size()]) * math.ceil(VALIDATION_BATCH / max(1, len(x)))
+        _MODEL_BYTES[key] = PARAM_COPIES * state + max(ACTIVATION_COPIES * batch, widest)
+    return _MODEL_BYTES[key]
+
+
+_MODEL_BYTES: dict[tuple, int] = {}
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes a stack may take on `device`: a share of the free GPU memory, else of the available RAM."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * MEMORY_SHARE["cuda"])
+    return int(_available_ram() * MEMORY_SHARE["cpu"])
+
+
+def _available_ram() -> int:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30  # no way to ask: assume a small machine
+
+
+def stack_capacity(spec: ModelSpec, data: Dataset, cfg: TrainConfig | None = None, *,
+                   budget: int | None = None) -> int:
+    """How many models of `spec` one `fit_stacked` call may train at once on `data`'s device: the memory
+    budget (`memory_budget` unless given) over `model_bytes`, between 1 and MAX_STACK."""
+    budget = memory_budget(data.device) if budget is None else budget
+    return max(1, min(MAX_STACK, budget // max(1, model_bytes(spec, data, cfg))))
+
+
+def chunk_sizes(count: int, capacity: int, parallelism: int = 1) -> list[int]:
+    """Sizes of the stacks `count` runs are split into: as few as `capacity` allows, but at least one per
+    worker (`parallelism`) while runs last, and as equal as possible."""
+    if count <= 0:
+        return []
+    chunks = max(math.ceil(count / max(1, capacity)), min(max(1, parallelism), count))
+    base, extra = divmod(count, chunks)
+    return [base + (i < extra) for i in range(chunks)]
+
+
 @dataclass
 class _EpochPlan:
     index: torch.Tensor  # (M, S, B) long: training rows of each model's batches, padded with row 0
@@ -249,13 +355,16 @@ class _EpochPlan:
 
 def fit_stacked(spec: ModelSpec, data: Dataset, *, seeds: Sequence[int], sample_weights: torch.Tensor | None = None,
                 cfg: TrainConfig | None = None, init_seeds: Sequence[int] | None = None,
-                progress: Progress | None = None, description: str = "train ensemble") -> StackedModels:
+                progress: Progress | None = None, description: str = "train ensemble",
+                accel: Accel | None = None) -> StackedModels:
     """Train len(seeds) models of `spec`'s architecture at once; return them stacked.
 
     Model i equals `train.fit(spec.build(data, seed=init_seeds[i]), data, cfg, seed=seeds[i],
     sample_weights=sample_weights[i])` up to float rounding. `init_seeds` defaults to `seeds` (the
     original-model convention of `original.original_model`); `cfg` defaults to `spec.train`;
-    `sample_weights` is (M, num_train) or None (every model on the whole training set).
+    `sample_weights` is (M, num_train) or None (every model on the whole training set). With `accel`,
+    the forward pass, the loss and validation run under its autocast, as `fit` runs them (bf16 on a
+    GPU; nothing changes on a CPU); None keeps full precision.
     """
     cfg = (spec.train if cfg is None else cfg).validate()
     seeds = [int(s) for s in seeds]
@@ -282,7 +391,7 @@ def fit_stacked(spec: ModelSpec, data: Dataset, *, seeds: Sequence[int], sample_
         if order != list(range(m)):
             stack = fit_stacked(spec, data, seeds=[seeds[i] for i in order], sample_weights=sample_weights[order],
                                 cfg=cfg, init_seeds=[init_seeds[i] for i in order], progress=progress,
-                                description=description)
+                                description=description, accel=accel)
             return stack.reordered([order.index(i) for i in range(m)])
 
     # per-model active sets, loss weights and normalisers, exactly as fit computes them
@@ -328,6 +437,9 @@ def fit_stacked(spec: ModelSpec, data: Dataset, *, seeds: Sequence[int], sample_
     augment = cfg.augment and data.augment.enabled and data.x_train.dim() == 4
     select = cfg.select_best and len(data.y_val) > 0
 
+    def autocast() -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if accel is None else accel.autocast(device)
+
     best_acc = [-1.0] * m
     best = {k: v.detach().clone() for k, v in leaves.items()}
     best_buffers = {k: v.clone() for k, v in buffers.items()}
@@ -352,9 +464,10 @@ def fit_stacked(spec: ModelSpec, data: Dataset, *, seeds: Sequence[int], sample_
                 for i in range(m):
                     if live[i]:
                         x[i, :sizes[i]] = augment_batch(x[i, :sizes[i]], data.augment, aug_gs[i])
-            logits = forward(x)  # (M, W, C)
-            losses = F.cross_entropy(logits.flatten(0, 1), data.y_train[idx].flatten(), reduction="none",
-                                     label_smoothing=cfg.label_smoothing)
+            with autocast():
+                logits = forward(x)  # (M, W, C)
+                losses = F.cross_entropy(logits.flatten(0, 1), data.y_train[idx].flatten(), reduction="none",
+                                         label_smoothing=cfg.label_smoothing).float()
             per_model = (losses.view(m, width) * plan.weight[:, s, :width]).sum(1) / plan.denom[:, s]  # (M,)
             grads = torch.autograd.grad(per_model.sum(), plist)
             sgd.step(grads, lrs, live)
@@ -364,7 +477,8 @@ def fit_stacked(spec: ModelSpec, data: Dataset, *, seeds: Sequence[int], sample_
                 last_loss = torch.where(torch.tensor(live, device=device), per_model.detach(), last_loss)
         val_acc = None
         if select:
-            logits = stack.predict_logits(data.x_val)  # (M, N_val, C)
+            with autocast():
+                logits = stack.predict_logits(data.x_val)  # (M, N_val, C)
             val_acc = [float(v) for v in (logits.argmax(2) == data.y_val).float().mean(1) * 100]
             better = [v > b for v, b in zip(val_acc, best_acc)]
             if all(better):  # the usual case early in training: one straight copy per tensor
@@ -423,10 +537,11 @@ class _SGD:
     parameters and momentum buffers stay bit for bit as they are.
 
     Fast path: torch's fused SGD kernel (one pass over p, g and buf) called once per run of adjacent
-    live rows with one lr, on those row blocks of the stacked tensors — idle models are simply left
+    live rows with one lr, on those rows as tensors of their own — idle models are simply left
     out (`fit_stacked` orders the models so that such runs are few). The stacked tensors
     are several MB and do not stay in cache, so one pass instead of four matters more than the
-    arithmetic. Fallback (no fused kernel for the device or torch version, or a non-contiguous
+    arithmetic. Row by row, each model's update is bit for bit the same whichever models share its
+    stack (tests/test_stacked_runs.py). Fallback (no fused kernel for the device or torch version, or a non-contiguous
     gradient): the same update written as in-place stacked tensor operations.
     """
 
@@ -435,6 +550,9 @@ class _SGD:
         self.params, self.bufs = [p.detach() for p in params], bufs  # updated in place, outside autograd
         self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
         self.fused = _has_fused_sgd(params[0].device)
+        # per-model rows as tensors of their own, for the fused kernel (views: updated in place)
+        self.param_rows = [p.unbind(0) for p in self.params]
+        self.buf_rows = [b.unbind(0) for b in bufs]
 
     @torch.no_grad()
     def step(self, grads: Sequence[torch.Tensor], lrs: list[float], live: list[bool]) -> None:
@@ -444,8 +562,11 @@ class _SGD:
             self._stacked_step(grads, lrs, live)
 
     def _fused_step(self, grads: Sequence[torch.Tensor], lrs: list[float], live: list[bool]) -> None:
-        # one kernel call per run of adjacent live rows sharing an lr, on contiguous row blocks of the
-        # stacked tensors: a few large tensors per call keep both cores busy, many row views do not
+        # One kernel call per run of adjacent live rows sharing an lr, on the rows of those models as
+        # separate tensors. Not on one (rows, *shape) block: the CPU kernel finishes each tensor's last
+        # partial vector in scalar code, which rounds the momentum differently, so with blocks a model's
+        # update would depend on how many models share its stack (a 10-element bias is all tail alone).
+        grad_rows = [g.unbind(0) for g in grads]
         start = 0
         while start < len(lrs):
             if not live[start]:
@@ -455,8 +576,9 @@ class _SGD:
             while stop < len(lrs) and live[stop] and lrs[stop] == lrs[start]:
                 stop += 1
             torch._fused_sgd_(
-                [p[start:stop] for p in self.params], [g[start:stop] for g in grads],
-                [b[start:stop] for b in self.bufs] if self.momentum else [],
+                [r for rows in self.param_rows for r in rows[start:stop]],
+                [r for rows in grad_rows for r in rows[start:stop]],
+                [r for rows in self.buf_rows for r in rows[start:stop]] if self.momentum else [],
                 weight_decay=self.weight_decay, momentum=self.momentum, lr=lrs[start], dampening=0.0,
                 nesterov=self.nesterov, maximize=False, is_first_step=False)
             start = stop

@@ -1,0 +1,78 @@
+"""Every number an audit writes is the same whatever torch's intra-op thread count: one small search audit
+(with attacks) at 1 and at 2 threads, in two fresh processes with a fresh cache each, compared number by
+number in summary.json, results.csv and evaluation.json (timings and the environment aside).
+
+On the CPU, MKL's sgemm splits the reduction of a product with a small side (the classifier's weight
+gradient: 10 classes × batch × hidden) across threads, so a different thread count rounded the trained
+weights differently; the SVC attack behind MIA_logit turned those ulps into different percentages."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# tiny but complete: original, reference models, search, baselines, Retrain and the method, attacks
+AUDIT = ["search", "--dataset", "digits", "--train-subset", "400", "--epochs", "6", "--outer-steps", "3",
+         "--reference-models", "2", "--num-random", "1", "--seeds", "2", "--no-stability", "--attacks",
+         "lira,epsilon,loss,ks,tow", "--num-models", "2", "--mia-resamples", "2"]
+TIMING = ("seconds", "rte", "cost_ratio", "cost_reference", "time", "environment", "code_version", "started",
+          "command_line", "cache", "out")
+
+
+def _is_timing(path: str) -> bool:
+    return any(word in part.lower() for part in path.split("/") for word in TIMING)
+
+
+def _numbers(value, path: str = "") -> dict[str, object]:
+    """Every leaf of a JSON document by its path, timing and provenance leaves left out."""
+    if _is_timing(path):
+        return {}
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _numbers(item, f"{path}/{key}").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in _numbers(item, f"{path}/{i}").items()}
+    return {path: value}
+
+
+def _csv_rows(path: Path) -> dict[str, str]:
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    return {"/".join(row[k] for k in row if k != "value"): row["value"] for row in rows
+            if not _is_timing(row["metric"])}
+
+
+def _audit(tmp_path: Path, threads: int) -> Path:
+    out, cache = tmp_path / f"out{threads}", tmp_path / f"cache{threads}"
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "WORSTFORGET_CACHE": str(cache)}
+    env.pop("MKL_CBWR", None)  # the library's own setting, not the caller's, must make the runs agree
+    code = ("import sys, torch; torch.set_num_threads(int(sys.argv[1])); from worstforget.cli import main; "
+            "sys.argv = ['worstforget', *sys.argv[2:]]; main()")
+    done = subprocess.run([sys.executable, "-c", code, str(threads), "--quiet", *AUDIT, "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_an_audit_writes_the_same_numbers_at_one_and_two_threads(tmp_path):
+    one, two = _audit(tmp_path, 1), _audit(tmp_path, 2)
+    differ: dict[str, tuple] = {}
+    for name in ("summary.json", "evaluation.json"):
+        a, b = (_numbers(json.loads((d / name).read_text())) for d in (one, two))
+        assert a.keys() == b.keys(), name
+        differ.update({f"{name}{k}": (a[k], b[k]) for k in a if a[k] != b[k] and not _both_nan(a[k], b[k])})
+    a, b = _csv_rows(one / "results.csv"), _csv_rows(two / "results.csv")
+    assert a.keys() == b.keys()
+    differ.update({f"results.csv:{k}": (a[k], b[k]) for k in a if a[k] != b[k]})
+    assert not differ, f"{len(differ)} numbers differ, e.g. {dict(list(differ.items())[:12])}"
+
+
+def _both_nan(a, b) -> bool:
+    return isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
