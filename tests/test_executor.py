@@ -13,8 +13,10 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +31,9 @@ from worstforget.audit.tune import tune
 from worstforget.audit.units import compare_methods
 from worstforget.cli import cli
 from worstforget.core.cache import COMPUTED
-from worstforget.core.errors import ConfigError, WorstforgetError
-from worstforget.core.executor import Call, ProcessExecutor, RayExecutor, SettingRecipe, make_executor, serial
+from worstforget.core.errors import ConfigError, OptionError, WorstforgetError
+from worstforget.core.executor import Call, NotRebuildableError, ProcessExecutor, RayExecutor, make_executor, serial
+from worstforget.setting.recipe import SettingRecipe
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = ["--dataset", "synthetic", "--epochs", "4", "--mia-resamples", "1"]
@@ -139,10 +142,15 @@ def test_evaluate_cli_on_ray_equals_serial(tmp_path):
 
 # --- failures -------------------------------------------------------------------------------------------
 
+# where hang_once's first run writes its pid: a challenge-style plug-in sees nothing of the audit, and Ray's
+# workers keep the environment they started with, so the path is fixed per checkout
+HANG_MARKER = Path(tempfile.gettempdir()) / f"worstforget-hang_once-{os.getuid()}-{zlib.crc32(bytes(REPO)):08x}.pid"
+
+
 def hang_once(net, retain_loader, forget_loader, val_loader):
-    """A challenge-style plug-in whose first run anywhere writes its pid beside the cache and hangs (to be
+    """A challenge-style plug-in whose first run anywhere writes its pid to HANG_MARKER and hangs (to be
     killed); every later run fine-tunes one epoch on the retain set."""
-    marker = Path(os.environ["WORSTFORGET_CACHE"]) / "hang_once.pid"
+    marker = HANG_MARKER
     if not marker.exists():
         marker.write_text(str(os.getpid()))
         time.sleep(120)
@@ -177,16 +185,17 @@ def test_a_killed_ray_worker_is_retried_and_the_audit_completes_alike(tmp_path, 
     args = ["--plugin", "tests.test_executor:hang_once", "compare", "--methods", "hang_once,ft", "--num-sets", "2",
             *FAST]
     killed: list[int] = []
-    watcher = kill_when_written(tmp_path / "ray" / "hang_once.pid", killed)
-    monkeypatch.setenv("WORSTFORGET_CACHE", str(tmp_path / "ray"))
+    HANG_MARKER.unlink(missing_ok=True)
+    watcher = kill_when_written(HANG_MARKER, killed)
     invoke(*args, "--executor", "ray", "--workers", "2", "--out", tmp_path / "out-ray", cache=tmp_path / "ray")
     watcher.join()
     assert len(killed) == 1 and killed[0] != os.getpid()  # a Ray worker died mid-unit...
     # ...and the same audit in this process, where the plug-in runs straight away, gives the same numbers
-    (tmp_path / "serial").mkdir()
-    (tmp_path / "serial" / "hang_once.pid").write_text("0")
-    monkeypatch.setenv("WORSTFORGET_CACHE", str(tmp_path / "serial"))
-    invoke(*args, "--out", tmp_path / "out-serial", cache=tmp_path / "serial")
+    HANG_MARKER.write_text("0")
+    try:
+        invoke(*args, "--out", tmp_path / "out-serial", cache=tmp_path / "serial")
+    finally:
+        HANG_MARKER.unlink(missing_ok=True)
     rows = csv_rows(tmp_path / "out-ray")
     assert {r["method"] for r in rows} == {"retrain", "hang_once", "finetune"}
     assert rows == csv_rows(tmp_path / "out-serial")
@@ -340,11 +349,21 @@ def test_asking_for_ray_without_ray_is_one_line(monkeypatch, tmp_path):
     assert not (tmp_path / "c" / "models").exists()  # refused before any training
 
 
-def test_options_of_another_executor_are_refused():
-    with pytest.raises(ConfigError, match="--gpus-per-task applies to --executor ray only"):
+def test_options_of_another_executor_are_refused(tmp_path):
+    with pytest.raises(OptionError, match=r"^gpus_per_task applies to executor ray only \(got executor process\)$"):
         make_executor("process", gpus_per_task=0.5)
-    with pytest.raises(ConfigError, match="--workers needs --executor process or ray"):
+    with pytest.raises(OptionError, match="^workers needs executor process or ray"):
         make_executor("serial", workers=4)
+    # the library names its parameters, the CLI its flags
+    for flags, line in ((["--executor", "process", "--gpus-per-task", "0.5"],
+                         "Error: --gpus-per-task applies to --executor ray only (got --executor process)"),
+                        (["--workers", "2"], "Error: --workers needs --executor process or ray (serial runs one unit "
+                                             "at a time)"),
+                        (["--executor", "process", "--ray-address", "h:1"],
+                         "Error: --ray-address applies to --executor ray only (got --executor process)")):
+        result = CliRunner().invoke(cli, ["compare", "--methods", "ft", *FAST, *flags,
+                                          "--cache-dir", str(tmp_path / "c")])
+        assert result.exit_code == 2 and result.output.strip().splitlines() == [line]
 
 
 def test_ray_tasks_get_the_device_of_their_resources(tmp_path):
@@ -360,7 +379,7 @@ def test_a_worker_refuses_to_run_on_another_original(tmp_path):
 
     setting = recipe(tmp_path / "cache").build()
     assert setting.recipe.rebuild().original_key == setting.original_key
-    with pytest.raises(WorstforgetError, match="rebuilt another original model.*same data, code and --cache-dir"):
+    with pytest.raises(WorstforgetError, match="rebuilt another original model.*same data, code and cache folder"):
         replace(setting.recipe, original_key="0" * 16).rebuild()
 
 
@@ -368,7 +387,7 @@ def test_a_setting_without_recipe_cannot_go_to_workers(tmp_path, pool):
     from worstforget.setting import prepare_setting
 
     setting = prepare_setting(dataset="synthetic", device="cpu", cache_dir=str(tmp_path), train_overrides={"epochs": 1})
-    with pytest.raises(ConfigError, match="SettingRecipe"):
+    with pytest.raises(NotRebuildableError, match="SettingRecipe"):
         pool.map(setting, [Call(always_fail, (1,))])
 
 

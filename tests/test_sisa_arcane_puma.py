@@ -364,3 +364,25 @@ def test_puma_with_nothing_to_forget_is_the_original(env):
     data, spec, original = env
     out = make_method("puma").apply(original, data, torch.zeros(data.num_train), seed=0, spec=spec)
     assert_same_state(out, original.state_dict())
+
+
+# ------------------------------------------------------------------------------------------------- caches
+
+
+def test_the_settings_cache_folder_reaches_sisa_and_rum_without_the_environment(tmp_path, monkeypatch):
+    import os
+
+    from worstforget.methods import make_method
+    from worstforget.setting import prepare_setting
+
+    default, mine = tmp_path / "default", tmp_path / "mine"
+    monkeypatch.setenv("WORSTFORGET_CACHE", str(default))
+    setting = prepare_setting(dataset="synthetic", device="cpu", cache_dir=str(mine),
+                              train_overrides={"epochs": 2})
+    assert os.environ["WORSTFORGET_CACHE"] == str(default)  # the setting leaves the environment alone
+    w = weights(setting.data, range(10))
+    make_method("sisa", SISA).apply(setting.original, setting.data, w, seed=0, spec=setting.spec)
+    make_method("rum", {"memorization_models": 2}).apply(setting.original, setting.data, w, seed=0,
+                                                         spec=setting.spec)
+    assert not default.exists()  # every artefact went to the setting's folder
+    assert len(list((mine / "models").glob("*"))) >= 2 and any((mine / "arrays").glob("*"))

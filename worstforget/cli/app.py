@@ -161,7 +161,7 @@ def data_options(fn: Callable) -> Callable:
 
 def setting_from_options(app: AppContext, progress, opts: dict):
     """The setting of the data options, built from a recipe that executors' workers rebuild it from."""
-    from ..core.executor import SettingRecipe
+    from ..setting.recipe import SettingRecipe
     from ..training.accel import Accel, set_accel
 
     # speed switches hold for the rest of this command (undone when its click context closes)
@@ -177,6 +177,7 @@ def setting_from_options(app: AppContext, progress, opts: dict):
 
 
 EXECUTOR_KEYS = ("executor", "workers", "retries", "ray_address", "cpus_per_task", "gpus_per_task")
+EXECUTOR_FLAGS = {"address": "--ray-address"}  # make_executor's parameters whose flag is not --NAME
 
 
 def executor_options(fn: Callable) -> Callable:
@@ -205,15 +206,19 @@ def executor_options(fn: Callable) -> Callable:
 def executor_from_options(app: AppContext, opts: dict):
     """The executor of `executor_options` (taken out of `opts`); closed when the command ends, or shared by the
     steps of `run` and closed when it ends."""
+    from ..core.errors import ConfigError, OptionError
     from ..core.executor import make_executor
 
     chosen = {k: opts.pop(k) for k in EXECUTOR_KEYS}
     key = tuple(sorted(chosen.items()))
     if app.executors is not None and key in app.executors:
         return app.executors[key]
-    executor = make_executor(chosen["executor"], workers=chosen["workers"], retries=chosen["retries"],
-                             address=chosen["ray_address"], cpus_per_task=chosen["cpus_per_task"],
-                             gpus_per_task=chosen["gpus_per_task"])
+    try:
+        executor = make_executor(chosen["executor"], workers=chosen["workers"], retries=chosen["retries"],
+                                 address=chosen["ray_address"], cpus_per_task=chosen["cpus_per_task"],
+                                 gpus_per_task=chosen["gpus_per_task"])
+    except OptionError as exc:  # the library names its parameters; here they are flags
+        raise ConfigError(exc.worded(lambda name: EXECUTOR_FLAGS.get(name, "--" + name.replace("_", "-")))) from None
     if app.executors is not None:
         app.executors[key] = executor
     else:

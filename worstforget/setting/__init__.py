@@ -2,7 +2,6 @@
 training split (validation, 0/1 masks and weights, random sets)."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,14 +10,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core.cache import ModelCache, RecordCache
-from .core.errors import ConfigError, WorstforgetError
-from .core.progress import Progress
-from .core.runtime import resolve_device
-from .core.seeds import generator
-from .datasets import Dataset, dataset_info, load_dataset
-from .training.loop import TrainConfig
-from .training.original import ModelSpec, obtain_original
+from ..core.cache import ModelCache, RecordCache
+from ..core.errors import ConfigError, WorstforgetError
+from ..core.progress import Progress
+from ..core.runtime import resolve_device
+from ..core.seeds import generator
+from ..datasets import Dataset, dataset_info, load_dataset
+from ..training.loop import TrainConfig
+from ..training.original import ModelSpec, obtain_original
 
 
 MIA_RESAMPLES = 3  # draws of the SVC attacker's training sample per evaluation (library and CLI alike)
@@ -28,7 +27,7 @@ MIA_RESAMPLES = 3  # draws of the SVC attacker's training sample per evaluation 
 class Setting:
     """A dataset, the original model trained on it, and the caches every unit uses.
 
-    A setting built by `core.executor.SettingRecipe.build` also carries a `recipe` attribute that workers
+    A setting built by `SettingRecipe.build` (recipe.py) also carries a `recipe` attribute that workers
     rebuild it from. It is deliberately not a field: `dataclasses.replace` must drop it, because a changed
     setting (other data, another model) can no longer be rebuilt from the recipe.
     """
@@ -47,8 +46,8 @@ class Setting:
         """Reference models of this setting (training/reference.py `ReferenceStats`): `num_models` models of the
         original's recipe on random halves of the training split, trained on first use, kept in the setting's
         cache folder and in memory (keyed by recipe, data, models and seed)."""
-        from .core.cache import ArrayCache
-        from .training.reference import reference_key, reference_statistics
+        from ..core.cache import ArrayCache
+        from ..training.reference import reference_key, reference_statistics
 
         memo = self.__dict__.setdefault("_references", {})  # not a field: `replace` starts a fresh memo
         key = reference_key(self.spec, self.data, num_models=num_models, seed=seed)
@@ -68,7 +67,7 @@ class Setting:
 
     def provenance(self, config: dict | None = None) -> dict:
         """What produced a result: its configuration, the setting, the code version and the environment."""
-        from .core.provenance import code_version, environment
+        from ..core.provenance import code_version, environment
 
         return {"config": {**(config or {}), "model": self.spec.to_dict(), "mia_resamples": self.mia_resamples,
                            "mia_seed": self.mia_seed},
@@ -85,16 +84,16 @@ def prepare_setting(*, dataset: str = "digits", model: str | None = None, norm: 
     if mia_resamples < 1:
         raise ConfigError("--mia-resamples must be at least 1")
     dev = resolve_device(device)
-    if cache_dir:  # methods that keep their own partitioned originals (sisa, arcane) read the same folder
-        os.environ["WORSTFORGET_CACHE"] = str(cache_dir)
     info = dataset_info(dataset)
     data = load_dataset(dataset, data_dir=data_dir, download=download, split_seed=split_seed, device=str(dev),
                         train_subset=train_subset)
-    from .training.recipes import apply_recipe  # a recipe replaces the dataset's defaults; explicit options win
+    from ..training.recipes import apply_recipe  # a recipe replaces the dataset's defaults; explicit options win
 
     train_cfg = apply_recipe(TrainConfig.from_dict(info.default_train), recipe).with_updates(
         **(train_overrides or {})).validate()
-    spec = ModelSpec(name=model or info.default_model, train=train_cfg, seed=seed, norm=norm)
+    # the cache folder travels with the recipe: methods that keep their own artefacts (sisa, arcane, rum) use it
+    spec = ModelSpec(name=model or info.default_model, train=train_cfg, seed=seed, norm=norm,
+                     cache_dir=str(cache_dir) if cache_dir else None)
     original = obtain_original(spec, data, checkpoint=checkpoint, progress=progress,
                                cache=ModelCache(cache_dir, enabled=cache))
     return Setting(data=data, spec=spec, original=original.model, original_key=original.key,
