@@ -69,10 +69,10 @@ def test_lira_on_original_beats_population_attack_at_low_fpr(tmp_path):
 def test_selectors_return_sets_of_the_requested_size(setting):
     n = setting.data.num_train
     for name in ("random", "loss_quantile", "memorization_proxy"):
-        chosen = SELECTORS.get(name)(setting, ratio=0.1, seed=0)
+        chosen = SELECTORS.get(name).choose(setting, ratio=0.1, seed=0)
         assert len(chosen) == round(0.1 * n) == len(torch.unique(chosen))
         assert int(chosen.max()) < n
-    whole = SELECTORS.get("class")(setting, ratio=0.34, seed=0)
+    whole = SELECTORS.get("class").choose(setting, ratio=0.34, seed=0)
     assert len(torch.unique(setting.data.y_train[whole])) == 1
 
 
@@ -102,16 +102,16 @@ def test_evaluate_cli_writes_scores_and_per_example_arrays(tmp_path):
               "--cache-dir", str(tmp_path / "c")])
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "evaluation.json").read_text())
-    scores = doc["sets"]["loss_quantile"]["methods"]["finetune"]
+    scores = doc["sets"]["lowest_loss"]["methods"]["finetune"]
     for key in ("forget_quality", "epsilon_score", "ks_pvalue", "tow", "rte_fraction"):
         assert set(scores[key]) >= {"mean", "std", "n"} and scores[key]["n"] == 1, key
-    per_set = doc["per_set"]["loss_quantile"]["finetune"][0]
+    per_set = doc["per_set"]["lowest_loss"]["finetune"][0]
     assert scores["forget_quality"]["mean"] == per_set["forget_quality"]["value"]
     assert (scores["forget_quality"]["low"], scores["forget_quality"]["high"]) == \
         (per_set["forget_quality"]["low"], per_set["forget_quality"]["high"])
     assert isinstance(per_set["exceeds_challenge_time"], bool)
     with h5py.File(out / "evaluation.h5") as f:
-        assert f["loss_quantile/0/finetune/epsilon_per_example"].shape == (round(0.1 * 240 * 0.9),)
+        assert f["lowest_loss/0/finetune/epsilon_per_example"].shape == (round(0.1 * 240 * 0.9),)
 
 
 def test_evaluate_cli_rejects_unknown_attack(tmp_path):

@@ -198,7 +198,7 @@ def test_exposure_selector_finds_memorised_flipped_labels(tmp_path):
     with torch.no_grad():
         fitted = noisy.original(noisy.data.x_train[flipped]).argmax(1)
     assert int((fitted == y[flipped]).sum()) >= 8  # the planted samples are memorised by the original
-    chosen = SELECTORS.get("exposure")(noisy, ratio=10 / data.num_train, num_models=8)
+    chosen = SELECTORS.get("exposure").choose(noisy, ratio=10 / data.num_train, num_models=8)
     assert len(chosen) == 10
     assert int(torch.isin(chosen, flipped).sum()) >= 7
     scores = exposure_scores(noisy, 8)

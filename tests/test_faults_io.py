@@ -355,7 +355,8 @@ import torch
 torch.set_num_threads(1)
 import worstforget.audit.units as units
 from worstforget.core import cache
-from worstforget.setting import prepare_setting, random_forget_set
+from worstforget.forget_sets import random_forget_set
+from worstforget.setting import prepare_setting
 
 root, ready, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 setting = prepare_setting(dataset="synthetic", device="cpu", cache_dir=root, train_overrides={"epochs": 3})

@@ -13,9 +13,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "worstforget"
 LAYERS = {"core": 0, "datasets": 1, "training": 2, "setting": 3, "methods": 4, "scoring": 4, "search": 4,
           "forget_sets": 4, "audit": 5, "report": 6, "cli": 7}
-# imports between peers of one layer: the search runs methods and scores sets; forget-set kinds score with
-# the metrics; nothing else
-PEER_ARROWS = {("search", "methods"), ("search", "scoring"), ("forget_sets", "scoring"), ("forget_sets", "methods")}
+# imports between peers of one layer: the search runs methods; the metrics read forget-set masks; nothing else
+PEER_ARROWS = {("search", "methods"), ("scoring", "forget_sets")}
 
 
 def _part(module: str) -> str | None:

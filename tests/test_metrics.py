@@ -8,9 +8,8 @@ import torch
 from torch import nn
 
 from worstforget.core.errors import ConfigError, WorstforgetError
-from worstforget.forget_sets import random_forget_set
+from worstforget.forget_sets import check_forget_set, forget_size, random_forget_set
 from worstforget.scoring.metrics import avg_gap, evaluate, svc_mia_efficacy
-from worstforget.setting import check_forget_set, forget_size
 
 # ----------------------------------------------------------------------------- MIA-Efficacy
 

@@ -24,7 +24,7 @@ _EXPORTS = {
     "SearchConfig": "search", "AuditOptions": "audit.worst_case", "audit_worst_case": "audit.worst_case",
     "evaluate_sets": "audit.attack_eval", "unlearn_on_set": "audit.units", "compare_methods": "audit.units",
     "tune": "audit.tune", "load_result": "report", "render_markdown": "report", "render_html": "report",
-    "render_json": "report", "random_forget_set": "setting", "load_forget_set": "setting",
+    "render_json": "report", "random_forget_set": "forget_sets", "load_forget_set": "forget_sets",
     "register_method": "methods", "UnlearningMethod": "methods",
     "WorstforgetError": "core.errors", "ConfigError": "core.errors",
 }

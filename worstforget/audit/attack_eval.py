@@ -23,7 +23,8 @@ from ..core.seeds import derive_seed
 from ..methods import make_method
 from ..scoring.attacks import ATTACKS, Stats
 from ..training.outputs import logit_scaled_confidence
-from ..setting import Setting, forget_mask, forget_weights, forgotten_classes
+from ..forget_sets import forget_mask, forget_weights, forgotten_classes
+from ..setting import Setting
 from ..training.loop import predict_logits
 from .result import AttackEvaluation
 from .units import method_label, unit_call

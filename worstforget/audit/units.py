@@ -19,7 +19,8 @@ from ..core.progress import Progress
 from ..core.runtime import Timer, sync
 from ..methods import UnlearningMethod, make_method
 from ..scoring.metrics import evaluate
-from ..setting import Setting, forget_mask, forget_size, forget_weights, forgotten_classes, random_forget_set
+from ..forget_sets import forget_mask, forget_size, forget_weights, forgotten_classes, random_forget_set
+from ..setting import Setting
 from .result import Comparison, SetKind, run_arrays
 
 RECORD_VERSION = 3  # 2: method reports (retrained fraction...) in the record; 3: MIA_logit, saturated share

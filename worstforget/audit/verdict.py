@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from ..core.stats import difference_interval, fmt_agg
-from .kinds import KIND_NAMES
+from ..forget_sets.kinds import KIND_NAMES
 
 
 

@@ -10,12 +10,11 @@ from .app import RichProgress, cli, data_options, executor_from_options, executo
 def registries() -> dict:
     """Every registry `list` can show (imported on use, so --help stays fast)."""
     from ..datasets import DATASETS
-    from ..forget_sets import SELECTORS
+    from ..forget_sets import BASELINES, SELECTORS
     from ..methods import METHODS
     from ..scoring.attacks import ATTACKS
     from ..search import SOLVERS
     from ..search.objectives import OBJECTIVES
-    from ..audit.worst_case import BASELINES
     from ..training.models import MODELS
     from ..training.optim import OPTIMIZERS, SCHEDULES
     from ..training.recipes import RECIPES
@@ -125,7 +124,7 @@ def unlearn_command(app, method: str, forget_ratio: float, forget_seed: int, for
     """Run METHOD and exact Retrain on one forget set; print UA, MIA, RA, TA, RTE and Avg. Gap."""
     from ..audit.units import unlearn_on_set
     from ..methods import METHODS, make_method, parse_params
-    from ..setting import forget_size, load_forget_set, random_forget_set
+    from ..forget_sets import forget_size, load_forget_set, random_forget_set
 
     name = METHODS.canonical(method)
     hyper = parse_params(name, params)
@@ -202,7 +201,7 @@ def tune_command(app, method, grid_specs, params, forget_ratio, num_sets, seed, 
     from ..core.provenance import code_version
     from ..core.stats import fmt_agg
     from ..methods import METHODS, parse_params
-    from ..setting import forget_size
+    from ..forget_sets import forget_size
 
     name = METHODS.canonical(method)
     grid = parse_grid(name, grid_specs)
@@ -276,7 +275,7 @@ def compare_command(app, methods, params_file, forget_ratio, num_sets, num_seeds
     """Every method vs Retrain on random forget sets: UA, MIA, RA, TA, RTE and Avg. Gap, mean ± std."""
     from ..audit.units import compare_methods
     from ..methods import METHODS, make_method
-    from ..setting import forget_size
+    from ..forget_sets import forget_size
 
     names = [n for n in METHODS.names() if n not in ("retrain",)] if methods.strip() == "all" else \
         [METHODS.canonical(m) for m in methods.split(",") if m.strip()]

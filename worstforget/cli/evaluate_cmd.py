@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .app import RichProgress, cli, data_options, executor_from_options, executor_options, pass_app, setting_from_options
+from .app import RegistryChoice, RichProgress, cli, data_options, executor_from_options, executor_options, pass_app, setting_from_options
 from .basic import _params_option
 
 
@@ -26,11 +26,12 @@ def parse_attacks(text: str) -> list[str]:
 @click.option("--result", "result_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="A `search` output folder: evaluate its worst-case, heuristic and random sets.")
 @click.option("--forget-set", type=click.Path(exists=True, dir_okay=False), default=None, help=".npy training indices.")
-@click.option("--selector", default="random", show_default=True,
-              help="random | loss_quantile | memorization_proxy | class (when no --result/--forget-set).")
+@click.option("--selector", type=RegistryChoice("..forget_sets:SELECTORS"), default="random", show_default=True,
+              help="How to choose the forget set when no --result/--forget-set: "
+                   "see `worstforget list selectors`.")
 @click.option("--forget-ratio", type=float, default=0.1, show_default=True)
 @click.option("--forget-seed", type=int, default=0, show_default=True)
-@click.option("--quantile", type=float, default=0.0, show_default=True, help="loss_quantile: where the window starts.")
+@click.option("--quantile", type=float, default=0.0, show_default=True, help="lowest_loss: the loss quantile where the window starts (0: the lowest losses).")
 @attacks_option
 @click.option("--num-models", type=click.IntRange(min=2), default=16, show_default=True,
               help="Unlearned and retrained models per set (512 in the NeurIPS'23 challenge).")
@@ -52,7 +53,7 @@ def evaluate_command(app, method, result_dir, forget_set, selector, forget_ratio
     from ..core.io import check_output_dir
     from ..forget_sets import SELECTORS
     from ..methods import METHODS, make_method, parse_params
-    from ..setting import forget_size, load_forget_set
+    from ..forget_sets import forget_size, load_forget_set
     from .basic import load_params_file
     from .render import evaluation_table
 
@@ -77,8 +78,8 @@ def evaluate_command(app, method, result_dir, forget_set, selector, forget_ratio
         elif forget_set:
             sets = {"given": [load_forget_set(forget_set, n)]}
         else:
-            chosen = SELECTORS.get(selector)(setting, ratio=forget_ratio, seed=forget_seed, quantile=quantile,
-                                             progress=progress)
+            chosen = SELECTORS.get(selector).choose(setting, ratio=forget_ratio, seed=forget_seed, quantile=quantile,
+                                                    progress=progress)
             sets = {SELECTORS.canonical(selector): [chosen]}
         config = {"selector": None if (result_dir or forget_set) else selector, "forget_ratio": forget_ratio,
                   "forget_seed": forget_seed}

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..datasets import Dataset
-from ..setting import forget_mask, forgotten_classes
+from ..forget_sets.masks import forget_mask, forgotten_classes
 from ..training.loop import predict_logits
 from ..training.outputs import logit_scaled_confidence
 

@@ -6,8 +6,8 @@ import os
 import time
 from typing import Any
 
-from ..errors import ConfigError, OptionError, WorstforgetError
-from .base import DEFAULT_RETRIES, LOGGER, Rebuildable, _first_line
+from ..errors import OptionError, WorstforgetError
+from .base import DEFAULT_RETRIES, LOGGER, Call, Rebuildable, _first_line
 from .pool import PoolExecutor, run_in_worker
 
 RAY_INSTALL = "pip install 'worstforget[ray]'"
