@@ -39,7 +39,6 @@ UNCHANGED_WITHOUT_FORGET = {"gradient_ascent", "boundary_shrink", "boundary_expa
                             "puma", "ssd", "rum", *PARTITIONED}
 
 
-
 @pytest.fixture(scope="module")
 def shared_method_cache(tmp_path_factory):
     """One cache for this module, so partitioned originals (SISA, ARCANE) are trained once, not per test."""
@@ -85,8 +84,6 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def forget_loss(model, data, idx) -> float:
     return float(per_sample_loss(model, data.x_train[idx], data.y_train[idx]).mean())
-
-
 
 
 # ----------------------------------------------------------------------------- the contract

@@ -15,7 +15,6 @@ from ..forget_sets.kinds import KIND_NAMES
 from ..scoring.attacks import attack_measures
 
 
-
 @dataclass(frozen=True)
 class Measure:
     key: str

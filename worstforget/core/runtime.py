@@ -27,26 +27,6 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         raise ConfigError(f"unknown device {device!r} ({exc}); use auto, cpu or cuda") from None
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def cache_root() -> Path:
     """Where trained models and unit-of-work results are cached (WORSTFORGET_CACHE overrides)."""
     env = os.environ.get("WORSTFORGET_CACHE")

@@ -123,10 +123,6 @@ def evaluate(model: nn.Module, data: Dataset, forget_set: torch.Tensor, *, mia_s
     }
 
 
-
-
-
-
 def avg_gap(metrics: dict[str, float], reference: dict[str, float], keys: tuple[str, ...] = GAP_METRICS) -> float:
     """Mean |metric − Retrain's| over UA, MIA-Efficacy, RA and TA (the paper's Avg. Gap; `keys` chooses the
     MIA column)."""
