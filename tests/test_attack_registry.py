@@ -12,8 +12,8 @@ from worstforget.scoring.attacks import ATTACKS, STATISTICS, Measure, Stats, att
 
 
 def _per_model(rng, n_ex=12, n_test=20, shift=0.0) -> dict:
-    return {"lsc": rng.normal(shift, 1, n_ex), "loss": rng.exponential(1, n_ex), "test_loss": rng.exponential(1, n_test),
-            "acc": np.array([90.0, 95.0, 93.0]), "seconds": np.array(1.0)}
+    return {"lsc": rng.normal(shift, 1, n_ex), "loss": rng.exponential(1, n_ex),
+            "test_loss": rng.exponential(1, n_test), "acc": np.array([90.0, 95.0, 93.0]), "seconds": np.array(1.0)}
 
 
 @pytest.fixture

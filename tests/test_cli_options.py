@@ -63,3 +63,28 @@ def test_old_seed_spellings_are_hidden_aliases(tmp_path):
         summaries.append((summary["unlearn_seeds"], summary["config"] if "config" in summary else None,
                           summary["sets"]["random"]["methods"]["finetune"]["UA"]))
     assert summaries[0] == summaries[1] and summaries[0][0] == [0, 1]
+
+
+def test_core_errors_name_parameters_and_the_cli_words_them_as_flags(monkeypatch):
+    import torch
+
+    from worstforget.core.errors import OptionError
+    from worstforget.core.runtime import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(OptionError, match=r"^device cuda was asked for .* use device cpu or auto$"):
+        resolve_device("cuda")
+    result = CliRunner().invoke(cli, ["train", *FAST, "--device", "cuda"])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("Error: --device cuda was asked for but no CUDA device is visible; use --device "
+                                     "cpu or auto")
+
+
+def test_no_core_module_names_a_cli_flag():
+    core = Path(__file__).resolve().parents[1] / "worstforget" / "core"
+    # io.py's `what="--out"` defaults are its callers' words; other tools' flags (git, `ray start --head`) are
+    # theirs; everything else speaks in parameter names
+    flagged = [f"{p.name}:{i}" for p in core.rglob("*.py") if p.name != "io.py"
+               for i, line in enumerate(p.read_text().splitlines(), 1)
+               if re.search(r"""["'][^"']*--[a-z][a-z-]+""", line) and "git" not in line and "ray start" not in line]
+    assert not flagged

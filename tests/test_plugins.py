@@ -273,8 +273,16 @@ def test_loaders_yield_the_chosen_format_and_behave_like_dataloaders(synthetic, 
 
 @pytest.mark.parametrize("fmt", ["tuple", "dict"])
 def test_submission_that_tries_both_formats_still_works(synthetic, trained, plugins, fmt):
+    from tests.plugin_cases import FORMAT_AGNOSTIC_SEEN as seen
+
+    seen.clear()
     method = make_method(load_plugin("tests.plugin_cases:format_agnostic", batch_format=fmt))
-    method.apply(trained, synthetic, torch.zeros(synthetic.num_train), seed=0)
+    out = method.apply(trained, synthetic, torch.zeros(synthetic.num_train), seed=0)
+    assert seen and {how for how, _ in seen} == {fmt}  # each format read the way it is meant to be
+    xs = torch.cat([x for _, x in seen])  # nothing forgotten: the retain loader yields every training row once
+    assert xs.shape == synthetic.x_train.shape
+    assert torch.equal(xs[torch.argsort(xs[:, 0])], synthetic.x_train.cpu()[torch.argsort(synthetic.x_train.cpu()[:, 0])])
+    assert all(torch.equal(a, b) for a, b in zip(out.state_dict().values(), trained.state_dict().values()))
 
 
 # --- names -----------------------------------------------------------------------------------------

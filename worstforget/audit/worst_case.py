@@ -32,7 +32,7 @@ class AuditOptions:
     eval_params: dict[str, dict] = field(default_factory=dict)  # their hyper-parameters (e.g. tuned)
     seeds: int = 2  # unlearning seeds per set (method and Retrain)
     stability: bool = True  # search again with seed + 1 and report the Jaccard overlap
-    baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))  # one-shot sets (forget_sets BASELINES)
+    baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))  # one-shot sets (forget_sets)
     attacks: list[str] = field(default_factory=list)  # per-example attacks on every set (`evaluate`'s)
     num_models: int = 16  # unlearned and retrained models per set for the attacks
 

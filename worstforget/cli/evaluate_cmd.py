@@ -20,7 +20,8 @@ from .options import (ExecutorOptions, ForgetSetOptions, OutputOptions, SettingO
 @click.option("--selector", type=RegistryChoice("..forget_sets:SELECTORS"), default="random", show_default=True,
               help="How to choose the forget set when no --result/--forget-set: "
                    "see `worstforget list selectors`.")
-@click.option("--quantile", type=float, default=0.0, show_default=True, help="lowest_loss: the loss quantile where the window starts (0: the lowest losses).")
+@click.option("--quantile", type=float, default=0.0, show_default=True,
+              help="lowest_loss: the loss quantile where the window starts (0: the lowest losses).")
 @attacks_option(None, "Comma-separated attacks to run.")
 @click.option("--num-models", type=click.IntRange(min=2), default=16, show_default=True,
               help="Unlearned and retrained models per set (512 in the NeurIPS'23 challenge).")

@@ -88,26 +88,32 @@ class SettingOptions:
 
     def build(self, progress: Any = None):
         """The setting, built from a recipe that executors' workers rebuild it from."""
+        from ..core.errors import ConfigError, OptionError
         from ..setting.recipe import SettingRecipe
         from ..training.accel import Accel, set_accel
 
         # speed switches hold for the rest of this command (undone when its click context closes)
         undo = set_accel(Accel(amp=self.amp, channels_last=self.channels_last, compile=self.compile_model))
         click.get_current_context().call_on_close(undo)
-        return SettingRecipe.create(
-            dataset=self.dataset, model=self.model, norm=self.norm, data_dir=self.data_dir, download=self.download,
-            device=self.device, checkpoint=self.checkpoint,
-            train_overrides={"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
-                             "schedule": self.schedule},
-            seed=self.train_seed, cache=not self.no_cache, cache_dir=self.cache_dir,
-            mia_resamples=self.mia_resamples, recipe=self.recipe, train_subset=self.train_subset).build(progress)
+        try:
+            recipe = SettingRecipe.create(
+                dataset=self.dataset, model=self.model, norm=self.norm, data_dir=self.data_dir,
+                download=self.download, device=self.device, checkpoint=self.checkpoint,
+                train_overrides={"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
+                                 "schedule": self.schedule},
+                seed=self.train_seed, cache=not self.no_cache, cache_dir=self.cache_dir,
+                mia_resamples=self.mia_resamples, recipe=self.recipe, train_subset=self.train_subset)
+            return recipe.build(progress)
+        except OptionError as exc:  # the library names its parameters (device); here they are flags
+            raise ConfigError(exc.worded(lambda name: "--" + name.replace("_", "-"))) from None
 
 
 SETTING_OPTIONS = [
         click.option("--dataset", default="digits", show_default=True,
                      help="Registered dataset (see `worstforget list datasets`), or npz:PATH / h5:PATH."),
         click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-                     help="Folder holding the dataset files [default: $WORSTFORGET_DATA or ~/.cache/worstforget/data]."),
+                     help="Folder holding the dataset files "
+                          "[default: $WORSTFORGET_DATA or ~/.cache/worstforget/data]."),
         click.option("--download", is_flag=True, help="Fetch the official archive (checksum-verified) if missing."),
         click.option("--train-subset", type=click.IntRange(min=2), default=None,
                      help="Keep a seeded random subset of this many training samples (a CPU-scale audit of a "
@@ -117,7 +123,8 @@ SETTING_OPTIONS = [
                      help="Normalisation layers where the architecture has them."),
         click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
                      help="Audit your trained state_dict of the chosen architecture instead of training one."),
-        click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs of the original model."),
+        click.option("--epochs", type=click.IntRange(min=1), default=None,
+                     help="Training epochs of the original model."),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Training learning rate."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Training batch size."),
         click.option("--schedule", type=RegistryChoice("..training.optim:SCHEDULES"), default=None,
@@ -130,7 +137,8 @@ SETTING_OPTIONS = [
                      help="bf16 autocast for training on CUDA (auto: where the GPU has native bf16; never on CPU)."),
         click.option("--channels-last/--no-channels-last", default=True, show_default=True,
                      help="channels_last memory format for conv nets on CUDA (no effect on CPU)."),
-        click.option("--train-seed", type=int, default=0, show_default=True, help="Seed of the original model (initialisation and batch order)."),
+        click.option("--train-seed", type=int, default=0, show_default=True,
+                     help="Seed of the original model (initialisation and batch order)."),
         click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps."),
         click.option("--no-cache", is_flag=True, help="Recompute every unit instead of reusing cached ones."),
         click.option("--cache-dir", type=click.Path(file_okay=False), default=None,

@@ -36,7 +36,8 @@ SEARCH_OPTIONS = [
                  help="Upper step α, in units of the gradient's std (see --raw-step)."),
     click.option("--raw-step", "normalize_step", is_flag=True, flag_value=False, default=True,
                  help="Use α on the raw gradient (the paper's update) instead of normalising."),
-    click.option("--gamma", type=click.FloatRange(min=0), default=1e-4, show_default=True, help="γ of the ‖w‖² term."),
+    click.option("--gamma", type=click.FloatRange(min=0), default=1e-4, show_default=True,
+                 help="γ of the ‖w‖² term."),
     click.option("--objective", type=RegistryChoice("..search.objectives:OBJECTIVES"), default="exposure",
                  show_default=True, help="Per-sample upper objective (see `worstforget list objectives`); "
                                          "`--objective loss --lower-level sign` is the paper's search."),
@@ -120,7 +121,8 @@ def search_command(app, method: str, cfg, num_random: int, baselines: str, eval_
     extra = METHODS.names() if eval_methods.strip() == "all" else [m for m in eval_methods.split(",") if m.strip()]
     options = AuditOptions(num_random=num_random, eval_methods=extra, eval_params=tuned, seeds=num_seeds,
                            stability=stability, attacks=attacks,
-                           baselines=[] if baselines.strip() == "none" else [b for b in baselines.split(",") if b.strip()],
+                           baselines=[] if baselines.strip() == "none" else
+                           [b for b in baselines.split(",") if b.strip()],
                            num_models=num_models).validate()
     out_dir = output.folder(Path("worstforget-out") / f"search-{data.dataset.replace(':', '_')}-{name}")
     executor = runner.build(app)
@@ -135,7 +137,8 @@ def search_command(app, method: str, cfg, num_random: int, baselines: str, eval_
         return
     s = summary
     print_comparison(app.out, summary, title=f"{s['method']} on {s['dataset']}/{s['model']}: {s['forget_size']} of "
-                                             f"{s['num_train']} samples, {s['solver']} solver, {s['objective']} objective")
+                                             f"{s['num_train']} samples, {s['solver']} solver, "
+                                             f"{s['objective']} objective")
     app.out.print(search_line(summary), soft_wrap=False)
     if audit.evaluation is not None:
         from .render import evaluation_table

@@ -50,7 +50,8 @@ class ForgetSetKind:
     def selectable(self) -> bool:
         return self.select is not None or (self.score is not None and self.name != "heuristic")
 
-    def choose(self, setting: Any, *, ratio: float, seed: int = 0, progress: Any = None, **options: Any) -> torch.Tensor:
+    def choose(self, setting: Any, *, ratio: float, seed: int = 0, progress: Any = None,
+               **options: Any) -> torch.Tensor:
         """m = ratio · N training indices of this kind (`evaluate --selector`)."""
         if self.select is not None:
             return self.select(setting, ratio=ratio, seed=seed, progress=progress, **options)
@@ -190,7 +191,8 @@ def lowest_objective(setting: Any, *, objective: Callable[[Any], torch.Tensor] |
 
 
 def memorization_scores(setting: Any, *, num_models: int = 8, seed: int = 0, progress: Any = None) -> np.ndarray:
-    """mem_i ≈ E[p_y | i trained on] − E[p_y | i held out], from models on random halves (in the setting's cache)."""
+    """mem_i ≈ E[p_y | i trained on] − E[p_y | i held out], from models on random halves (in the setting's
+    cache)."""
     from ..core.cache import ArrayCache
     from ..training.memorization import memorization_scores as scores
 

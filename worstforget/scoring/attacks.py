@@ -139,7 +139,8 @@ def svc(stats: Stats) -> dict:
 
 
 @register_attack("loss", statistics=("loss_u", "loss_r", "test_loss_u", "test_loss_r"),
-                 keys=tuple(f"loss_{k}{r}" for k in ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr") for r in ("", "_retrain")))
+                 keys=tuple(f"loss_{k}{r}" for k in ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")
+                            for r in ("", "_retrain")))
 def loss(stats: Stats) -> dict:
     """Loss-threshold attack, forget vs test, on each unlearned model and each retrained model."""
     per_u = [loss_threshold_attack(stats.loss_u[i], stats.test_loss_u[i]) for i in range(len(stats.loss_u))]

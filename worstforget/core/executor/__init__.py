@@ -32,8 +32,9 @@ def make_executor(name: str = "serial", *, workers: int | None = None, retries: 
         raise TypeError(f"unknown executor options {sorted(unknown)}")
     if given and cls is not RayExecutor:
         names = sorted(given)
-        raise OptionError(", ".join("{%s}" % k for k in names) + f" appl{'y' if len(names) > 1 else 'ies'} to "
-                          "{executor} ray only" + f" (got {{executor}} {EXECUTORS.canonical(name)})", *names, "executor")
+        verb = "apply" if len(names) > 1 else "applies"
+        raise OptionError(", ".join("{%s}" % k for k in names) + f" {verb} to {{executor}} ray only "
+                          f"(got {{executor}} {EXECUTORS.canonical(name)})", *names, "executor")
     return cls(workers=workers, retries=retries, **given)
 
 
