@@ -1,5 +1,6 @@
-"""Shared fixtures: the tiny synthetic dataset, a small MLP recipe, a trained original model,
-an isolated on-disk cache, a click runner and a snapshot/restore guard for the method registry."""
+"""Shared fixtures and helpers: the tiny synthetic dataset, a small MLP recipe, a trained original model,
+an isolated on-disk cache, a click runner, a snapshot/restore guard for the method registry, and
+`assert_clean_error` (a CLI failure is one `Error:` line; test modules import it with `from conftest import`)."""
 from __future__ import annotations
 
 import pytest
@@ -11,6 +12,17 @@ from worstforget.training.original import ModelSpec
 
 # Every tensor here is tiny: intra-op threads only add contention (several-fold slower on a busy CPU).
 torch.set_num_threads(1)
+
+
+def assert_clean_error(result, exit_code: int | None = None):
+    """Exited through click with a message, not an uncaught exception or a traceback."""
+    assert result.exit_code != 0, result.output
+    if exit_code is not None:
+        assert result.exit_code == exit_code, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
 
 
 @pytest.fixture(autouse=True)

@@ -32,7 +32,7 @@ from worstforget.training.timing import (
     training_throughput,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _images(n: int = 48, seed: int = 0) -> Dataset:

@@ -9,7 +9,7 @@ import pytest
 
 from worstforget.cli import cli
 
-CONFIGS = sorted((Path(__file__).parent.parent / "experiments" / "configs").glob("*.json"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "experiments" / "configs").glob("*.json"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)

@@ -29,7 +29,7 @@ from worstforget.training.loop import per_sample_loss
 FAST = ["--dataset", "synthetic", "--epochs", "4"]
 SEARCH = ["--method", "ft", "--outer-steps", "3", "--inner-steps", "4", "--num-random", "3", "--seeds", "2",
           "--mia-resamples", "1"]
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def invoke(*args):

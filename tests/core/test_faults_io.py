@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from test_cli import assert_clean_error
+from conftest import assert_clean_error
 
 from worstforget.cli import cli
 from worstforget.core import cache as cache_module
@@ -43,7 +43,7 @@ from worstforget.training.original import obtain_original
 FAST = ["--dataset", "synthetic", "--epochs", "3"]
 SEARCH = ["search", "--method", "ft", *FAST, "--outer-steps", "2", "--inner-steps", "2", "--num-random", "1",
           "--seeds", "1", "--mia-resamples", "1", "--no-stability"]
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TIMED = ("RTE", "RTE_fraction", "rte_seconds", "rte_fraction")  # wall-clock numbers differ between runs
 
 

@@ -1,4 +1,4 @@
-"""Executors (core/executor.py) against the serial run: a real local Ray instance (2 CPUs, started once for
+"""Executors (core/executor/) against the serial run: a real local Ray instance (2 CPUs, started once for
 this module) and a real process pool give records identical to serial ones for compare, search and evaluate;
 a worker killed mid-task is retried and the audit completes with the same numbers; two drivers sharing a
 cache folder compute every unit once; failures are retried then reported with the task's label; TPE tuning
@@ -35,7 +35,7 @@ from worstforget.core.errors import ConfigError, OptionError, WorstforgetError
 from worstforget.core.executor import Call, NotRebuildableError, ProcessExecutor, RayExecutor, make_executor, serial
 from worstforget.setting.recipe import SettingRecipe
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FAST = ["--dataset", "synthetic", "--epochs", "4", "--mia-resamples", "1"]
 TIMING = ("RTE", "RTE_fraction")  # wall-clock numbers: the only ones allowed to differ between executors
 
@@ -182,7 +182,7 @@ def kill_when_written(marker: Path, killed: list[int], timeout: float = 90.0) ->
 
 def test_a_killed_ray_worker_is_retried_and_the_audit_completes_alike(tmp_path, monkeypatch, isolated_registry):
     monkeypatch.chdir(REPO)  # the plug-in imports as tests.test_executor, here and in the workers
-    args = ["--plugin", "tests.test_executor:hang_once", "compare", "--methods", "hang_once,ft", "--num-sets", "2",
+    args = ["--plugin", "tests.core.test_executor:hang_once", "compare", "--methods", "hang_once,ft", "--num-sets", "2",
             *FAST]
     killed: list[int] = []
     HANG_MARKER.unlink(missing_ok=True)

@@ -21,7 +21,7 @@ from worstforget.methods import make_method
 from worstforget.methods.plugin import PluginMethod, load_plugin, source_hash
 
 FAST = ["--dataset", "synthetic", "--epochs", "3"]
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from worstforget.cli import cli
 from worstforget.cli.options import AttackList
 
-CLI = Path(__file__).resolve().parents[1] / "worstforget" / "cli"
+CLI = Path(__file__).resolve().parents[2] / "worstforget" / "cli"
 FAST = ["--dataset", "synthetic", "--epochs", "3", "--mia-resamples", "1"]
 
 
@@ -81,7 +81,7 @@ def test_core_errors_name_parameters_and_the_cli_words_them_as_flags(monkeypatch
 
 
 def test_no_core_module_names_a_cli_flag():
-    core = Path(__file__).resolve().parents[1] / "worstforget" / "core"
+    core = Path(__file__).resolve().parents[2] / "worstforget" / "core"
     # io.py's `what="--out"` defaults are its callers' words; other tools' flags (git, `ray start --head`) are
     # theirs; everything else speaks in parameter names
     flagged = [f"{p.name}:{i}" for p in core.rglob("*.py") if p.name != "io.py"

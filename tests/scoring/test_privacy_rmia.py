@@ -25,7 +25,7 @@ from worstforget.scoring.privacy import (
     true_label_probability,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def brute_force_rmia(p_target_x, p_ref_x, p_target_z, p_ref_z, a, gamma, out_x=None, out_z=None):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_clean_error
 from worstforget.cli import cli
 from worstforget.training.models import build_model
 
@@ -18,17 +19,6 @@ FAST = ["--dataset", "synthetic", "--epochs", "3"]
 
 def run(runner, *args):
     return runner.invoke(cli, ["--quiet", *args])
-
-
-def assert_clean_error(result, exit_code: int | None = None):
-    """Exited through click with a message, not an uncaught exception or a traceback."""
-    assert result.exit_code != 0, result.output
-    if exit_code is not None:
-        assert result.exit_code == exit_code, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
 
 
 def test_list_methods_shows_finetune(cli_runner):
