@@ -45,7 +45,8 @@ from worstforget.datasets.raw import RawSplits  # noqa: E402
 from worstforget.methods import make_method  # noqa: E402
 from worstforget.scoring.metrics import evaluate  # noqa: E402
 from worstforget.search import SOLVERS, SearchConfig, search_worst_case  # noqa: E402
-from worstforget.setting import Setting, forget_size, forget_weights, random_forget_set  # noqa: E402
+from worstforget.forget_sets import forget_size, forget_weights, random_forget_set  # noqa: E402
+from worstforget.setting import Setting  # noqa: E402
 from worstforget.training.accel import Accel, current_accel  # noqa: E402
 from worstforget.training.ensemble import fit_ensemble, fit_stacked, stack_capacity  # noqa: E402
 from worstforget.training.loop import accuracy, fit  # noqa: E402

@@ -15,12 +15,14 @@ from pathlib import Path
 from worstforget.audit.result import SearchAudit, read_attack_evaluation
 from worstforget.audit.verdict import verdict_lines
 from worstforget.core.stats import fmt_agg
+from worstforget.scoring.attacks import ATTACKS
 
 ROOT = Path(__file__).resolve().parent.parent / "results"
 GAP_COLUMNS = ("UA", "MIA", "MIA_logit", "RA", "TA", "acc_gap", "avg_gap", "avg_gap_logit")
-ATTACK_COLUMNS = ("lira_auc", "lira_tpr_at_1pct_fpr", "lira_tpr_at_0.1pct_fpr", "rmia_tpr_at_0.1pct_fpr")
-ATTACK_KEYS = ("lira_auc", "lira_tpr_at_1pct_fpr", "lira_tpr_at_0.1pct_fpr", "rmia_auc", "rmia_tpr_at_0.1pct_fpr",
-               "forget_quality_bounded", "epsilon_score_bounded", "rte_fraction")
+# what each attack declares at registration (scoring/attacks.py): its columns in the worst-case tables and in
+# the attacks table
+ATTACK_COLUMNS = tuple(k for name in ATTACKS.in_order() for k in ATTACKS.get(name).columns)
+ATTACK_KEYS = (*(k for name in ATTACKS.in_order() for k in ATTACKS.get(name).summary), "rte_fraction")
 
 
 def comparison_sets(summary: dict) -> dict:

@@ -1,6 +1,9 @@
-"""Shared fixtures: the tiny synthetic dataset, a small MLP recipe, a trained original model,
-an isolated on-disk cache, a click runner and a snapshot/restore guard for the method registry."""
+"""Shared fixtures and helpers: the tiny synthetic dataset, a small MLP recipe, a trained original model,
+an isolated on-disk cache, a click runner, a snapshot/restore guard for the method registry, and
+`assert_clean_error` (a CLI failure is one `Error:` line; test modules import it with `from conftest import`)."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +14,17 @@ from worstforget.training.original import ModelSpec
 
 # Every tensor here is tiny: intra-op threads only add contention (several-fold slower on a busy CPU).
 torch.set_num_threads(1)
+
+
+def assert_clean_error(result, exit_code: int | None = None):
+    """Exited through click with a message, not an uncaught exception or a traceback."""
+    assert result.exit_code != 0, result.output
+    if exit_code is not None:
+        assert result.exit_code == exit_code, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
 
 
 @pytest.fixture(autouse=True)
@@ -64,3 +78,44 @@ def isolated_registry():
         yield METHODS
     finally:
         METHODS.restore(state)
+
+
+# The fast lane, `pytest -m "not slow"`: everything but these (each takes seconds, or starts worker processes
+# or a Ray instance). Listed here, by module and test name, rather than marked in each file.
+SLOW = {
+    "core/test_executor.py": "*",  # process pools and a Ray instance
+    "core/test_faults_io.py": {"test_two_processes_asking_for_one_unit_compute_it_once",
+                               "test_a_cached_model_with_overwritten_tensor_bytes_is_retrained_not_used",
+                               "test_a_checkpoint_of_the_cached_model_audits_like_the_cached_model",
+                               "test_a_disk_full_midway_leaves_the_previous_unlearn_result_byte_identical"},
+    "datasets/test_formats.py": {"test_fashion_mnist_fingerprint_does_not_depend_on_torch_threads"},
+    "datasets/test_faults_data.py": {"test_raw_search_step_of_1e20_keeps_the_budget_end_to_end"},
+    "training/test_gpu_path.py": {"test_compile_flag_compiles_the_training_forward",
+                                  "test_gpu_check_tiny_prints_and_writes_one_complete_table",
+                                  "test_gpu_check_keeps_the_table_when_phases_fail"},
+    "audit/test_audit_pipeline.py": {"test_a_search_killed_midway_resumes_to_the_uninterrupted_set",
+                                     "test_search_with_attacks_stores_the_evaluation_in_every_file",
+                                     "test_eval_methods_run_on_every_set_and_reach_every_file",
+                                     "test_init_heuristic_starts_from_the_baseline_with_the_lowest_objective"},
+    "audit/test_evaluation.py": {"test_bounded_quality_calls_retrain_a_perfect_unlearner",
+                                 "test_lira_on_original_beats_population_attack_at_low_fpr",
+                                 "test_memorization_proxy_ranks_mislabelled_points_high"},
+    "scoring/test_privacy_epsilon.py": {"test_bounded_matches_brute_force_on_random_small_cases"},
+    "scoring/test_privacy_rmia.py": {"test_exposure_anatomy_script_reads_an_audit_and_its_scores",
+                                     "test_rmia_vs_lira_script_on_tiny_setting"},
+    "report/test_report.py": {"test_markdown_report_has_method_and_retrain_side_by_side",
+                              "test_html_report_is_self_contained_with_legible_pngs"},
+    "cli/test_cli_workflows.py": {"test_search_cli_writes_all_outputs_and_resumes"},
+    "methods/test_plugins.py": {"test_kaggle_submission_runs_in_place_with_dict_batches_through_unlearn_and_search"},
+    "search/test_search.py": {"test_search_moves_is_deterministic_and_resumes"},
+    "audit/test_exposure.py": {"test_exposure_selector_finds_memorised_flipped_labels"},
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    root = Path(__file__).parent
+    for item in items:
+        module = Path(str(item.fspath)).relative_to(root).as_posix()
+        names = SLOW.get(module, ())
+        if names == "*" or item.originalname in names:
+            item.add_marker(pytest.mark.slow)

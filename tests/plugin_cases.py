@@ -36,14 +36,17 @@ def dict_reader(net, retain_loader, forget_loader, val_loader):
     return net
 
 
+FORMAT_AGNOSTIC_SEEN: list = []  # (how the batch was read, its inputs), for the test to check
+
+
 def format_agnostic(net, retain_loader, forget_loader, val_loader):
     """Falls back from dict to tuple batches by catching the indexing error, as some submissions do."""
     for batch in retain_loader:
         try:
-            x = batch["image"]
-        except (TypeError, KeyError):
-            x = batch[0]
-        assert x.dim() == 2
+            x, how = batch["image"], "dict"
+        except (TypeError, KeyError, IndexError):
+            x, how = batch[0], "tuple"
+        FORMAT_AGNOSTIC_SEEN.append((how, x.detach().cpu()))
     return net
 
 

@@ -1,11 +1,15 @@
 """worstforget: audit machine-unlearning methods on their worst-case forget sets.
 
-Library entry points (imported lazily so the CLI's --help stays fast):
+The library calls behind the commands (imported lazily so the CLI's --help stays fast):
 
-    from worstforget import prepare_setting, SearchConfig, run_search_audit, write_outputs
-    setting = prepare_setting(dataset="digits")
-    audit = run_search_audit(setting, "finetune", {}, SearchConfig())
-    write_outputs("out", audit)
+    >>> import worstforget as wf
+    >>> setting = wf.prepare_setting(dataset="synthetic", train_overrides={"epochs": 2})
+    >>> audit = wf.audit_worst_case(setting, "finetune", {"epochs": 1},
+    ...                             wf.SearchConfig(solver="first-order", outer_steps=2, forget_ratio=0.1),
+    ...                             options=wf.AuditOptions(num_random=1, seeds=1, stability=False, baselines=[]))
+    >>> folder = audit.write("worstforget-out/search")  # doctest: +SKIP
+
+Every command is one of these calls; see the README's *Architecture* table.
 """
 from __future__ import annotations
 
@@ -23,16 +27,15 @@ os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 __version__ = "0.1.0"
 
+# name → module (relative to this package); exactly the calls the README's library section shows
 _EXPORTS = {
-    "prepare_setting": "setting", "Setting": "setting", "ModelSpec": "training.original",
-    "run_unit": "audit.units", "compare_on_set": "audit.units", "compare_methods": "audit.units",
-    "SearchConfig": "search", "search_worst_case": "search", "project_capped_simplex": "search", "SOLVERS": "search",
-    "run_search_audit": "audit.worst_case", "AuditOptions": "audit.worst_case", "write_outputs": "audit.worst_case",
-    "METHODS": "methods", "UnlearningMethod": "methods", "register_method": "methods", "make_method": "methods",
-    "DATASETS": "datasets", "load_dataset": "datasets", "MODELS": "training.models", "build_model": "training.models",
-    "ATTACKS": "scoring.attacks", "evaluate_unlearning": "audit.attack_eval", "lira_on_original": "audit.membership",
-    "SELECTORS": "forget_sets", "evaluate": "scoring.metrics", "TrainConfig": "training.loop", "fit": "training.loop",
-    "Registry": "core.registry", "WorstforgetError": "core.errors", "ConfigError": "core.errors",
+    "prepare_setting": "setting", "Setting": "setting",
+    "SearchConfig": "search", "AuditOptions": "audit.worst_case", "audit_worst_case": "audit.worst_case",
+    "evaluate_sets": "audit.attack_eval", "unlearn_on_set": "audit.units", "compare_methods": "audit.units",
+    "tune": "audit.tune", "load_result": "report", "render_markdown": "report", "render_html": "report",
+    "render_json": "report", "random_forget_set": "forget_sets", "load_forget_set": "forget_sets",
+    "register_method": "methods", "UnlearningMethod": "methods",
+    "WorstforgetError": "core.errors", "ConfigError": "core.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -42,3 +45,7 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module 'worstforget' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

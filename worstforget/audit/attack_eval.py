@@ -24,7 +24,8 @@ from ..methods import make_method
 from ..methods.exact import Retrain
 from ..scoring.attacks import ATTACKS, Stats
 from ..training.outputs import logit_scaled_confidence
-from ..setting import Setting, forget_mask, forget_weights, forgotten_classes
+from ..forget_sets import forget_mask, forget_weights, forgotten_classes
+from ..setting import Setting
 from ..training.accel import current_accel
 from ..training.ensemble import chunk_sizes, fit_stacked, stack_capacity
 from ..training.loop import predict_logits
@@ -220,9 +221,7 @@ def attack_scores(per_u: list[dict], per_r: list[dict], forget_set: torch.Tensor
     out: dict = {"num_models": num_models, "attacks": attacks}
     per_example: dict[str, np.ndarray] = {"lsc_unlearned": stats.lsc_u, "lsc_retrained": stats.lsc_r}
     for name in attacks:
-        for k, v in ATTACKS.get(name)(stats).items():
-            if name != "lira" and k.startswith("lira_"):  # keep variants apart: lira_fixed_auc, lira_offline_auc
-                k = name + k[len("lira"):]
+        for k, v in ATTACKS.get(name)(stats).items():  # keys as each attack declares them (lira_fixed_auc, ...)
             if isinstance(v, np.ndarray) and v.ndim >= 1 and k.endswith("per_example"):
                 per_example[k] = v
             else:

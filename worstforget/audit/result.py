@@ -30,7 +30,7 @@ from ..core.errors import WorstforgetError
 from ..core.io import json_bytes, to_jsonable, write_result_folder
 from ..core.stats import aggregate
 from ..scoring.metrics import ACCURACY_METRICS, GAP_METRICS, GAP_METRICS_LOGIT, avg_gap, mia_flags
-from .kinds import KIND_LABELS, KIND_NAMES, SET_KINDS  # noqa: F401  (re-exported)
+from ..forget_sets.kinds import KIND_LABELS, KIND_NAMES, SET_KINDS  # noqa: F401  (re-exported)
 from .verdict import verdict
 
 SCHEMA_VERSION = 2

@@ -20,9 +20,9 @@ from ..core.executor import Executor, serial
 from ..core.hashing import stable_hash
 from ..core.progress import Progress
 from ..core.stats import Aggregate, aggregate
-from ..forget_sets import random_forget_set
+from ..forget_sets import forget_size, random_forget_set
 from ..methods import make_method, parse_params
-from ..setting import Setting, forget_size
+from ..setting import Setting
 from .result import run_arrays
 from .units import Unit, run_units
 

@@ -37,9 +37,10 @@ from ..core.runtime import Timer, sync
 from ..methods import UnlearningMethod, make_method
 from ..methods.exact import Retrain
 from ..scoring.metrics import evaluate
-from ..training.ensemble import check_stackable, chunk_sizes, fit_stacked, stack_capacity
+from ..forget_sets import forget_mask, forget_size, forget_weights, forgotten_classes, random_forget_set
+from ..setting import Setting
 from ..training.accel import current_accel
-from ..setting import Setting, forget_mask, forget_size, forget_weights, forgotten_classes, random_forget_set
+from ..training.ensemble import check_stackable, chunk_sizes, fit_stacked, stack_capacity
 from .result import Comparison, SetKind, run_arrays
 
 RECORD_VERSION = 3  # 2: method reports (retrained fraction...) in the record; 3: MIA_logit, saturated share

@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass
 
 from ..core.stats import difference_interval, fmt_agg
-from .kinds import KIND_NAMES
-
+from ..forget_sets.kinds import KIND_NAMES
+from ..scoring.attacks import attack_measures
 
 
 @dataclass(frozen=True)
@@ -29,9 +29,8 @@ MEASURES = (
     Measure("acc_gap", "Accuracy gap to Retrain (UA, RA, TA)", "sets"),
     Measure("avg_gap", "Avg. Gap (MIA-Efficacy)", "sets", "MIA"),
     Measure("avg_gap_logit", "Avg. Gap (MIA_logit)", "sets", "MIA_logit"),
-    Measure("lira_tpr_at_0.1pct_fpr", "U-LiRA TPR@0.1%FPR", "evaluation", digits=3),
-    Measure("lira_auc", "U-LiRA AUC", "evaluation", digits=3),
-    Measure("rmia_tpr_at_0.1pct_fpr", "RMIA TPR@0.1%FPR", "evaluation", digits=3),
+    # and what the attacks declare at registration (scoring/attacks.py), judged on evaluation.json
+    *(Measure(m.key, m.label, "evaluation", digits=m.digits) for m in attack_measures()),
 )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,15 +13,14 @@ import torch
 from ..core.errors import ConfigError
 from ..core.executor import Call, Executor, serial
 from ..core.progress import Progress
-from ..core.registry import Registry
 from ..core.runtime import Timer
 from ..core.seeds import derive_seed, generator
+from ..forget_sets import BASELINES
 from ..methods import METHODS, make_method
 from ..scoring.attacks import ATTACKS
 from ..search import SearchConfig, jaccard, overlap, search_worst_case, top_m
 from ..search.problem import Problem
 from ..search.solvers import SOLVERS, check_solver
-from ..training.loop import per_sample_loss
 from ..setting import Setting
 from .result import SearchAudit
 from .units import method_label, run_on_kinds
@@ -37,7 +36,7 @@ class AuditOptions:
     eval_params: dict[str, dict] = field(default_factory=dict)  # their hyper-parameters (e.g. tuned)
     seeds: int = 2  # unlearning seeds per set (method and Retrain)
     stability: bool = True  # search again with seed + 1 and report the Jaccard overlap
-    baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))  # one-shot sets (BASELINES)
+    baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))  # one-shot sets (forget_sets)
     attacks: list[str] = field(default_factory=list)  # per-example attacks on every set (`evaluate`'s)
     num_models: int = 16  # unlearned and retrained models per set for the attacks
     # attack-validated selection among candidate sets with this many models a side (0: off); None: on, with
@@ -69,48 +68,14 @@ def random_units(problem: Problem, count: int, seed: int) -> list[torch.Tensor]:
     return [torch.randperm(n, generator=generator(seed, f"random-set-{r}"))[:m].sort().values for r in range(count)]
 
 
-Baseline = Callable[[Problem, int, Any], torch.Tensor]  # (problem, seed, progress) → per-sample scores, higher = pick
-BASELINES: Registry[Baseline] = Registry("baseline")
-
-
-@BASELINES.register("lowest_loss")
-def lowest_loss(problem: Problem, seed: int, progress: Any = None) -> torch.Tensor:
-    """The samples the original model fits best (lowest loss): the paper's cheap baseline."""
-    setting = problem.setting
-    return -per_sample_loss(setting.original, setting.data.x_train, setting.data.y_train).double()
-
-
-@BASELINES.register("heuristic")
-def lowest_objective(problem: Problem, seed: int, progress: Any = None) -> torch.Tensor:
-    """The samples the original model fits best by the search's own objective."""
-    return -problem.values(problem.setting.original)
-
-
-@BASELINES.register("exposure")
-def most_exposed(problem: Problem, seed: int, progress: Any = None) -> torch.Tensor:
-    """The samples on which the original model is most distinguishable from reference models that never saw
-    them (one-shot exposure, the search's exposure objective evaluated on the original)."""
-    from ..forget_sets import exposure_scores
-
-    scores = exposure_scores(problem.setting, problem.config.reference_models, progress=progress)
-    return torch.as_tensor(scores, dtype=torch.float64)
-
-
-@BASELINES.register("memorization")
-def most_memorized(problem: Problem, seed: int, progress: Any = None) -> torch.Tensor:
-    """The most memorised samples: confidence when trained on minus when held out (models on random halves)."""
-    from ..forget_sets import memorization_scores
-
-    scores = memorization_scores(problem.setting, num_models=problem.config.reference_models, progress=progress)
-    return torch.as_tensor(scores, dtype=torch.float64)  # the reference models the exposure objective trains
-
-
 DEFAULT_BASELINES = ("lowest_loss", "memorization", "exposure")
 
 
 def baseline_units(problem: Problem, name: str, seed: int, progress: Any = None) -> torch.Tensor:
     """The m units (samples, or classes by their mean score) a one-shot baseline picks."""
-    scores = BASELINES.get(name)(problem, seed, progress).to(torch.float64)
+    # the one-shot kinds of forget_sets, scored with the search's reference models and objective (seed unused)
+    scores = BASELINES.get(name).score(problem.setting, num_models=problem.config.reference_models,
+                                       objective=problem.values, progress=progress).to(torch.float64)
     return top_m(problem.reduce(scores.to(problem.data.device)).cpu(), problem.budget)
 
 

@@ -1,4 +1,5 @@
-"""The click group, shared options, error handling and rich rendering helpers (rich lives only here)."""
+"""The click group, its error handling, registry choices, the executor flags (which `run` forwards) and rich
+rendering helpers (rich lives only here). The option groups commands take are in options.py."""
 from __future__ import annotations
 
 import functools
@@ -117,73 +118,8 @@ def cli(ctx: click.Context, plugins: tuple[str, ...], batch_format: str, plugin_
         load_plugins(plugins, batch_format=batch_format, override=plugin_override)
 
 
-def data_options(fn: Callable) -> Callable:
-    """Options that choose the setting: data, model, original training, device, cache."""
-    options = [
-        click.option("--dataset", default="digits", show_default=True,
-                     help="Registered dataset (see `worstforget list datasets`), or npz:PATH / h5:PATH."),
-        click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-                     help="Folder holding the dataset files [default: $WORSTFORGET_DATA or ~/.cache/worstforget/data]."),
-        click.option("--download", is_flag=True, help="Fetch the official archive (checksum-verified) if missing."),
-        click.option("--train-subset", type=click.IntRange(min=2), default=None,
-                     help="Keep a seeded random subset of this many training samples (a CPU-scale audit of a "
-                          "large dataset; validation and test splits unchanged)."),
-        click.option("--model", default=None, help="Architecture [default: the dataset's]."),
-        click.option("--norm", type=click.Choice(["batch", "group", "none"]), default=None,
-                     help="Normalisation layers where the architecture has them."),
-        click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
-                     help="Audit your trained state_dict of the chosen architecture instead of training one."),
-        click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs of the original model."),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Training learning rate."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Training batch size."),
-        click.option("--schedule", type=RegistryChoice("..training.optim:SCHEDULES"), default=None,
-                     help="Learning-rate schedule of training (see `worstforget list schedules`)."),
-        click.option("--recipe", type=RegistryChoice("..training.recipes:RECIPES"), default=None,
-                     help="A named training recipe replacing the dataset's defaults (paper: 182 epochs; fast: 30 "
-                          "epochs for CIFAR ResNet-18); --epochs, --lr... still override it."),
-        click.option("--compile", "compile_model", is_flag=True, help="torch.compile the training forward."),
-        click.option("--amp", type=click.Choice(["auto", "bf16", "off"]), default="auto", show_default=True,
-                     help="bf16 autocast for training on CUDA (auto: where the GPU has native bf16; never on CPU)."),
-        click.option("--channels-last/--no-channels-last", default=True, show_default=True,
-                     help="channels_last memory format for conv nets on CUDA (no effect on CPU)."),
-        click.option("--train-seed", type=int, default=0, show_default=True, help="Seed of the original model."),
-        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps."),
-        click.option("--no-cache", is_flag=True, help="Recompute every unit instead of reusing cached ones."),
-        click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-                     help="Cache folder [default: $WORSTFORGET_CACHE or ~/.cache/worstforget]."),
-        click.option("--mia-resamples", type=click.IntRange(min=1), default=MIA_RESAMPLES, show_default=True,
-                     help="Draws of the SVC attacker's training sample per evaluation (MIA-Efficacy)."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
-
-
-def setting_from_options(app: AppContext, progress, opts: dict):
-    """The setting of the data options, built from a recipe that executors' workers rebuild it from."""
-    from ..core.cache import check_cache_folder
-    from ..core.executor import SettingRecipe
-    from ..core.runlog import move_run_log
-    from ..training.accel import Accel, set_accel
-
-    if opts["cache_dir"]:
-        move_run_log(opts["cache_dir"])  # the run log belongs with the cache this command uses
-    if not opts["no_cache"]:
-        check_cache_folder(opts["cache_dir"])  # before any training: a cache that cannot be written fails late
-
-    # speed switches hold for the rest of this command (undone when its click context closes)
-    undo = set_accel(Accel(amp=opts["amp"], channels_last=opts["channels_last"], compile=opts["compile_model"]))
-    click.get_current_context().call_on_close(undo)
-    return SettingRecipe.create(
-        dataset=opts["dataset"], model=opts["model"], norm=opts["norm"], data_dir=opts["data_dir"],
-        download=opts["download"], device=opts["device"], checkpoint=opts["checkpoint"],
-        train_overrides={"epochs": opts["epochs"], "lr": opts["lr"], "batch_size": opts["batch_size"],
-                         "schedule": opts["schedule"]},
-        seed=opts["train_seed"], cache=not opts["no_cache"], cache_dir=opts["cache_dir"],
-        mia_resamples=opts["mia_resamples"], recipe=opts["recipe"], train_subset=opts["train_subset"]).build(progress)
-
-
 EXECUTOR_KEYS = ("executor", "workers", "retries", "ray_address", "cpus_per_task", "gpus_per_task")
+EXECUTOR_FLAGS = {"address": "--ray-address"}  # make_executor's parameters whose flag is not --NAME
 
 
 def executor_options(fn: Callable) -> Callable:
@@ -207,26 +143,6 @@ def executor_options(fn: Callable) -> Callable:
     for option in reversed(options):
         fn = option(fn)
     return fn
-
-
-def executor_from_options(app: AppContext, opts: dict):
-    """The executor of `executor_options` (taken out of `opts`); closed when the command ends, or shared by the
-    steps of `run` and closed when it ends."""
-    from ..core.executor import make_executor
-
-    chosen = {k: opts.pop(k) for k in EXECUTOR_KEYS}
-    key = tuple(sorted(chosen.items()))
-    if app.executors is not None and key in app.executors:
-        return app.executors[key]
-    executor = make_executor(chosen["executor"], workers=chosen["workers"], retries=chosen["retries"],
-                             address=chosen["ray_address"], cpus_per_task=chosen["cpus_per_task"],
-                             gpus_per_task=chosen["gpus_per_task"])
-    if app.executors is not None:
-        app.executors[key] = executor
-    else:
-        click.get_current_context().call_on_close(executor.close)
-    executor.start()
-    return executor
 
 
 class RichProgress:

@@ -1,21 +1,23 @@
-"""`list`, `train` and `unlearn` commands."""
+"""`list`, `train`, `unlearn`, `tune` and `compare` commands."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
 
-from .app import RichProgress, cli, data_options, executor_from_options, executor_options, pass_app, setting_from_options
+from .app import RichProgress, cli, pass_app
+from .options import (ExecutorOptions, ForgetSetOptions, OutputOptions, SettingOptions, num_seeds_option,
+                      with_executor, with_forget_set, with_output, with_setting)
+
 
 def registries() -> dict:
     """Every registry `list` can show (imported on use, so --help stays fast)."""
     from ..datasets import DATASETS
-    from ..forget_sets import SELECTORS
+    from ..forget_sets import BASELINES, SELECTORS
     from ..methods import METHODS
     from ..scoring.attacks import ATTACKS
     from ..search import SOLVERS
     from ..search.objectives import OBJECTIVES
-    from ..audit.worst_case import BASELINES
     from ..training.models import MODELS
     from ..training.optim import OPTIMIZERS, SCHEDULES
     from ..training.recipes import RECIPES
@@ -62,23 +64,22 @@ def _params_option(fn):
 
 
 @cli.command("train")
-@data_options
+@with_setting
 @click.option("--architecture", type=click.Choice(["single", "sisa", "arcane"]), default="single", show_default=True,
               help="single model, or the sharded original of the SISA / ARCANE exact-unlearning systems.")
 @_params_option
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write accuracies and timings (JSON) here.")
+@with_output("Write accuracies and timings (JSON) to this file.", folder=False)
 @pass_app
-def train_command(app, architecture: str, params: tuple[str, ...], out: str | None, **opts) -> None:
+def train_command(app, architecture: str, params: tuple[str, ...], data: SettingOptions, output: OutputOptions) -> None:
     """Train (or fetch from the cache) the original model and report its accuracy."""
-    from ..core.io import check_output_file, write_json
+    from ..core.io import write_json
     from ..methods import make_method, parse_params
     from ..training.loop import split_accuracies
 
     hyper = parse_params(architecture, params) if architecture != "single" else {}
-    if out:
-        check_output_file(out)
+    out = output.file()
     with RichProgress(app.err) as progress:
-        setting = setting_from_options(app, progress, opts)
+        setting = data.build(progress)
         data, model = setting.data, setting.original
         single_seconds = setting.train_seconds
         record = {"architecture": architecture, "dataset": data.name, "model": setting.spec.name,
@@ -107,54 +108,35 @@ def train_command(app, architecture: str, params: tuple[str, ...], out: str | No
 
 @cli.command("unlearn")
 @click.option("--method", required=True, help="Unlearning method (see `worstforget list methods`).")
-@data_options
-@click.option("--forget-ratio", type=float, default=0.1, show_default=True, help="Size of a random forget set.")
-@click.option("--forget-seed", type=int, default=0, show_default=True, help="Seed of the random forget set.")
-@click.option("--forget-set", type=click.Path(dir_okay=False), default=None,
-              help="A .npy file of training indices to forget (overrides --forget-ratio).")
+@with_setting
+@with_forget_set(file=True, ratio_help="Size of a random forget set, as a fraction of the training samples.")
 @_params_option
-@click.option("--seeds", "num_seeds", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Unlearning seeds (runs of the method and of Retrain) to average.")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Write summary.json and results.csv into this folder.")
-@click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of a table.")
-@executor_options
+@num_seeds_option(1, "Unlearning seeds (runs of the method and of Retrain) to average.")
+@with_output("Write summary.json and results.csv into this folder.", json_help="Print summary.json instead of a table.")
+@with_executor
 @pass_app
-def unlearn_command(app, method: str, forget_ratio: float, forget_seed: int, forget_set: str | None,
-                    params: tuple[str, ...], num_seeds: int, out: str | None, as_json: bool, **opts) -> None:
+def unlearn_command(app, method: str, params: tuple[str, ...], num_seeds: int, data: SettingOptions,
+                    forget: ForgetSetOptions, output: OutputOptions, runner: ExecutorOptions) -> None:
     """Run METHOD and exact Retrain on one forget set; print UA, MIA, RA, TA, RTE and Avg. Gap."""
     from ..audit.units import unlearn_on_set
     from ..methods import METHODS, make_method, parse_params
-    from ..setting import forget_size, load_forget_set, random_forget_set
 
     name = METHODS.canonical(method)
     hyper = parse_params(name, params)
     make_method(name, hyper)  # reject bad hyper-parameters before any training
-    if forget_set is None:
-        forget_size(100, forget_ratio)  # validates the ratio before loading data
-    check_out(out)
-    executor = executor_from_options(app, opts)
+    out = output.folder()
+    executor = runner.build(app)
     with RichProgress(app.err) as progress:
-        setting = setting_from_options(app, progress, opts)
+        setting = data.build(progress)
         n = setting.data.num_train
-        indices = load_forget_set(forget_set, n) if forget_set else \
-            random_forget_set(n, forget_size(n, forget_ratio), forget_seed)
-        result = unlearn_on_set(setting, name, hyper, indices, seeds=list(range(num_seeds)),
-                                source=forget_set or {"ratio": forget_ratio, "seed": forget_seed}, progress=progress,
-                                executor=executor)
-    finish(app, result, out, as_json, title=f"{name} vs Retrain on {len(indices)} of {n} samples "
-                                             f"({setting.data.name}/{setting.spec.name})")
+        indices = forget.indices(n)
+        result = unlearn_on_set(setting, name, hyper, indices, seeds=list(range(num_seeds)), source=forget.source(),
+                                progress=progress, executor=executor)
+    finish(app, result, out, output.as_json, title=f"{name} vs Retrain on {len(indices)} of {n} samples "
+                                                    f"({setting.data.name}/{setting.spec.name})")
 
 
-def check_out(out: str | None) -> None:
-    """Refuse an unusable --out before any work starts."""
-    if out:
-        from ..core.io import check_output_dir
-
-        check_output_dir(out)
-
-
-def finish(app, result, out: str | None, as_json: bool, *, title: str) -> None:
+def finish(app, result, out: str | Path | None, as_json: bool, *, title: str) -> None:
     """Write a comparison's folder (when --out) and print it."""
     import json
 
@@ -175,14 +157,13 @@ def finish(app, result, out: str | None, as_json: bool, *, title: str) -> None:
 
 @cli.command("tune")
 @click.option("--method", required=True, help="Unlearning method to tune.")
-@data_options
+@with_setting
 @click.option("--grid", "grid_specs", multiple=True, required=True, metavar="KEY=V1,V2,...",
               help="Values to try for a hyper-parameter. Repeatable; the grid is their product.")
 @_params_option
-@click.option("--forget-ratio", type=float, default=0.1, show_default=True)
+@with_forget_set(seed="Seed of the random tuning sets.", seed_aliases=("--seed",))
 @click.option("--num-sets", type=click.IntRange(min=1), default=3, show_default=True, help="Random forget sets.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the tuning record (JSON) here.")
+@with_output("Write the tuning record (JSON) to this file.", folder=False)
 @click.option("--update-params", type=click.Path(dir_okay=False), default=None,
               help="Merge the best setting into this {method: params} JSON file (for --params-file).")
 @click.option("--sampler", type=click.Choice(["grid", "tpe"]), default="grid", show_default=True,
@@ -190,10 +171,10 @@ def finish(app, result, out: str | None, as_json: bool, *, title: str) -> None:
                    "in a study kept in the cache folder that a later call resumes.")
 @click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
               help="More TPE trials to run (--sampler tpe; stops early once every grid point is evaluated).")
-@executor_options
+@with_executor
 @pass_app
-def tune_command(app, method, grid_specs, params, forget_ratio, num_sets, seed, out, update_params, sampler, trials,
-                 **opts) -> None:
+def tune_command(app, method, grid_specs, params, num_sets, update_params, sampler, trials, data: SettingOptions,
+                 forget: ForgetSetOptions, output: OutputOptions, runner: ExecutorOptions) -> None:
     """Pick METHOD's hyper-parameters by minimum Avg. Gap to Retrain on random forget sets (the paper's protocol)."""
     from rich.table import Table
 
@@ -202,24 +183,23 @@ def tune_command(app, method, grid_specs, params, forget_ratio, num_sets, seed, 
     from ..core.provenance import code_version
     from ..core.stats import fmt_agg
     from ..methods import METHODS, parse_params
-    from ..setting import forget_size
 
     name = METHODS.canonical(method)
     grid = parse_grid(name, grid_specs)
     base = parse_params(name, params)
-    forget_size(100, forget_ratio)
-    for path, what in ((out, "--out"), (update_params, "--update-params")):
-        if path:
-            check_output_file(path, what=what)
+    out = output.file()
+    if update_params:
+        check_output_file(update_params, what="--update-params")
     merged = load_params_file(update_params) if update_params and Path(update_params).is_file() else {}
     if sampler == "tpe":
         from ..audit.tune import import_optuna
 
         import_optuna()  # a missing Optuna is one line before any training
-    executor = executor_from_options(app, opts)
+    executor = runner.build(app)
     with RichProgress(app.err) as progress:
-        setting = setting_from_options(app, progress, opts)
-        record = tune(setting, name, grid, base=base, forget_ratio=forget_ratio, num_sets=num_sets, seed=seed,
+        setting = data.build(progress)
+        record = tune(setting, name, grid, base=base, forget_ratio=forget.forget_ratio, num_sets=num_sets,
+                      seed=forget.forget_seed,
                       sampler=sampler, trials=trials, progress=progress, executor=executor)
     record.update(setting=setting.describe(), code_version=code_version())
     if out:
@@ -260,23 +240,20 @@ def load_params_file(path: str | None) -> dict[str, dict]:
 
 @cli.command("compare")
 @click.option("--methods", default="all", show_default=True, help="Comma-separated methods, or 'all'.")
-@data_options
+@with_setting
 @click.option("--params-file", type=click.Path(dir_okay=False), default=None,
               help='JSON {"method": {"param": value}} of tuned hyper-parameters.')
-@click.option("--forget-ratio", type=float, default=0.1, show_default=True)
+@with_forget_set(seed="Seed of the first random forget set (the r-th uses seed + r).", seed_aliases=("--set-seed",))
 @click.option("--num-sets", type=click.IntRange(min=1), default=3, show_default=True, help="Random forget sets.")
-@click.option("--seeds", "num_seeds", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Unlearning seeds per set.")
-@click.option("--set-seed", type=int, default=0, show_default=True, help="Seed of the first random set.")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Write summary.json and results.csv into this folder.")
-@executor_options
+@num_seeds_option(1, "Unlearning seeds per set.")
+@with_output("Write summary.json and results.csv into this folder.")
+@with_executor
 @pass_app
-def compare_command(app, methods, params_file, forget_ratio, num_sets, num_seeds, set_seed, out, **opts) -> None:
+def compare_command(app, methods, params_file, num_sets, num_seeds, data: SettingOptions, forget: ForgetSetOptions,
+                    output: OutputOptions, runner: ExecutorOptions) -> None:
     """Every method vs Retrain on random forget sets: UA, MIA, RA, TA, RTE and Avg. Gap, mean ± std."""
     from ..audit.units import compare_methods
     from ..methods import METHODS, make_method
-    from ..setting import forget_size
 
     names = [n for n in METHODS.names() if n not in ("retrain",)] if methods.strip() == "all" else \
         [METHODS.canonical(m) for m in methods.split(",") if m.strip()]
@@ -284,12 +261,12 @@ def compare_command(app, methods, params_file, forget_ratio, num_sets, num_seeds
     chosen = [(n, tuned.get(n, {})) for n in names if n != "retrain"]
     for n, p in chosen:
         make_method(n, p)
-    forget_size(100, forget_ratio)
-    check_out(out)
-    executor = executor_from_options(app, opts)
+    out = output.folder()
+    executor = runner.build(app)
     with RichProgress(app.err) as progress:
-        setting = setting_from_options(app, progress, opts)
-        result = compare_methods(setting, chosen, forget_ratio=forget_ratio, num_sets=num_sets,
-                                 seeds=list(range(num_seeds)), set_seed=set_seed, progress=progress, executor=executor)
+        setting = data.build(progress)
+        result = compare_methods(setting, chosen, forget_ratio=forget.forget_ratio, num_sets=num_sets,
+                                 seeds=list(range(num_seeds)), set_seed=forget.forget_seed, progress=progress,
+                                 executor=executor)
     finish(app, result, out, False, title=f"{len(chosen)} methods vs Retrain, {num_sets} random sets of "
                                           f"{result.header['forget_size']} ({setting.data.name}/{setting.spec.name})")

@@ -5,27 +5,21 @@ from pathlib import Path
 
 import click
 
-from .app import RichProgress, cli, data_options, executor_from_options, executor_options, pass_app, setting_from_options
+from .app import RegistryChoice, RichProgress, cli, pass_app
 from .basic import _params_option
-
-
-def attacks_option(fn):
-    return click.option("--attacks", default="svc,loss,lira,epsilon,ks,tow", show_default=True,
-                        help="Comma-separated attacks (svc, loss, lira, epsilon, ks, tow).")(fn)
+from .options import (ExecutorOptions, ForgetSetOptions, OutputOptions, SettingOptions, attacks_option, with_executor,
+                      with_forget_set, with_output, with_setting)
 
 
 # U-LiRA splits the models of each kind into shadow and target halves of at least two (scoring/attacks.py).
 LIRA_MIN_MODELS = 4
 
 
-def parse_attacks(text: str, num_models: int | None = None) -> list[str]:
-    """Canonical attack names; with `num_models`, LiRA with fewer models than it needs is refused (it would
-    be left out of the table silently)."""
+def check_attack_models(names: list[str], num_models: int) -> list[str]:
+    """LiRA with fewer models than it needs is refused (it would be left out of the table silently)."""
     from ..core.errors import ConfigError
-    from ..scoring.attacks import ATTACKS
 
-    names = [ATTACKS.canonical(a) for a in text.split(",") if a.strip()]
-    if num_models is not None and "lira" in names and num_models < LIRA_MIN_MODELS:
+    if "lira" in names and num_models < LIRA_MIN_MODELS:
         raise ConfigError(f"--attacks lira needs --num-models {LIRA_MIN_MODELS} or more (two shadow and two target "
                           f"models of each kind), got {num_models}; raise --num-models or drop lira from --attacks")
     return names
@@ -33,16 +27,16 @@ def parse_attacks(text: str, num_models: int | None = None) -> list[str]:
 
 @cli.command("evaluate")
 @click.option("--method", default=None, help="Method to evaluate [default: the result's method].")
-@data_options
+@with_setting
 @click.option("--result", "result_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="A `search` output folder: evaluate its worst-case, heuristic and random sets.")
-@click.option("--forget-set", type=click.Path(exists=True, dir_okay=False), default=None, help=".npy training indices.")
-@click.option("--selector", default="random", show_default=True,
-              help="random | loss_quantile | memorization_proxy | class (when no --result/--forget-set).")
-@click.option("--forget-ratio", type=float, default=0.1, show_default=True)
-@click.option("--forget-seed", type=int, default=0, show_default=True)
-@click.option("--quantile", type=float, default=0.0, show_default=True, help="loss_quantile: where the window starts.")
-@attacks_option
+@with_forget_set(file=True, seed="Seed of the chosen forget set (random, class selectors).")
+@click.option("--selector", type=RegistryChoice("..forget_sets:SELECTORS"), default="random", show_default=True,
+              help="How to choose the forget set when no --result/--forget-set: "
+                   "see `worstforget list selectors`.")
+@click.option("--quantile", type=float, default=0.0, show_default=True,
+              help="lowest_loss: the loss quantile where the window starts (0: the lowest losses).")
+@attacks_option(None, "Comma-separated attacks to run.")
 @click.option("--num-models", type=click.IntRange(min=2), default=16, show_default=True,
               help="Unlearned and retrained models per set (512 in the NeurIPS'23 challenge).")
 @click.option("--params-file", type=click.Path(dir_okay=False), default=None,
@@ -51,48 +45,42 @@ def parse_attacks(text: str, num_models: int | None = None) -> list[str]:
 @click.option("--rmia-original", is_flag=True,
               help="Also run offline RMIA on the trained model, on the same shadow models as --lira-original.")
 @_params_option
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Output folder [default: the --result folder, else ./worstforget-out/evaluate].")
-@executor_options
+@with_output("Output folder [default: the --result folder, else ./worstforget-out/evaluate].")
+@with_executor
 @pass_app
-def evaluate_command(app, method, result_dir, forget_set, selector, forget_ratio, forget_seed, quantile, attacks,
-                     num_models, params_file, lira_original, rmia_original, params, out, **opts) -> None:
+def evaluate_command(app, method, result_dir, selector, quantile, attacks, num_models, params_file, lira_original,
+                     rmia_original, params, data: SettingOptions, forget: ForgetSetOptions, output: OutputOptions,
+                     runner: ExecutorOptions) -> None:
     """Attack METHOD's unlearning with N unlearned vs N retrained models: U-LiRA, ε-score, KS, ToW, loss."""
     from ..audit.attack_eval import evaluate_sets
     from ..audit.result import SearchAudit
-    from ..core.io import check_output_dir
     from ..forget_sets import SELECTORS
     from ..methods import METHODS, make_method, parse_params
-    from ..setting import forget_size, load_forget_set
     from .basic import load_params_file
     from .render import evaluation_table
 
-    attack_names = parse_attacks(attacks, num_models)
+    attack_names = check_attack_models(attacks, num_models)
     audit = SearchAudit.read(result_dir) if result_dir else None
     method = method or (audit.method if audit else None)
     name = METHODS.canonical(method or "finetune")
     base = audit.header.get("params", {}) if audit is not None and audit.method == name else {}
     hyper = {**base, **load_params_file(params_file).get(name, {}), **parse_params(name, params)}
     make_method(name, hyper)
-    if not result_dir and not forget_set:
-        SELECTORS.canonical(selector)
-        forget_size(100, forget_ratio)
-    out_dir = Path(out or result_dir or Path("worstforget-out") / "evaluate")
-    check_output_dir(out_dir)
-    executor = executor_from_options(app, opts)
+    out_dir = output.folder(result_dir or Path("worstforget-out") / "evaluate")
+    executor = runner.build(app)
     with RichProgress(app.err) as progress:
-        setting = setting_from_options(app, progress, opts)
+        setting = data.build(progress)
         n = setting.data.num_train
         if audit is not None:
             sets = sets_of_audit(audit, setting, result_dir)
-        elif forget_set:
-            sets = {"given": [load_forget_set(forget_set, n)]}
+        elif forget.forget_set:
+            sets = {"given": [forget.indices(n)]}
         else:
-            chosen = SELECTORS.get(selector)(setting, ratio=forget_ratio, seed=forget_seed, quantile=quantile,
-                                             progress=progress)
-            sets = {SELECTORS.canonical(selector): [chosen]}
-        config = {"selector": None if (result_dir or forget_set) else selector, "forget_ratio": forget_ratio,
-                  "forget_seed": forget_seed}
+            chosen = SELECTORS.get(selector).choose(setting, ratio=forget.forget_ratio, seed=forget.forget_seed,
+                                                    quantile=quantile, progress=progress)
+            sets = {selector: [chosen]}
+        config = {"selector": None if (result_dir or forget.forget_set) else selector,
+                  "forget_ratio": forget.forget_ratio, "forget_seed": forget.forget_seed}
         evaluation = evaluate_sets(setting, [(name, hyper)], sets, num_models=num_models, attacks=attack_names,
                                    config=config, progress=progress, executor=executor)
         if lira_original:
@@ -103,7 +91,7 @@ def evaluate_command(app, method, result_dir, forget_set, selector, forget_ratio
             from ..audit.membership import rmia_on_original
 
             evaluation.extra["rmia_original"] = rmia_on_original(setting, num_references=num_models, progress=progress)
-    if audit is not None and out_dir == Path(result_dir):
+    if audit is not None and result_dir and out_dir == Path(result_dir):
         audit.evaluation = evaluation  # the search folder is rewritten as a unit, result.h5 gains /evaluation
         audit.write(out_dir)
     else:

@@ -2,8 +2,8 @@
 compact `mean±std` cells, short column names, and a legend for every abbreviation."""
 from __future__ import annotations
 
-from ..audit.kinds import KIND_LABELS
 from ..audit.cost import cost_phrase
+from ..forget_sets.kinds import KIND_LABELS
 from ..core.stats import fmt_agg
 
 ACCURACY = (("UA", "UA", 1), ("RA", "RA", 1), ("TA", "TA", 1), ("acc_gap", "AccGap", 2), ("RTE_fraction", "×Retr", 2))

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from .app import cli, pass_app
+from .options import out_option
 
 EXTENSIONS = {"md": "md", "html": "html", "json": "json"}
 
@@ -22,13 +23,12 @@ def default_report_path(dirs: list[Path], fmt: str) -> Path:
 @click.option("--format", "fmt", type=click.Choice(sorted(EXTENSIONS)), default="html", show_default=True,
               help="html: one self-contained file with embedded figures; md: Markdown with PNGs beside it; "
                    "json: OpenUnlearning-style agg_value/value_by_index document.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Report file [default: DIR/report.<ext> for one folder, ./report.<ext> for several].")
+@out_option("Report file [default: DIR/report.<ext> for one folder, ./report.<ext> for several].", folder=False)
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Where the dataset files are, for class composition and example grids "
                    "[default: $WORSTFORGET_DATA or ~/.cache/worstforget/data].")
 @pass_app
-def report_command(app, dirs: tuple[Path, ...], fmt: str, out: Path | None, data_dir: str | None) -> None:
+def report_command(app, dirs: tuple[Path, ...], fmt: str, out: str | None, data_dir: str | None) -> None:
     """Write a robustness report from search result folders (DIR is a `worstforget search --out` folder).
 
     \b
@@ -46,7 +46,7 @@ def report_command(app, dirs: tuple[Path, ...], fmt: str, out: Path | None, data
     results = [load.load_result(d) for d in folders]
     if fmt == "html":
         plots.require_matplotlib("an HTML report")
-    path = (out or default_report_path(folders, fmt)).expanduser()
+    path = (Path(out) if out else default_report_path(folders, fmt)).expanduser()
     if path.is_dir():
         raise WorstforgetError(f"--out {path} is a folder; give a file name such as {path / ('report.' + fmt)}")
     check_output_file(path)

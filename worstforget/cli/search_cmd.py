@@ -5,48 +5,76 @@ from pathlib import Path
 
 import click
 
-from .app import (RegistryChoice, RichProgress, cli, data_options, executor_from_options, executor_options, pass_app,
-                  setting_from_options)
+from .app import RegistryChoice, RichProgress, cli, pass_app
 from .basic import _params_option
+from .options import (ExecutorOptions, OutputOptions, SettingOptions, attacks_option, forget_ratio_option,
+                      num_seeds_option, option, with_executor, with_output, with_setting)
+
+
+SEARCH_OPTIONS = [
+    forget_ratio_option("Forget-set size as a fraction of the training samples (or of the classes)."),
+    click.option("--solver", type=RegistryChoice("..search.solvers:SOLVERS", dashes=True), default="warm",
+                 show_default=True,
+                 help="warm: one unlearning run continued across outer steps (fast); first-order: K steps from the "
+                      "original every outer step (the paper's); unrolled: differentiate through K SGD steps."),
+    click.option("--warm-fraction", type=click.FloatRange(min=0, min_open=True), default=None,
+                 help="warm: epochs of the method's steps per outer step [default: the outer steps span the method's "
+                      "own run on a set of m samples]."),
+    click.option("--warm-restart", type=click.Choice(["budget", "never"]), default="budget", show_default=True,
+                 help="warm: restart the run from the original when it outlives the method's own run (budget)."),
+    click.option("--warm-refresh", type=click.IntRange(min=1), default=10, show_default=True,
+                 help="warm: score every sample every this many outer steps (the samples with w > 0 every step)."),
+    click.option("--unroll-backend", type=click.Choice(["higher", "torch.func"]), default="higher", show_default=True,
+                 help="How --solver unrolled differentiates the lower level (same hypergradient)."),
+    click.option("--lower-level", type=click.Choice(["method", "sign"]), default="method", show_default=True,
+                 help="first-order's inner steps: the method's own optimizer and lr, or sign-SGD (the paper's)."),
+    click.option("--outer-steps", type=click.IntRange(min=1), default=20, show_default=True, help="Upper-level steps."),
+    click.option("--inner-steps", type=click.IntRange(min=1), default=None,
+                 help="Lower-level optimisation steps [default: 2 epochs first-order, 10 unrolled]."),
+    click.option("--inner-lr", type=click.FloatRange(min=0, min_open=True), default=None,
+                 help="Lower-level learning rate [default: the method's; 1e-3 for sign steps]."),
+    click.option("--upper-lr", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
+                 help="Upper step α, in units of the gradient's std (see --raw-step)."),
+    click.option("--raw-step", "normalize_step", is_flag=True, flag_value=False, default=True,
+                 help="Use α on the raw gradient (the paper's update) instead of normalising."),
+    click.option("--gamma", type=click.FloatRange(min=0), default=1e-4, show_default=True,
+                 help="γ of the ‖w‖² term."),
+    click.option("--objective", type=RegistryChoice("..search.objectives:OBJECTIVES"), default="confidence",
+                 show_default=True, help="Per-sample upper objective (see `worstforget list objectives`); "
+                                         "`--objective loss --lower-level sign` is the paper's search."),
+    click.option("--reference-models", type=click.IntRange(min=2), default=16, show_default=True,
+                 help="Models on random halves behind the confidence and exposure objectives and the memorization and "
+                      "exposure baselines (trained once per setting, cached)."),
+    click.option("--granularity", type=click.Choice(["sample", "class"]), default="sample", show_default=True),
+    click.option("--init", type=click.Choice(["uniform", "random", "heuristic"]), default="uniform", show_default=True,
+                 help="Start from w = m/N, from a random binary set, or from the baseline set with the best search "
+                      "objective (reported as such)."),
+]
+SEARCH_KEYS = ("forget_ratio", "solver", "warm_fraction", "warm_restart", "warm_refresh", "unroll_backend",
+               "lower_level", "outer_steps", "inner_steps", "inner_lr", "upper_lr", "normalize_step", "gamma",
+               "objective", "reference_models", "granularity", "init")
+
+
+def with_search_config(fn):
+    """The search's options, handed to the command as one (validated) SearchConfig `cfg`."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from ..search import SearchConfig
+
+        kwargs["cfg"] = SearchConfig(**{k: kwargs.pop(k) for k in SEARCH_KEYS}).validate()
+        return fn(*args, **kwargs)
+
+    for declare in reversed(SEARCH_OPTIONS):
+        wrapper = declare(wrapper)
+    return wrapper
 
 
 @cli.command("search")
 @click.option("--method", default="finetune", show_default=True, help="Unlearning method to audit.")
-@data_options
-@click.option("--forget-ratio", type=float, default=0.1, show_default=True, help="Forget-set size as a fraction.")
-@click.option("--solver", type=RegistryChoice("..search.solvers:SOLVERS", dashes=True), default="warm",
-              show_default=True,
-              help="warm: one unlearning run continued across outer steps (fast); first-order: K steps from the "
-                   "original every outer step (the paper's); unrolled: differentiate through K SGD steps.")
-@click.option("--warm-fraction", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="warm: epochs of the method's steps per outer step [default: the outer steps span the method's "
-                   "own run on a set of m samples].")
-@click.option("--warm-restart", type=click.Choice(["budget", "never"]), default="budget", show_default=True,
-              help="warm: restart the run from the original when it outlives the method's own run (budget).")
-@click.option("--warm-refresh", type=click.IntRange(min=1), default=10, show_default=True,
-              help="warm: score every sample every this many outer steps (the samples with w > 0 every step).")
-@click.option("--unroll-backend", type=click.Choice(["higher", "torch.func"]), default="higher", show_default=True,
-              help="How --solver unrolled differentiates the lower level (same hypergradient; torch.func ~10% faster).")
-@click.option("--lower-level", type=click.Choice(["method", "sign"]), default="method", show_default=True,
-              help="first-order's inner steps: the method's own optimizer and lr, or sign-SGD (the paper's).")
-@click.option("--outer-steps", type=click.IntRange(min=1), default=20, show_default=True, help="Upper-level steps.")
-@click.option("--inner-steps", type=click.IntRange(min=1), default=None,
-              help="Lower-level optimisation steps [default: 2 epochs first-order, 10 unrolled].")
-@click.option("--inner-lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Lower-level learning rate [default: the method's; 1e-3 for sign steps].")
-@click.option("--upper-lr", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
-              help="Upper step α, in units of the gradient's std (see --raw-step).")
-@click.option("--raw-step", is_flag=True, help="Use α on the raw gradient (the paper's update) instead of normalising.")
-@click.option("--gamma", type=click.FloatRange(min=0), default=1e-4, show_default=True, help="γ of the ‖w‖² term.")
-@click.option("--objective", type=RegistryChoice("..search.objectives:OBJECTIVES"), default="confidence",
-              show_default=True, help="Per-sample upper objective (see `worstforget list objectives`); "
-                                      "`--objective loss --lower-level sign` is the paper's search.")
-@click.option("--reference-models", type=click.IntRange(min=2), default=16, show_default=True,
-              help="Models on random halves behind --objective exposure (trained once per setting, cached).")
-@click.option("--granularity", type=click.Choice(["sample", "class"]), default="sample", show_default=True)
-@click.option("--init", type=click.Choice(["uniform", "random", "heuristic"]), default="uniform", show_default=True,
-              help="Start from w = m/N, from a random binary set, or from the baseline set with the best search "
-                   "objective (reported as such).")
+@with_setting
+@with_search_config
 @click.option("--num-random", type=click.IntRange(min=1), default=5, show_default=True,
               help="Random forget sets of the same size.")
 @click.option("--baselines", default="lowest_loss,memorization,exposure", show_default=True,
@@ -54,14 +82,15 @@ from .basic import _params_option
                    "comma-separated, or 'none'.")
 @click.option("--eval-methods", default="", help="Comma-separated further methods evaluated on every set, or 'all'.")
 @click.option("--params-file", type=click.Path(dir_okay=False), default=None,
-              help='JSON {"method": {"param": value}} (e.g. from `tune --update-params`) for the audited and eval methods.')
-@click.option("--seeds", "num_seeds", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Unlearning seeds per forget set.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Search seed (and random-set seed).")
+              help='JSON {"method": {"param": value}} (e.g. from `tune --update-params`) for the audited and eval '
+                   'methods.')
+@num_seeds_option(2, "Unlearning seeds per forget set.")
+@option("--search-seed", "search_seed", aliases=("--seed",), type=int, default=0, show_default=True,
+        help="Seed of the search (and of the random sets).")
 @click.option("--stability/--no-stability", default=True, show_default=True,
               help="Search again with seed+1 and report the Jaccard overlap.")
-@click.option("--attacks", default="", help="Also run these attacks (loss,lira,epsilon,ks,tow) on every set; "
-              "writes evaluation.json (see `worstforget evaluate`).")
+@attacks_option("", "Also run these attacks on every set, comma-separated; writes evaluation.json (see `worstforget "
+                    "evaluate`).")
 @click.option("--num-models", type=click.IntRange(min=2), default=16, show_default=True,
               help="Unlearned and retrained models per set for --attacks.")
 @click.option("--select-models", type=click.IntRange(min=0), default=None,
@@ -71,59 +100,54 @@ from .basic import _params_option
                    "with --attacks lira or rmia, else 0].")
 @_params_option
 @click.option("--resume", is_flag=True, help="Continue an interrupted search from its last outer step.")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Output folder [default: ./worstforget-out/search-DATASET-METHOD].")
-@click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of tables.")
-@executor_options
+@with_output("Output folder [default: ./worstforget-out/search-DATASET-METHOD].",
+             json_help="Print summary.json instead of tables.")
+@with_executor
 @pass_app
-def search_command(app, method, forget_ratio, solver, warm_fraction, warm_restart, warm_refresh, unroll_backend, lower_level, reference_models, outer_steps, inner_steps, inner_lr, upper_lr, raw_step, gamma,
-                   objective, granularity, init, num_random, baselines, eval_methods, params_file, num_seeds, seed, stability,
-                   attacks, num_models, select_models, params, resume, out, as_json, **opts) -> None:
+def search_command(app, method: str, cfg, num_random: int, baselines: str, eval_methods: str, params_file: str | None,
+                   num_seeds: int, search_seed: int, stability: bool, attacks: list[str], num_models: int,
+                   select_models: int | None,
+                   params: tuple[str, ...], resume: bool, data: SettingOptions, output: OutputOptions,
+                   runner: ExecutorOptions) -> None:
     """Search the worst-case forget set for METHOD and report it against random sets of the same size."""
     import json
 
     from ..audit.worst_case import AuditOptions, audit_worst_case
     from ..core.errors import ConfigError
-    from ..core.io import check_output_dir, to_jsonable
+    from ..core.io import to_jsonable
     from ..methods import METHODS, make_method, parse_params
-    from ..search import SearchConfig
     from ..search.solvers import check_solver
     from .basic import load_params_file
-    from .evaluate_cmd import parse_attacks
+    from .evaluate_cmd import check_attack_models
     from .render import print_comparison, print_verdict, search_line
 
-    if resume and opts["no_cache"]:  # the per-step checkpoint lives in the cache
+    if resume and data.no_cache:  # the per-step checkpoint lives in the cache
         raise ConfigError("--resume needs the cache (drop --no-cache)")
     name = METHODS.canonical(method)
     tuned = load_params_file(params_file)
     hyper = {**tuned.get(name, {}), **parse_params(name, params)}
-    cfg = SearchConfig(forget_ratio=forget_ratio, solver=solver, outer_steps=outer_steps,
-                       inner_steps=inner_steps, inner_lr=inner_lr, upper_lr=upper_lr, normalize_step=not raw_step,
-                       gamma=gamma, objective=objective, granularity=granularity, init=init,
-                       unroll_backend=unroll_backend, warm_fraction=warm_fraction, warm_restart=warm_restart,
-                       warm_refresh=warm_refresh, lower_level=lower_level,
-                       reference_models=reference_models).validate()
     check_solver(cfg.solver, make_method(name, hyper))
     extra = METHODS.names() if eval_methods.strip() == "all" else [m for m in eval_methods.split(",") if m.strip()]
     options = AuditOptions(num_random=num_random, eval_methods=extra, eval_params=tuned, seeds=num_seeds,
-                           stability=stability, attacks=parse_attacks(attacks, num_models) if attacks.strip() else [],
-                           baselines=[] if baselines.strip() == "none" else [b for b in baselines.split(",") if b.strip()],
+                           stability=stability, attacks=check_attack_models(attacks, num_models),
+                           baselines=[] if baselines.strip() == "none" else
+                           [b for b in baselines.split(",") if b.strip()],
                            num_models=num_models, select_models=select_models).validate()
-    out_dir = Path(out) if out else Path("worstforget-out") / f"search-{opts['dataset'].replace(':', '_')}-{name}"
-    check_output_dir(out_dir)
-    executor = executor_from_options(app, opts)
+    out_dir = output.folder(Path("worstforget-out") / f"search-{data.dataset.replace(':', '_')}-{name}")
+    executor = runner.build(app)
     with RichProgress(app.err) as progress:
-        setting = setting_from_options(app, progress, opts)
-        audit = audit_worst_case(setting, name, hyper, cfg, seed=seed, options=options, resume=resume,
+        setting = data.build(progress)
+        audit = audit_worst_case(setting, name, hyper, cfg, seed=search_seed, options=options, resume=resume,
                                  progress=progress, executor=executor)
     audit.write(out_dir)
     summary = audit.summary()
-    if as_json:
+    if output.as_json:
         click.echo(json.dumps(to_jsonable(summary, nan_to_none=True), indent=2))
         return
     s = summary
     print_comparison(app.out, summary, title=f"{s['method']} on {s['dataset']}/{s['model']}: {s['forget_size']} of "
-                                             f"{s['num_train']} samples, {s['solver']} solver, {s['objective']} objective")
+                                             f"{s['num_train']} samples, {s['solver']} solver, "
+                                             f"{s['objective']} objective")
     app.out.print(search_line(summary), soft_wrap=False)
     if audit.evaluation is not None:
         from .render import evaluation_table

@@ -16,6 +16,19 @@ class ConfigError(WorstforgetError):
     """An invalid option, hyper-parameter or combination of them."""
 
 
+class OptionError(ConfigError):
+    """An invalid option worded with the library's parameter names: `template` holds `{name}` for each of
+    `options`. A front end words it with its own names (the CLI's flags) through `worded`."""
+
+    def __init__(self, template: str, *options: str):
+        self.template, self.options = template, options
+        super().__init__(self.worded(lambda name: name))
+
+    def worded(self, name_of) -> str:
+        """The message with each option named by `name_of(option)`."""
+        return self.template.format(**{o: name_of(o) for o in self.options}) if self.options else self.template
+
+
 class InvalidDataError(WorstforgetError):
     """A dataset's arrays are unusable (non-finite inputs, labels that do not name training classes)."""
 

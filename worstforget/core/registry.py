@@ -49,6 +49,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def in_order(self) -> list[str]:
+        """The registered names in the order they were registered."""
+        return list(self._entries)
+
     def aliases_of(self, name: str) -> list[str]:
         return sorted(a for a, target in self._aliases.items() if target == name)
 

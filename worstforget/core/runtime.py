@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, OptionError
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -20,31 +20,12 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
+        raise OptionError("{device} cuda was asked for but no CUDA device is visible; use {device} cpu or auto",
+                          "device")
     try:
         return torch.device(name)
     except RuntimeError as exc:
         raise ConfigError(f"unknown device {device!r} ({exc}); use auto, cpu or cuda") from None
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def cache_root() -> Path:

@@ -265,6 +265,7 @@ class PartitionedMethod(UnlearningMethod):
             raise ConfigError(f"{self.name} trains its own partitioned original from the model recipe (spec); it "
                               "cannot audit a bare checkpoint without --model, --epochs and --lr")
         seed = spec.seed
+        cache = cache or ModelCache(getattr(spec, "cache_dir", None))  # the setting's cache folder
         cfg = self.block_recipe(spec)
         part = checked_partition(self.partition(data, seed), data.num_train, self.name)
         groups, blocks = part.groups, part.blocks

@@ -15,8 +15,10 @@ import copy
 import hashlib
 import importlib
 import logging
+import os
 import random
 import re
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,6 +39,7 @@ from ..core.progress import Progress
 from ..core.runlog import where_logged
 from ..core.seeds import derive_seed, generator
 from ..datasets import Dataset
+from ..setting.recipe import carry_to_workers
 from .base import UnlearningMethod, check_weights
 from .registry import METHODS
 
@@ -475,3 +478,24 @@ class PluginMethod(UnlearningMethod):
             raise WorstforgetError(f"plugin {self.label} returned a model with logits up to {largest:.3g} on the "
                                    f"validation split; beyond {MAX_LOGIT:.3g} float32 cannot score them")
         return model
+
+
+# --- workers of a parallel executor load the driver's plug-ins before rebuilding the setting ----------
+
+@carry_to_workers
+def plugins_for_workers() -> tuple[str, dict] | None:
+    """The plug-ins loaded here and the folder they import from (the working folder, as `--plugin` does)."""
+    plugins = tuple((cls.target, cls.batch_format) for cls in (METHODS.get(n) for n in METHODS.names())
+                    if isinstance(cls, type) and issubclass(cls, PluginMethod) and cls.target)
+    if not plugins:
+        return None
+    return f"{__name__}:restore_plugins", {"plugins": plugins, "path": (os.getcwd(),)}
+
+
+def restore_plugins(state: dict) -> None:
+    """In a worker: the driver's folders on sys.path, then its plug-ins (the driver already refused clashes)."""
+    for folder in state["path"]:
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    for target, batch_format in state["plugins"]:
+        load_plugin(target, batch_format=batch_format, override=True)

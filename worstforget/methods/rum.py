@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.cache import ArrayCache
 from ..core.errors import ConfigError
 from ..core.hashing import stable_hash
 from ..core.progress import Progress
@@ -94,7 +95,7 @@ class Rum(UnlearningMethod):
         if float(w.sum()) == 0:
             return copy.deepcopy(original).to(data.device).eval()
         scores = memorization_scores(spec, data, num_models=self.memorization_models, seed=self.memorization_seed,
-                                     progress=progress)
+                                     progress=progress, cache=ArrayCache(getattr(spec, "cache_dir", None)))
         model, removed = original, torch.zeros(0, dtype=torch.long)
         for name, group in zip(GROUPS, memorization_groups(scores, w)):
             if len(group) == 0:

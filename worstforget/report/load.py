@@ -1,4 +1,4 @@
-"""Read one `worstforget search --out DIR` folder into an `AuditResult`, validating it on the way.
+"""Read one `worstforget search --out DIR` folder into a `LoadedResult`, validating it on the way.
 
 A result folder is read by `audit.result.SearchAudit.read` (schema 1 folders are upgraded there; a newer
 schema is refused with a message naming the version); the report takes its summary in the current schema. An optional `evaluation.json` adds ROC curves of membership attacks:

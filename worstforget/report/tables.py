@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..audit.cost import cost_phrase
-from ..audit.kinds import KIND_LABELS, SET_KINDS
+from ..forget_sets.kinds import KIND_LABELS, SET_KINDS
 from ..core.errors import WorstforgetError
 from ..core.stats import fmt_agg
 

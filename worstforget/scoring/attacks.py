@@ -1,7 +1,13 @@
-"""The attack registry: each attack turns the per-model statistics of one forget set into scores."""
+"""The attack registry: each attack turns the per-model statistics of one forget set into scores.
+
+An attack is declared once, at registration (`register_attack`): the statistics it reads (fields of `Stats`),
+the keys of its scores, the columns the compact tables show, the verdict measures it offers and its help
+text. `evaluate`/`search --attacks`, the verdict, `worstforget list attacks` and `experiments/tables.py` read
+them from here, so a new attack is one function (or file) plus its registration.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable
 
 import numpy as np
@@ -50,17 +56,92 @@ class Stats:
     seed: int = 0
 
 
-Attack = Callable[[Stats], dict]
+STATISTICS = tuple(f.name for f in fields(Stats))
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A verdict measure an attack offers: a score key where higher = the set is harder for the method."""
+
+    key: str
+    label: str
+    digits: int = 3
+
+
+@dataclass(frozen=True)
+class Attack:
+    """One registered attack: `fn(stats) -> {key: score}` and what it declares about itself."""
+
+    name: str
+    fn: Callable[[Stats], dict]
+    help: str  # one line for `worstforget list attacks` and the CLI's --attacks help
+    statistics: tuple[str, ...]  # the fields of Stats it reads
+    keys: tuple[str, ...]  # the score keys it returns (evaluation.json `sets.<kind>.methods.<m>.<key>`)
+    columns: tuple[str, ...] = ()  # keys shown in the worst-case tables (experiments/tables.py)
+    summary: tuple[str, ...] = ()  # keys shown in the attacks table (experiments/tables.py)
+    measures: tuple[Measure, ...] = ()  # what the verdict judges sets by
+    default: bool = True  # in `evaluate`'s default --attacks
+
+    def __post_init__(self) -> None:
+        unknown = set(self.statistics) - set(STATISTICS)
+        if unknown:
+            raise ValueError(f"attack {self.name} reads unknown statistics {sorted(unknown)}; Stats has {STATISTICS}")
+        object.__setattr__(self, "__doc__", self.help)  # `worstforget list` shows the first docstring line
+
+    def __call__(self, stats: Stats) -> dict:
+        return self.fn(stats)
+
+
 ATTACKS: Registry[Attack] = Registry("attack")
 
 
-@ATTACKS.register("svc")
+def register_attack(name: str, *, statistics: tuple[str, ...], keys: tuple[str, ...], aliases: tuple[str, ...] = (),
+                    columns: tuple[str, ...] = (), summary: tuple[str, ...] = (), measures: tuple[Measure, ...] = (),
+                    default: bool = True, help: str | None = None) -> Callable:
+    """Register `fn(stats) -> dict` as attack `name` (help: its docstring's first line unless given)."""
+    def add(fn: Callable[[Stats], dict]) -> Callable[[Stats], dict]:
+        text = help or ((fn.__doc__ or "").strip().splitlines() or [""])[0]
+        ATTACKS.register(name, aliases=aliases)(Attack(name=name, fn=fn, help=text, statistics=statistics, keys=keys,
+                                                       columns=columns, summary=summary, measures=measures,
+                                                       default=default))
+        return fn
+
+    return add
+
+
+def attack_measures() -> tuple[Measure, ...]:
+    """Every registered attack's verdict measures, in registration order."""
+    return tuple(m for name in ATTACKS.in_order() for m in ATTACKS.get(name).measures)
+
+
+def default_attacks() -> list[str]:
+    return [n for n in ATTACKS.in_order() if ATTACKS.get(n).default]
+
+
+def attacks_help() -> str:
+    """'name: help' of every attack, for the CLI."""
+    return "; ".join(f"{n}: {ATTACKS.get(n).help}" for n in ATTACKS.in_order())
+
+
+TARGET_KEYS = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "roc", "per_example")  # of `_target_summary`
+
+
+def _target_keys(prefix: str, *extra: str) -> tuple[str, ...]:
+    return tuple(f"{prefix}_{k}" for k in (*TARGET_KEYS, *extra))
+
+
+LSC = ("lsc_u", "lsc_r")
+
+
+@register_attack("svc", statistics=(), keys=())
 def svc(stats: Stats) -> dict:
     """Population SVC on confidence (MIA-Efficacy) is computed per model by the metrics module."""
     return {}
 
 
-@ATTACKS.register("loss")
+@register_attack("loss", statistics=("loss_u", "loss_r", "test_loss_u", "test_loss_r"),
+                 keys=tuple(f"loss_{k}{r}" for k in ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")
+                            for r in ("", "_retrain")))
 def loss(stats: Stats) -> dict:
     """Loss-threshold attack, forget vs test, on each unlearned model and each retrained model."""
     per_u = [loss_threshold_attack(stats.loss_u[i], stats.test_loss_u[i]) for i in range(len(stats.loss_u))]
@@ -72,7 +153,7 @@ def loss(stats: Stats) -> dict:
     return out
 
 
-def _u_lira(stats: Stats, *, online: bool, fix_variance: bool) -> dict:
+def _u_lira(stats: Stats, *, online: bool, fix_variance: bool, prefix: str = "lira") -> dict:
     """Per-example U-LiRA: half the models are shadows, half are targets (then the halves swap).
 
     For each forget example, Gaussians are fitted to its statistic under shadow unlearned ('in': the
@@ -83,7 +164,7 @@ def _u_lira(stats: Stats, *, online: bool, fix_variance: bool) -> dict:
     n = min(len(stats.lsc_u), len(stats.lsc_r))
     half = n // 2
     if half < 2:
-        return {"lira_note": "LiRA needs at least 4 models of each kind"}
+        return {f"{prefix}_note": "LiRA needs at least 4 models of each kind"}
     halvings = []  # per halving: (targets, ex) scores of unlearned / retrained target models
     rng = np.random.default_rng(stats.seed)
     for h in range(HALVINGS):
@@ -99,7 +180,7 @@ def _u_lira(stats: Stats, *, online: bool, fix_variance: bool) -> dict:
                     out.append(lira_offline(targets, sr, fix_variance=fix_variance))
         halvings.append((np.concatenate(pos), np.concatenate(neg)))
     mode = ("online" if online else "offline") + (", fixed variance" if fix_variance else "")
-    return {"lira_mode": mode, **_target_summary("lira", *halvings[0], stats.seed, halvings=halvings)}
+    return {f"{prefix}_mode": mode, **_target_summary(prefix, *halvings[0], stats.seed, halvings=halvings)}
 
 
 def _target_summary(prefix: str, pos_m: np.ndarray, neg_m: np.ndarray, seed: int,
@@ -157,25 +238,33 @@ BOOTSTRAP_HALVINGS = 4
 HALVINGS = 20  # splits of the models into shadows and targets that U-LiRA's numbers average
 
 
-@ATTACKS.register("lira", aliases=("lira_online",))
+@register_attack("lira", aliases=("lira_online",), statistics=LSC, keys=_target_keys("lira", "mode", "note"),
+                 columns=("lira_auc", "lira_tpr_at_1pct_fpr", "lira_tpr_at_0.1pct_fpr"),
+                 summary=("lira_auc", "lira_tpr_at_1pct_fpr", "lira_tpr_at_0.1pct_fpr"),
+                 measures=(Measure("lira_tpr_at_0.1pct_fpr", "U-LiRA TPR@0.1%FPR"), Measure("lira_auc", "U-LiRA AUC")))
 def lira(stats: Stats) -> dict:
     """Per-example U-LiRA, online (Gaussians under unlearned and retrained shadow models)."""
     return _u_lira(stats, online=True, fix_variance=False)
 
 
-@ATTACKS.register("lira_fixed")
+@register_attack("lira_fixed", statistics=LSC, keys=_target_keys("lira_fixed", "mode", "note"), default=False)
 def lira_fixed(stats: Stats) -> dict:
     """Per-example U-LiRA, online with one global variance (steadier with few models)."""
-    return _u_lira(stats, online=True, fix_variance=True)
+    return _u_lira(stats, online=True, fix_variance=True, prefix="lira_fixed")
 
 
-@ATTACKS.register("lira_offline")
+@register_attack("lira_offline", statistics=("lsc_r", "lsc_u"), keys=_target_keys("lira_offline", "mode", "note"),
+                 default=False)
 def lira_offline_attack(stats: Stats) -> dict:
     """Per-example U-LiRA, offline: only retrained shadow models (no unlearned shadows needed)."""
-    return _u_lira(stats, online=False, fix_variance=False)
+    return _u_lira(stats, online=False, fix_variance=False, prefix="lira_offline")
 
 
-@ATTACKS.register("rmia")
+@register_attack("rmia", statistics=("loss_u", "loss_r", "test_loss_u", "test_loss_r"),
+                 keys=_target_keys("rmia", "params", "note"), columns=("rmia_tpr_at_0.1pct_fpr",),
+                 summary=("rmia_auc", "rmia_tpr_at_0.1pct_fpr"),
+                 measures=(Measure("rmia_tpr_at_0.1pct_fpr", "RMIA TPR@0.1%FPR"),), default=False,
+                 help="Offline RMIA (Zarifzadeh et al., ICML'24) with retrained models as references.")
 def rmia(stats: Stats) -> dict:
     """Offline RMIA (Zarifzadeh et al., ICML'24) with retrained models as references and test examples as
     the population: half the retrained models are references, the other unlearned and retrained models
@@ -195,7 +284,12 @@ def rmia(stats: Stats) -> dict:
             **_target_summary("rmia", np.concatenate(pos), np.concatenate(neg), stats.seed)}
 
 
-@ATTACKS.register("epsilon")
+@register_attack("epsilon", statistics=("lsc_u", "lsc_r", "acc_u", "acc_r"),
+                 keys=("epsilon_resolution", *(k for s in ("", "_bounded")
+                                               for k in (f"forget_quality{s}", f"epsilon_score{s}",
+                                                         f"epsilon{s}_per_example"))),
+                 summary=("forget_quality_bounded", "epsilon_score_bounded"),
+                 help="The NeurIPS'23 forgetting quality F and final score, as released and with bounded rates.")
 def epsilon(stats: Stats) -> dict:
     """The NeurIPS'23 forgetting quality F and final score F·(RA_U/RA_R)·(TA_U/TA_R), as released
     (empirical rates) and with Clopper–Pearson-bounded rates (`*_bounded`, see `per_example_epsilon`)."""
@@ -213,7 +307,7 @@ def epsilon(stats: Stats) -> dict:
     return out
 
 
-@ATTACKS.register("ks")
+@register_attack("ks", statistics=LSC, keys=("ks_statistic", "ks_pvalue", "ks_fraction_rejected"))
 def ks(stats: Stats) -> dict:
     """Two-sample KS test of the unlearned vs retrained distributions of the logit-scaled confidence."""
     statistic, p = ks_test(stats.lsc_u.ravel(), stats.lsc_r.ravel())
@@ -223,7 +317,7 @@ def ks(stats: Stats) -> dict:
     return {"ks_statistic": statistic, "ks_pvalue": p, "ks_fraction_rejected": float((per_example < 0.05).mean())}
 
 
-@ATTACKS.register("tow")
+@register_attack("tow", statistics=("acc_u", "acc_r", "seconds_u", "seconds_r"), keys=("tow",))
 def tow(stats: Stats) -> dict:
     """Tug-of-war (RUM): Π over forget/retain/test of (1 − |Acc_U − Acc_R|/100), per model pair, with a t-interval."""
     values = [tug_of_war({k: stats.acc_u[k][i] for k in stats.acc_u}, {k: stats.acc_r[k][i] for k in stats.acc_r})

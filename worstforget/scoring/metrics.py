@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..datasets import Dataset
-from ..setting import forget_mask, forgotten_classes
+from ..forget_sets.masks import forget_mask, forgotten_classes
 from ..training.loop import predict_logits
 from ..training.outputs import logit_scaled_confidence
 
@@ -121,10 +121,6 @@ def evaluate(model: nn.Module, data: Dataset, forget_set: torch.Tensor, *, mia_s
         "MIA_logit_std": float(np.std(mia_logit, ddof=1)) if len(mia_logit) > 1 else 0.0,
         "saturated": float((conf_train[f] > SATURATION).mean() * 100),  # % of forget samples past SATURATION
     }
-
-
-
-
 
 
 def avg_gap(metrics: dict[str, float], reference: dict[str, float], keys: tuple[str, ...] = GAP_METRICS) -> float:

@@ -1,4 +1,4 @@
-"""Worst-case forget-set search: the bi-level problem, its two solvers and the upper-level loop."""
+"""Worst-case forget-set search: the bi-level problem, its three solvers and the upper-level loop."""
 from .config import SearchConfig
 from .loop import SearchResult, jaccard, overlap, search_worst_case
 from .projection import project_capped_simplex, top_m

@@ -28,6 +28,9 @@ class ModelSpec:
     seed: int = 0  # initialisation and batch-order seed of the original model
     norm: str | None = None  # None = the architecture's default
     params: dict = field(default_factory=dict)
+    # where methods that keep artefacts of their own (sisa/arcane grids, rum's memorization scores) cache them;
+    # None: the default cache folder. Not part of the recipe's identity (`key`, `to_dict`).
+    cache_dir: str | None = field(default=None, compare=False, repr=False)
 
     def build(self, data: Dataset, *, seed: int | None = None) -> nn.Module:
         model = build_model(self.name, data.num_classes, data.input_shape, norm=self.norm,

@@ -29,16 +29,8 @@ Known differences from the released code. It builds the single-threshold grid wi
 in float32 (the default dtype; the band grid is numpy float64 there too) and computes the rates and ε in
 float32; here the grid follows the same formula in float64 and rates/ε are float64. The float32 grid
 points sit up to ~1e-7 × max(|min|, |max|) away from the float64 ones, so a value lying in that sliver beside a
-grid point is counted on the other side of it there. What that does to ε (measured against a
-transcription of the released computation with the real float32 ``torch.linspace``):
-
-* on continuous data no value lands in a sliver in practice and ε agrees to float32 rounding
-  (|Δε| ≤ 2e-6 over 75 simulated examples with 128 and 512 models per side);
-* with values placed exactly on grid points (adversarial), a count moves by one and ε by a log count
-  ratio: up to 0.29 (= ln 4 − ln 3, a bucket's worth of score) in 500 random such examples;
-* in the worst case the difference is unbounded up to the cap: a perfect separation whose only separating
-  grid point falls between two adjacent float64 values scores ε = 50 on one grid and 1.10 / 2.71 / 4.14
-  (4 / 16 / 64 models per side, from the band family) on the other, in either direction.
+grid point is counted on the other side of it there; what that does to ε, measured, is in
+`results/epsilon_float32_grid.md`.
 
 The released float32 grid is whatever torch's CPU kernel produces (not the textbook formula rounded to
 float32: the two disagree on ~25% of points), so matching it bit for bit would tie this code to that

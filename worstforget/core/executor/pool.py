@@ -1,0 +1,225 @@
+"""Executors whose tasks run in other processes: the driver loop shared with Ray (retries, one error naming
+the task), the worker side (the context rebuilt once per process from its recipe, nothing printed), and the
+standard library's process pool.
+
+On a pool, an exception other than a WorstforgetError, or a worker that dies, is logged with the task's label
+and the task is retried; once `retries` more attempts have failed, the audit stops with one WorstforgetError
+naming the task (its traceback in the run log). Workers print nothing: what they log (cache warnings,
+computed units, plug-in tracebacks) comes back with their result and is logged by the driver.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import traceback
+from collections import deque
+from typing import Any
+
+from ..errors import WorstforgetError
+from ..progress import Progress
+from .base import (DEFAULT_RETRIES, LOGGER, Call, Executor, Outcome, Rebuildable, _execute, _first_line, _portable,
+                   _Tracker, recipe_of)
+
+
+# --- in a worker -------------------------------------------------------------------------------------
+
+_WORKER: dict[str, Any] = {}  # per worker process: the setting of the last recipe, threads applied
+
+
+def _prepare_worker(threads: int) -> None:
+    """Once per worker process: nothing reaches the root logger (which would print), and torch gets
+    `threads` intra-op threads so that several workers share the cores."""
+    import torch
+
+    if not _WORKER.get("ready"):
+        LOGGER.propagate = False
+        LOGGER.setLevel(logging.INFO)
+        _WORKER["ready"] = True
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def run_in_worker(recipe: Rebuildable, call: Call, threads: int) -> Outcome:
+    """A task in a worker process: the context of `recipe` (rebuilt on first use), then the call in its scope."""
+    _prepare_worker(threads)
+    started = time.time()
+    try:
+        if _WORKER.get("key") != recipe.key:
+            _WORKER.pop("setting", None)  # one setting per worker: drop the last one's data and model first
+            _WORKER["setting"], _WORKER["key"] = recipe.rebuild(), recipe.key
+        setting = _WORKER["setting"]
+    except WorstforgetError as exc:
+        return Outcome(error=_portable(exc), started=started, pid=os.getpid())
+    except Exception as exc:
+        return Outcome(failure=f"rebuilding the setting: {_first_line(exc)}", traceback=traceback.format_exc(),
+                       started=started, pid=os.getpid())
+    with recipe.scope():
+        return _execute(setting, call, None, in_worker=True)
+
+
+def _die_with_the_driver() -> None:
+    """On Linux, ask the kernel to end this worker when the driver process dies (even by SIGKILL), so no
+    orphan keeps computing a unit nobody will read. Elsewhere the pool's own pipe ends it after its task."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+
+
+def _process_worker_init(threads: int) -> None:
+    """A process-pool worker prints nothing: its output goes to /dev/null (results and logs come back), and
+    it ends with the driver."""
+    _die_with_the_driver()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        os.dup2(devnull, fd)
+    _prepare_worker(threads)
+
+
+# --- the driver -------------------------------------------------------------------------------------
+
+class PoolExecutor(Executor):
+    """Shared driver loop of the executors whose tasks run in other processes."""
+
+    def _threads(self) -> int:
+        return 1
+
+    def _recipe(self, recipe: Rebuildable) -> Rebuildable:
+        return recipe
+
+    def _run(self, setting: Any, calls: list[Call], tracker: _Tracker, progress: Progress | None) -> list:
+        recipe, threads = self._recipe(recipe_of(setting)), self._threads()
+        self._start()
+        width = self.parallelism
+        pending, attempts = deque(range(len(calls))), [0] * len(calls)
+        results: list = [None] * len(calls)
+        inflight: dict[Any, int] = {}
+        try:
+            while pending or inflight:
+                while pending and len(inflight) < width + 1:  # one queued beside the running ones keeps all busy
+                    i = pending.popleft()
+                    attempts[i] += 1
+                    inflight[self._submit(recipe, calls[i], threads)] = i
+                tracker.running = min(len(inflight), width)
+                tracker.show()
+                for handle, outcome in self._wait(list(inflight)):
+                    i = inflight.pop(handle)
+                    call, label = calls[i], calls[i].label or calls[i].fn.__name__
+                    if isinstance(outcome, Outcome) and outcome.error is not None:
+                        for level, message in outcome.logs:
+                            LOGGER.log(level, "[worker %d] %s", outcome.pid, message)
+                        LOGGER.info("task %s failed: %s", label, outcome.error)
+                        raise outcome.error
+                    if isinstance(outcome, Outcome) and not outcome.failure:
+                        tracker.finished(call, outcome, attempts[i], self)
+                        results[i] = outcome.value
+                        continue
+                    tracker.failed += 1
+                    final = not isinstance(outcome, Outcome) and self._retried_already(outcome)
+                    problem = outcome.failure if isinstance(outcome, Outcome) else _first_line(outcome)
+                    if isinstance(outcome, Outcome):
+                        for level, message in outcome.logs:
+                            LOGGER.log(level, "[worker %d] %s", outcome.pid, message)
+                        LOGGER.info("failure of %s in worker %d:\n%s", label, outcome.pid, outcome.traceback)
+                    if final or attempts[i] > self.retries:
+                        from ..runlog import where_logged
+
+                        tries = attempts[i] if not final else attempts[i] + self.retries
+                        raise WorstforgetError(f"{label} failed {tries} time{'s' * (tries > 1)} on the {self.name} "
+                                               f"executor: {problem}{where_logged()}")
+                    LOGGER.warning("%s failed (attempt %d of %d): %s; retrying", label, attempts[i],
+                                   self.retries + 1, problem)
+                    pending.appendleft(i)
+        except BaseException:
+            self._abort(list(inflight))
+            raise
+        return results
+
+    def start(self) -> None:
+        self._start()
+
+    # backend hooks
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def _submit(self, recipe: Rebuildable, call: Call, threads: int) -> Any:
+        raise NotImplementedError
+
+    def _wait(self, handles: list) -> list[tuple[Any, "Outcome | BaseException"]]:
+        """At least one finished handle with its Outcome, or the exception that lost it (a dead worker)."""
+        raise NotImplementedError
+
+    def _retried_already(self, exc: BaseException) -> bool:
+        """Whether the backend itself already spent the retries on this failure (Ray's task retries)."""
+        return False
+
+    def _abort(self, handles: list) -> None:
+        raise NotImplementedError
+
+
+class ProcessExecutor(PoolExecutor):
+    """The standard library's process pool (spawn), `workers` processes on this machine."""
+
+    name = "process"
+
+    def __init__(self, *, workers: int | None = None, retries: int = DEFAULT_RETRIES):
+        super().__init__(workers=workers, retries=retries)
+        self.workers = workers or os.cpu_count() or 1
+        self._pool = None
+
+    @property
+    def parallelism(self) -> int:
+        return self.workers
+
+    def _threads(self) -> int:
+        return max(1, (os.cpu_count() or 1) // self.workers)
+
+    def _start(self) -> None:
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_process_worker_init, initargs=(self._threads(),))
+
+    def _submit(self, recipe: Rebuildable, call: Call, threads: int) -> Any:
+        self._start()
+        return self._pool.submit(run_in_worker, recipe, call, threads)
+
+    def _wait(self, handles: list) -> list:
+        from concurrent.futures import FIRST_COMPLETED, wait
+        from concurrent.futures.process import BrokenProcessPool
+
+        done, _ = wait(handles, return_when=FIRST_COMPLETED)
+        out = []
+        for future in done:
+            exc = future.exception()
+            if isinstance(exc, BrokenProcessPool):
+                if self._pool is not None and getattr(self._pool, "_broken", False):
+                    self._drop_pool()  # a worker died: the pool is unusable, the next submit starts a new one
+                exc = WorstforgetError("a worker process died (killed, or out of memory)")
+            out.append((future, exc if exc is not None else future.result()))
+        return out
+
+    def _drop_pool(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.kill()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _abort(self, handles: list) -> None:
+        for future in handles:
+            future.cancel()
+        self._drop_pool()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
