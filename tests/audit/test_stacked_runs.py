@@ -10,10 +10,11 @@ from worstforget.audit import units as U
 from worstforget.audit.units import Unit, UnitPlan, run_unit, run_units, unit_key
 from worstforget.core.cache import COMPUTED
 from worstforget.core.errors import ConfigError
-from worstforget.core.executor import ProcessExecutor, SettingRecipe
+from worstforget.core.executor import ProcessExecutor
+from worstforget.setting.recipe import SettingRecipe
 from worstforget.methods import make_method
 from worstforget.methods.exact import Retrain
-from worstforget.setting import forget_weights, random_forget_set
+from worstforget.forget_sets import forget_weights, random_forget_set
 from worstforget.training import ensemble
 from worstforget.training.ensemble import chunk_sizes, fit_stacked, model_bytes, stack_capacity
 from worstforget.training.original import ModelSpec
