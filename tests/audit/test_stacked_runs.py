@@ -3,6 +3,8 @@ the records one-by-one Retrain gives (same seeds: equal up to float rounding), w
 record is cached under the unit key of the one-by-one path; RTE is one Retrain run alone."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -115,9 +117,17 @@ def test_cached_units_are_not_retrained_and_keys_are_the_one_by_one_keys(tmp_pat
 
 
 def test_retrain_rte_is_one_run_alone_measured_once_and_methods_divide_by_it(tmp_path):
-    setting = make_setting(tmp_path / "cache")
+    from dataclasses import replace
+
+    known = make_setting(tmp_path / "cache")
     before = COMPUTED["retrain-time"]
-    records = run_units(setting, retrain_units(setting, num_sets=2))
+    # the original's recipe, timed when it was trained: Retrain's one-run time is that time over its steps
+    scaled = run_units(known, retrain_units(known, num_sets=1))
+    n, bs, m = known.data.num_train, known.spec.train.batch_size, len(retrain_units(known, num_sets=1)[0].forget_set)
+    assert COMPUTED["retrain-time"] == before
+    assert scaled[0]["RTE"] == pytest.approx(known.train_seconds * math.ceil((n - m) / bs) / math.ceil(n / bs))
+    setting = replace(known, train_seconds=None)  # a checkpoint: no training time, one Retrain is timed
+    records = run_units(setting, retrain_units(setting, num_sets=2, first_set=2))
     assert COMPUTED["retrain-time"] - before == 1  # one Retrain timed alone, for every stacked record
     assert len({r["RTE"] for r in records}) == 1 and records[0]["RTE"] > 0
     assert len({r["RTE_stack_seconds"] for r in records}) == 1 and records[0]["RTE_stack_seconds"] > 0
@@ -128,9 +138,9 @@ def test_retrain_rte_is_one_run_alone_measured_once_and_methods_divide_by_it(tmp
     kinds = U.run_on_kinds(setting, [("finetune", {"epochs": 1})], {"random": [random_forget_set(
         setting.data.num_train, 20, 0)]}, seeds=[0])
     metrics = kinds["random"].metrics
-    assert metrics["retrain"]["RTE"][0, 0] == records[0]["RTE"]
+    assert metrics["retrain"]["RTE"][0, 0] == scaled[0]["RTE"]  # that set's Retrain was stacked with `known`
     assert metrics["finetune"]["RTE_fraction"][0, 0] == pytest.approx(
-        metrics["finetune"]["RTE"][0, 0] / records[0]["RTE"])
+        metrics["finetune"]["RTE"][0, 0] / scaled[0]["RTE"])
 
 
 def test_units_that_cannot_be_stacked_run_one_by_one(tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ import pytest
 # tiny but complete: original, reference models, search, baselines, Retrain and the method, attacks
 AUDIT = ["search", "--dataset", "digits", "--train-subset", "400", "--epochs", "6", "--outer-steps", "3",
          "--reference-models", "2", "--num-random", "1", "--seeds", "2", "--no-stability", "--attacks",
-         "lira,epsilon,loss,ks,tow", "--num-models", "2", "--mia-resamples", "2"]
+         "lira,epsilon,loss,ks,tow", "--num-models", "4", "--select-models", "4", "--mia-resamples", "2"]
 TIMING = ("seconds", "rte", "cost_ratio", "cost_reference", "time", "environment", "code_version", "started",
           "command_line", "cache", "out")
 

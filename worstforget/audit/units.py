@@ -23,6 +23,7 @@ spent.
 from __future__ import annotations
 
 import json
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -272,10 +273,18 @@ RETRAIN_TIME_VERSION = 1
 
 def retrain_seconds(setting: Setting, instance: Retrain, forget_set: torch.Tensor, *,
                     progress: Progress | None = None) -> float:
-    """Wall time of one Retrain run on its own (`Retrain.apply`, seed 0) on a retain set of `forget_set`'s
-    size: the RTE of stacked Retrain units. Measured once per setting, recipe, retain size and device type,
-    and cached (the model is discarded)."""
+    """Wall time of one Retrain run on its own on a retain set of `forget_set`'s size: the RTE of stacked Retrain
+    units. With the original's recipe and its training time known, that time scaled to the retain set's steps;
+    otherwise (a checkpoint, another recipe) one `Retrain.apply` (seed 0) timed once per setting, recipe, retain
+    size and device type, and cached (the model is discarded)."""
     data = setting.data
+    cfg = instance.recipe(setting.spec)
+    if setting.train_seconds and cfg == setting.spec.train:
+        # the original was trained by this recipe and loop and timed once, on the whole split: Retrain runs the
+        # same steps on the retain samples, so its time is that one scaled by the steps (no extra training)
+        def steps(n: int) -> int:
+            return math.ceil(n / cfg.batch_size)
+        return setting.train_seconds * steps(data.num_train - len(forget_set)) / steps(data.num_train)
     key = stable_hash({"v": RETRAIN_TIME_VERSION, "original": setting.original_key, "spec": setting.spec.to_dict(),
                        "method": method_identity(instance), "retain": data.num_train - len(forget_set),
                        "device": data.device.type})

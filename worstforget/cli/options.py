@@ -89,7 +89,7 @@ class SettingOptions:
     def build(self, progress: Any = None):
         """The setting, built from a recipe that executors' workers rebuild it from."""
         from ..core.cache import check_cache_folder
-        from ..core.errors import ConfigError, OptionError
+        from ..core.errors import ConfigError, OptionError, WorstforgetError
         from ..core.runlog import move_run_log
         from ..setting.recipe import SettingRecipe
         from ..training.accel import Accel, set_accel
@@ -97,7 +97,10 @@ class SettingOptions:
         if self.cache_dir:
             move_run_log(self.cache_dir)  # the run log belongs with the cache this command uses
         if not self.no_cache:
-            check_cache_folder(self.cache_dir)  # before any training: a cache that cannot be written fails late
+            try:  # before any training: a cache that cannot be written fails late
+                check_cache_folder(self.cache_dir)
+            except OptionError as exc:  # an unusable folder, not a bad option: exit 1, as before any work
+                raise WorstforgetError(exc.worded(lambda name: "--" + name.replace("_", "-"))) from None
 
         # speed switches hold for the rest of this command (undone when its click context closes)
         undo = set_accel(Accel(amp=self.amp, channels_last=self.channels_last, compile=self.compile_model))

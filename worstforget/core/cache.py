@@ -108,19 +108,26 @@ def check_cache_folder(root: str | Path | None = None) -> Path:
     mount, an immutable folder. Creates the folder when missing; returns it."""
     import tempfile
 
-    from .errors import WorstforgetError
+    from .errors import OptionError
 
     given = root is not None
     root = Path(root).expanduser() if given else cache_root()
-    source = ("--cache-dir" if given else
+    source = ("{cache_dir}" if given else
               "WORSTFORGET_CACHE" if os.environ.get("WORSTFORGET_CACHE") else "the cache folder")
-    fix = "point --cache-dir or WORSTFORGET_CACHE at a writable folder, or pass --no-cache"
+    fix = "point {cache_dir} or WORSTFORGET_CACHE at a writable folder, or pass {no_cache}"
+
+    def refused(text: str) -> OptionError:
+        """Worded with the parameter names cache_dir and no_cache (the CLI names its flags); any other brace in
+        the text (a path's) is kept as it is."""
+        template = text.replace("{", "{{").replace("}", "}}")
+        template = template.replace("{{cache_dir}}", "{cache_dir}").replace("{{no_cache}}", "{no_cache}")
+        return OptionError(template, "cache_dir", "no_cache")
     if root.exists() and not root.is_dir():
-        raise WorstforgetError(f"{source} {root} is a file, not a folder; {fix}")
+        raise refused(f"{source} {root} is a file, not a folder; {fix}")
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise WorstforgetError(f"{source} {root} cannot be created ({exc.strerror or exc}); {fix}") from None
+        raise refused(f"{source} {root} cannot be created ({exc.strerror or exc}); {fix}") from None
     folders = [root]
     for sub in ("models", "records", "arrays", "logs"):
         entry = root / sub
@@ -129,14 +136,14 @@ def check_cache_folder(root: str | Path | None = None) -> Path:
             if sub in ("records", "arrays"):
                 folders += [d for d in entry.iterdir() if d.is_dir()]
         elif entry.exists():
-            raise WorstforgetError(f"{source} {root} holds a file named {sub} where a folder belongs; {fix}")
+            raise refused(f"{source} {root} holds a file named {sub} where a folder belongs; {fix}")
     for folder in folders:
         try:  # a real probe: permission bits say nothing for root, immutable folders or read-only mounts
             fd, probe = tempfile.mkstemp(prefix=".worstforget-probe-", dir=folder)
             os.close(fd)
             os.remove(probe)
         except OSError as exc:
-            raise WorstforgetError(f"{source} {root} cannot be written ({exc.strerror or exc} in {folder}); "
+            raise refused(f"{source} {root} cannot be written ({exc.strerror or exc} in {folder}); "
                                    f"{fix}") from None
     return root
 

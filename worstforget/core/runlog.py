@@ -93,7 +93,7 @@ def stop_run_log() -> None:
 
 
 def move_run_log(root: str | Path) -> None:
-    """Keep the run log under `<root>/logs/` from now on (a command's --cache-dir, known only once its options
+    """Keep the run log under `<root>/logs/` from now on (the cache folder a command names, known only once its options
     are read): what was logged so far moves with it. Left where it is when the new folder cannot be made."""
     global _handler
     if _handler is None:
