@@ -42,10 +42,10 @@ from worstforget.core.io import atomic_path  # noqa: E402
 from worstforget.core.runtime import resolve_device  # noqa: E402
 from worstforget.datasets import build_dataset, dataset_info, load_dataset  # noqa: E402
 from worstforget.datasets.raw import RawSplits  # noqa: E402
+from worstforget.forget_sets import forget_size, forget_weights, random_forget_set  # noqa: E402
 from worstforget.methods import make_method  # noqa: E402
 from worstforget.scoring.metrics import evaluate  # noqa: E402
 from worstforget.search import SOLVERS, SearchConfig, search_worst_case  # noqa: E402
-from worstforget.forget_sets import forget_size, forget_weights, random_forget_set  # noqa: E402
 from worstforget.setting import Setting  # noqa: E402
 from worstforget.training.accel import Accel, current_accel  # noqa: E402
 from worstforget.training.ensemble import fit_ensemble, fit_stacked, stack_capacity  # noqa: E402

@@ -13,7 +13,6 @@ summary.json and the cache, and checked against the audit's original-model key.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

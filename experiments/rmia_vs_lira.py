@@ -43,8 +43,8 @@ def main() -> None:
 
     from worstforget.audit.attack_eval import evaluate_unlearning
     from worstforget.audit.membership import lira_on_original, rmia_on_original
-    from worstforget.scoring.privacy import RMIA_GAMMA, RMIA_OFFLINE_A
     from worstforget.forget_sets import forget_size, random_forget_set
+    from worstforget.scoring.privacy import RMIA_GAMMA, RMIA_OFFLINE_A
     from worstforget.setting import prepare_setting
 
     counts = [int(c) for c in args.models.split(",")]

@@ -16,6 +16,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from hypergradients import assert_matches_finite_differences
 
 import worstforget.training.ensemble as ensemble_module
 from worstforget.core.cache import ArrayCache
@@ -31,8 +32,6 @@ from worstforget.setting import prepare_setting
 from worstforget.training.loop import fit
 from worstforget.training.memorization import memorization_scores
 from worstforget.training.reference import ReferenceStats, SampleReferences, exposure, reference_statistics
-
-from hypergradients import assert_matches_finite_differences
 
 
 @pytest.fixture()

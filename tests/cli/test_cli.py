@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_clean_error
+
 from worstforget.cli import cli
 from worstforget.training.models import build_model
 

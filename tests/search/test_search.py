@@ -14,11 +14,11 @@ from worstforget.core.cache import ModelCache
 from worstforget.methods import make_method
 from worstforget.search import (
     SearchConfig,
+    loop,
     project_capped_simplex,
     search_worst_case,
     top_m,
 )
-from worstforget.search import loop
 from worstforget.search.problem import Problem
 from worstforget.search.solvers import SOLVERS
 from worstforget.setting import prepare_setting

@@ -21,7 +21,6 @@ from ..core.errors import ConfigError
 from ..core.hashing import stable_hash
 from ..core.progress import Progress
 from ..core.seeds import derive_seed, generator
-from ..training.outputs import logit_scaled_confidence
 from ..scoring.privacy import (
     RMIA_GAMMA,
     RMIA_OFFLINE_A,
@@ -34,6 +33,7 @@ from ..scoring.privacy import (
 )
 from ..setting import Setting
 from ..training.loop import predict_logits
+from ..training.outputs import logit_scaled_confidence
 
 SHADOW_VERSION = 1
 

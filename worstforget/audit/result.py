@@ -29,8 +29,8 @@ import numpy as np
 from ..core.errors import WorstforgetError
 from ..core.io import json_bytes, to_jsonable, write_result_folder
 from ..core.stats import aggregate
-from ..scoring.metrics import ACCURACY_METRICS, GAP_METRICS, GAP_METRICS_LOGIT, avg_gap, mia_flags
 from ..forget_sets.kinds import KIND_LABELS, KIND_NAMES, SET_KINDS  # noqa: F401  (re-exported)
+from ..scoring.metrics import ACCURACY_METRICS, GAP_METRICS, GAP_METRICS_LOGIT, avg_gap, mia_flags
 from .verdict import verdict
 
 SCHEMA_VERSION = 2

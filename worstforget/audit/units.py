@@ -34,10 +34,10 @@ from ..core.executor import Call, Executor, serial
 from ..core.hashing import stable_hash
 from ..core.progress import Progress
 from ..core.runtime import Timer, sync
+from ..forget_sets import forget_mask, forget_size, forget_weights, forgotten_classes, random_forget_set
 from ..methods import UnlearningMethod, make_method
 from ..methods.exact import Retrain
 from ..scoring.metrics import evaluate
-from ..forget_sets import forget_mask, forget_size, forget_weights, forgotten_classes, random_forget_set
 from ..setting import Setting
 from ..training.accel import current_accel
 from ..training.ensemble import check_stackable, chunk_sizes, fit_stacked, stack_capacity

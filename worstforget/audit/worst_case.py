@@ -25,7 +25,6 @@ from ..setting import Setting
 from .result import SearchAudit
 from .units import method_label, run_on_kinds
 
-
 SELECT_MODELS = 16  # unlearned and retrained models per candidate when selection is on by default
 
 

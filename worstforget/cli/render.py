@@ -3,8 +3,8 @@ compact `mean±std` cells, short column names, and a legend for every abbreviati
 from __future__ import annotations
 
 from ..audit.cost import cost_phrase
-from ..forget_sets.kinds import KIND_LABELS
 from ..core.stats import fmt_agg
+from ..forget_sets.kinds import KIND_LABELS
 
 ACCURACY = (("UA", "UA", 1), ("RA", "RA", 1), ("TA", "TA", 1), ("acc_gap", "AccGap", 2), ("RTE_fraction", "×Retr", 2))
 MEMBERSHIP = (("MIA", "MIA", 1), ("MIA_logit", "MIA-l", 1), ("avg_gap", "Gap", 2), ("avg_gap_logit", "Gap-l", 2))

@@ -15,9 +15,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..audit.cost import cost_phrase
-from ..forget_sets.kinds import KIND_LABELS, SET_KINDS
 from ..core.errors import WorstforgetError
 from ..core.stats import fmt_agg
+from ..forget_sets.kinds import KIND_LABELS, SET_KINDS
 
 METRIC_COLUMNS = (("UA", "UA"), ("MIA", "MIA"), ("RA", "RA"), ("TA", "TA"), ("RTE", "RTE (s)"))
 

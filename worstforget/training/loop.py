@@ -18,7 +18,6 @@ from .accel import Accel, current_accel, prepare_input, prepare_model
 from .divergence import TRAIN_HINT, DivergenceWatch
 from .optim import lr_factor
 
-
 # Fields added after cache keys were first written: `to_dict` leaves them out while they hold these
 # defaults, so every recipe that existed before them keeps its key (and its cached models).
 _KEY_OPTIONAL = {"label_smoothing": 0.0, "nesterov": False}
