@@ -61,7 +61,8 @@ def main() -> None:
 
     method = audit.method
     print(f"{args.folder}: medians over each set's samples of φ (logit-scaled confidence)\n")
-    print("| set | original | IN (half) | OUT (half) | retrained | unlearned | |unlearned − OUT| | |unlearned − retrained| |")
+    print("| set | original | IN (half) | OUT (half) | retrained | unlearned | |unlearned − OUT| "
+          "| |unlearned − retrained| |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     with h5py.File(h5_path, "r") as h5:
         for kind in h5:

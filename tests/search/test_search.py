@@ -121,7 +121,8 @@ class _Only:
 def test_planted_prototypes_are_found(tmp_path):
     """Points planted deep inside their class (far beyond the class mean) stay fitted whatever is
     unlearned: with the margin objective the search must pick them far more often than chance."""
-    setting = prepare_setting(dataset="synthetic", device="cpu", cache_dir=str(tmp_path), train_overrides={"epochs": 15})
+    setting = prepare_setting(dataset="synthetic", device="cpu", cache_dir=str(tmp_path),
+                              train_overrides={"epochs": 15})
     data = setting.data
     means = torch.stack([data.x_train[data.y_train == c].mean(0) for c in range(data.num_classes)])
     y_new = torch.arange(12) % data.num_classes

@@ -27,7 +27,8 @@ from worstforget.search.solvers.unrolled import Unroll, stepper_class
 from worstforget.setting import prepare_setting
 
 BACKENDS = ("higher", "torch.func")
-EQUIVALENCE_METHODS = ("finetune", "random_label", "l1_sparse", "scrub", "neggrad_plus", "salun", "bad_teacher", "unsir")
+EQUIVALENCE_METHODS = ("finetune", "random_label", "l1_sparse", "scrub", "neggrad_plus", "salun", "bad_teacher",
+                       "unsir")
 SGD_VARIANT = {"bad_teacher": {"optimizer": "sgd"}, "unsir": {"optimizer": "sgd"}}  # their papers use Adam
 
 

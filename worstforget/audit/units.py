@@ -52,7 +52,8 @@ def unit_key(setting: Setting, instance: UnlearningMethod, forget_set: torch.Ten
               "spec": setting.spec.to_dict(), "forget": forget_set, "seed": seed, "mia_seed": setting.mia_seed,
               "mia_resamples": setting.mia_resamples}
     if len(forgotten_classes(setting.data, forget_mask(setting.data, forget_set))):
-        fields["class_protocol"] = 1  # class-wise forgetting: TA and the attacker's non-members on the remaining classes
+        # class-wise forgetting: TA and the attacker's non-members on the remaining classes
+        fields["class_protocol"] = 1
     return stable_hash(fields)
 
 
@@ -332,7 +333,8 @@ def compare_methods(setting: Setting, methods: Methods, *, forget_ratio: float, 
                     executor: Executor | None = None) -> Comparison:
     """Every method and Retrain on `num_sets` random forget sets (the `compare` command)."""
     sets = random_sets(setting, forget_ratio, num_sets, set_seed)
-    block = run_on_kinds(setting, methods, {"random": sets}, seeds=seeds, progress=progress, executor=executor)["random"]
+    block = run_on_kinds(setting, methods, {"random": sets}, seeds=seeds, progress=progress,
+                         executor=executor)["random"]
     header = {"command": "compare", **setting.header(), "methods": [n for n, _ in methods],
               "params": {n: p for n, p in methods}, "forget_ratio": forget_ratio, "forget_size": len(sets[0]),
               "set_seeds": [set_seed + r for r in range(num_sets)]}

@@ -64,7 +64,8 @@ class TrainConfig:
         return self
 
 
-def weighted_mean(per_sample: torch.Tensor, weights: torch.Tensor | None, norm: torch.Tensor | float = 1.0) -> torch.Tensor:
+def weighted_mean(per_sample: torch.Tensor, weights: torch.Tensor | None,
+                  norm: torch.Tensor | float = 1.0) -> torch.Tensor:
     """Σ v_i ℓ_i / (B · norm): with 0/1 weights and norm = mean weight this is the plain subset mean."""
     if weights is None:
         return per_sample.mean()
