@@ -98,7 +98,8 @@ def main() -> None:
     print("-" * len(header))
     for r in rows:
         print(f"{r['case']:<28} {r['seq_best']:>13.2f} / {r['seq_median']:<11.2f} {r['vmap_best']:>11.2f} / "
-              f"{r['vmap_median']:<11.2f} {r['ratio']:>12.2f}× / {r['ratio_median'] :.2f}×  {r['max_param_diff']:>9.1e}")
+              f"{r['vmap_median']:<11.2f} {r['ratio']:>12.2f}× / {r['ratio_median'] :.2f}×  "
+              f"{r['max_param_diff']:>9.1e}")
     # other processes on the cores distort the ratio (each parallel kernel waits for a descheduled
     # thread, and sequential training runs 16× more of them): say how busy the machine was
     print(f"1-minute load average {load_before:.2f} before, {load_after:.2f} after "

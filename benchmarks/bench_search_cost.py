@@ -38,8 +38,8 @@ import torch
 from worstforget.audit.attack_eval import evaluate_sets, model_statistics
 from worstforget.core.cache import ArrayCache, ModelCache
 from worstforget.core.errors import WorstforgetError
-from worstforget.search import SearchConfig, jaccard, search_worst_case
 from worstforget.forget_sets import forget_size, random_forget_set
+from worstforget.search import SearchConfig, jaccard, search_worst_case
 from worstforget.setting import prepare_setting
 from worstforget.training.original import original_model
 from worstforget.training.reference import CACHE_KIND as REFERENCE_KIND

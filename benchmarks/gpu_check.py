@@ -42,10 +42,10 @@ from worstforget.core.io import atomic_path  # noqa: E402
 from worstforget.core.runtime import resolve_device  # noqa: E402
 from worstforget.datasets import build_dataset, dataset_info, load_dataset  # noqa: E402
 from worstforget.datasets.raw import RawSplits  # noqa: E402
+from worstforget.forget_sets import forget_size, forget_weights, random_forget_set  # noqa: E402
 from worstforget.methods import make_method  # noqa: E402
 from worstforget.scoring.metrics import evaluate  # noqa: E402
 from worstforget.search import SOLVERS, SearchConfig, search_worst_case  # noqa: E402
-from worstforget.forget_sets import forget_size, forget_weights, random_forget_set  # noqa: E402
 from worstforget.setting import Setting  # noqa: E402
 from worstforget.training.accel import Accel, current_accel  # noqa: E402
 from worstforget.training.ensemble import fit_ensemble, fit_stacked, stack_capacity  # noqa: E402
@@ -379,7 +379,8 @@ def check(args, scale: Scale, device: torch.device, accel: Accel, fast, paper, s
             result, seconds = timed(lambda: search_worst_case(here, "finetune", {}, cfg, seed=args.seed), device)
             batch = cfg.inner_batch_size or fast.batch_size
             detail = (f"{outer} outer × {inner} inner steps (batch {batch}) on {sub.num_train:,} samples, "
-                      f"{seconds / outer:.2f} s per outer step; moved {1 - result.history['overlap_with_initial'][-1]:.2f}")
+                      f"{seconds / outer:.2f} s per outer step; "
+                      f"moved {1 - result.history['overlap_with_initial'][-1]:.2f}")
             if unrolled:
                 detail += "; a subset: this solver keeps every inner step's graph and the values pass's"
             else:
@@ -518,7 +519,8 @@ def project(table: Table, m: dict, data, fast, paper) -> None:
             f"T_orig={costs.original:,.0f} s ({full_epochs} epochs × {epoch_s:.1f} s), "
             f"T_refs={costs.references:,.0f} s ({REFERENCE_MODELS} reference models on half the data each, trained one "
             "after another: the exposure objective's one-off), "
-            f"T_search={costs.search:,.0f} s ({SEARCH_OUTER} outer × {SEARCH_INNER_EPOCHS} epochs of lower-level steps), "
+            f"T_search={costs.search:,.0f} s ({SEARCH_OUTER} outer × {SEARCH_INNER_EPOCHS} epochs of lower-level "
+            "steps), "
             f"T_method={costs.method:,.0f} s (FT, {FT_EPOCHS} epochs: an upper bound for GA/BS/BE, which touch "
             f"only the forget set), T_retrain={costs.retrain:,.0f} s ({retain_share:.0%} of T_orig), "
             f"T_eval={costs.evaluate:.1f} s; one device, units one after another"
@@ -581,7 +583,8 @@ def default_out(tiny: bool) -> Path:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default=None, help="folder with the CIFAR-10 python batches")
-    parser.add_argument("--out", default=None, help="where to write the table (default $OUT/gpu.md, else results/gpu.md; --tiny: a temporary file)")
+    parser.add_argument("--out", default=None, help="where to write the table (default $OUT/gpu.md, else "
+                                                     "results/gpu.md; --tiny: a temporary file)")
     parser.add_argument("--budget-s", type=float, default=400.0, help="wall-clock budget of all phases (seconds)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs of the original training (default: the fast recipe's; capped to fit)")

@@ -13,7 +13,6 @@ summary.json and the cache, and checked against the audit's original-model key.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -62,7 +61,8 @@ def main() -> None:
 
     method = audit.method
     print(f"{args.folder}: medians over each set's samples of φ (logit-scaled confidence)\n")
-    print("| set | original | IN (half) | OUT (half) | retrained | unlearned | |unlearned − OUT| | |unlearned − retrained| |")
+    print("| set | original | IN (half) | OUT (half) | retrained | unlearned | |unlearned − OUT| "
+          "| |unlearned − retrained| |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     with h5py.File(h5_path, "r") as h5:
         for kind in h5:

@@ -6,8 +6,8 @@ Each variant is `objective[:field=value;field=value]` (SearchConfig fields). Eve
 sets, each variant's searched set) is attacked with `--models` unlearned vs `--models` retrained models (the
 report's seeds: 0…, 100000…), and U-LiRA's TPR at 0.1% and 1% FPR and AUC are averaged over `--splits` random
 halvings into shadows and targets (the first is the report's fixed halving, printed as "1st"); "faccgap" is
-the method's forget accuracy minus Retrain's (percentage points, mean over the models; > 0: under-forgetting). One draw of models
-per set: the spread printed is over halvings only."""
+the method's forget accuracy minus Retrain's (percentage points, mean over the models; > 0: under-forgetting).
+One draw of models per set: the spread printed is over halvings only."""
 import argparse
 import json
 import sys
@@ -55,8 +55,8 @@ def main() -> None:
     for variant in a.variants.split(","):
         name, changes = parse_variant(variant)
         start = time.time()
-        sets[f"search[{variant}]"] = search_worst_case(setting, a.method, params, SearchConfig(objective=name, **changes),
-                                                       seed=a.seed).indices
+        sets[f"search[{variant}]"] = search_worst_case(setting, a.method, params,
+                                                       SearchConfig(objective=name, **changes), seed=a.seed).indices
         print(f"# search {variant}: {time.time() - start:.1f}s", file=sys.stderr, flush=True)
     rows = {}
     for label, forget in sets.items():

@@ -43,8 +43,8 @@ def main() -> None:
 
     from worstforget.audit.attack_eval import evaluate_unlearning
     from worstforget.audit.membership import lira_on_original, rmia_on_original
-    from worstforget.scoring.privacy import RMIA_GAMMA, RMIA_OFFLINE_A
     from worstforget.forget_sets import forget_size, random_forget_set
+    from worstforget.scoring.privacy import RMIA_GAMMA, RMIA_OFFLINE_A
     from worstforget.setting import prepare_setting
 
     counts = [int(c) for c in args.models.split(",")]
@@ -72,13 +72,15 @@ def main() -> None:
             if f"{prefix}_auc" not in scores:  # too few models for this attack
                 continue
             rows.append(_row(f"finetune, random {FORGET_RATIO:.0%}", models, name, scores[f"{prefix}_auc"]["value"],
-                             scores[f"{prefix}_tpr_at_1pct_fpr"]["value"], scores[f"{prefix}_tpr_at_0.1pct_fpr"]["value"]))
+                             scores[f"{prefix}_tpr_at_1pct_fpr"]["value"],
+                             scores[f"{prefix}_tpr_at_0.1pct_fpr"]["value"]))
 
     command = "python experiments/rmia_vs_lira.py " + " ".join(sys.argv[1:])
     legend = (f"N = models per attack. Original: N shadow models on random halves of train ∪ test, leave-one-out "
               f"(LiRA online with fixed variance; RMIA offline, a = {RMIA_OFFLINE_A}, γ = {RMIA_GAMMA}, population = "
               f"the target's non-members). Finetune ({json.dumps(params)}): N unlearned vs N retrained models on one "
-              f"random {FORGET_RATIO:.0%} forget set (seed {args.seed}); N/2 per kind are LiRA shadows / RMIA references "
+              f"random {FORGET_RATIO:.0%} forget set (seed {args.seed}); N/2 per kind are LiRA shadows / RMIA "
+              "references "
               "(retrained), the rest targets, halves swapped (U-LiRA online); RMIA population = the test split.")
     lines = [f"# RMIA vs LiRA on {dataset}", "", f"`{command.strip()}`", "", legend, "",
              "| setting | N | attack | AUC | TPR@1%FPR | TPR@0.1%FPR |", "|---|---:|---|---:|---:|---:|", *rows]

@@ -40,7 +40,8 @@ def methods_table(path: Path) -> None:
     print("| method | params | " + " | ".join(columns) + " |\n|---|---|" + "---:|" * len(columns))
     for who, row in methods.items():
         params = " ".join(f"{k}={v}" for k, v in s.get("params", {}).get(who, {}).items())
-        cells = [fmt_agg(row.get(c), 3 if c == "RTE_fraction" else 2) if c in row else ("1" if c == "RTE_fraction" else "–")
+        cells = [fmt_agg(row.get(c), 3 if c == "RTE_fraction" else 2) if c in row
+                 else ("1" if c == "RTE_fraction" else "–")
                  for c in columns]
         print(f"| {who} | {params} | " + " | ".join(cells) + " |")
 
@@ -113,7 +114,8 @@ def hardest_table(folder: Path, key: str = "lira_tpr_at_0.1pct_fpr") -> None:
         ratio = f"{searched['mean'] / random_sets['mean']:.1f}×" if random_sets["mean"] > 0 else "–"
         label = audit.method if path.name == audit.method else f"{path.name} ({audit.method})"
         print(f"| {label} | {fmt_agg(searched, 2)} | {best}: {fmt_agg(baselines[best], 2)} | "
-              f"{fmt_agg(random_sets, 2)} | {ratio} | {'yes' if searched['mean'] >= baselines[best]['mean'] else 'no'} |")
+              f"{fmt_agg(random_sets, 2)} | {ratio} | "
+              f"{'yes' if searched['mean'] >= baselines[best]['mean'] else 'no'} |")
     print()
 
 
@@ -125,7 +127,8 @@ def matrix_table(folder: Path) -> None:
     for data in sorted(p for p in folder.iterdir() if p.is_dir()):
         print(f"#### {data.name}\n")
         print("| cell | seed | searched TPR@0.1% | TPR@1% | AUC | best baseline TPR@0.1% | random TPR@0.1% | kept "
-              "| Jaccard | search + selection (× training) | criterion |\n|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|")
+              "| Jaccard | search + selection (× training) | criterion |\n"
+              "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|")
         for path in sorted(p.parent for p in data.glob("*/seed*/result.h5")):
             audit = SearchAudit.read(path)
             if audit.evaluation is None:
@@ -149,7 +152,8 @@ def matrix_table(folder: Path) -> None:
             refs = (trace.get("reference_models") or {}).get("cost_ratio")
             ratio = None if not train else f"{own / train:.2f} (+ refs {'–' if refs is None else f'{refs:.2f}'})"
             jac = f"{s['stability']['jaccard']:.2f}" if s.get("stability") else "–"
-            print(f"| {path.parent.name} | {path.name[4:]} | {fmt_agg(w, 2)} | {fmt_agg(get('worst_case', 'lira_tpr_at_1pct_fpr'), 2)} "
+            print(f"| {path.parent.name} | {path.name[4:]} | {fmt_agg(w, 2)} "
+                  f"| {fmt_agg(get('worst_case', 'lira_tpr_at_1pct_fpr'), 2)} "
                   f"| {fmt_agg(get('worst_case', 'lira_auc'), 3)} | {best}: {fmt_agg(base[best], 2) if best else '–'} "
                   f"| {fmt_agg(r, 2)} | {sel} | {jac} | {'–' if ratio is None else ratio} "
                   f"| {('pass' if ok else 'FAIL') if counts else 'n/a (no set ≥ 3× random)'} |")

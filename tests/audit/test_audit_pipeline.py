@@ -113,7 +113,8 @@ def test_init_heuristic_starts_from_the_baseline_with_the_lowest_objective(tmp_p
     assert set(start["objective"]) == {"lowest_loss", "memorization", "exposure"}
     assert start["baseline"] == min(start["objective"], key=start["objective"].get)
     with h5py.File(out / "result.h5") as f:
-        np.testing.assert_array_equal(f["forget_sets/initial_units"][()], f[f"forget_sets/{start['baseline']}_units"][()])
+        np.testing.assert_array_equal(f["forget_sets/initial_units"][()],
+                                      f[f"forget_sets/{start['baseline']}_units"][()])
         assert f["search/weights"][0].sum() == pytest.approx(summary["forget_units"])  # a binary start of m units
 
 

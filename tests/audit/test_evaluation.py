@@ -117,7 +117,8 @@ def test_evaluate_cli_writes_scores_and_per_example_arrays(tmp_path):
 def test_evaluate_cli_rejects_unknown_attack(tmp_path):
     from click.testing import CliRunner
 
-    result = CliRunner().invoke(cli, ["evaluate", "--dataset", "synthetic", "--attacks", "lirra", "--out", str(tmp_path)])
+    result = CliRunner().invoke(cli, ["evaluate", "--dataset", "synthetic", "--attacks", "lirra",
+                                      "--out", str(tmp_path)])
     assert result.exit_code == 2 and "Did you mean" in result.output
     assert not (tmp_path / "evaluation.json").exists()
 

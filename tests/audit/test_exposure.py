@@ -16,6 +16,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from hypergradients import assert_matches_finite_differences
 
 import worstforget.training.ensemble as ensemble_module
 from worstforget.core.cache import ArrayCache
@@ -31,8 +32,6 @@ from worstforget.setting import prepare_setting
 from worstforget.training.loop import fit
 from worstforget.training.memorization import memorization_scores
 from worstforget.training.reference import ReferenceStats, SampleReferences, exposure, reference_statistics
-
-from hypergradients import assert_matches_finite_differences
 
 
 @pytest.fixture()
@@ -85,8 +84,8 @@ def test_out_and_in_summaries_equal_a_per_sample_transcription():
             out = [values[k, i] for k in range(4) if not inside[k, i]]
             inn = [values[k, i] for k in range(4) if inside[k, i]]
             assert stats.out_mean(unit)[i] == pytest.approx(sum(out) / len(out), rel=1e-6)
-            assert stats.out_std(unit)[i] == pytest.approx(math.sqrt(sum((v - np.mean(out))**2 for v in out) / len(out)),
-                                                           rel=1e-5, abs=1e-7)
+            assert stats.out_std(unit)[i] == pytest.approx(
+                math.sqrt(sum((v - np.mean(out))**2 for v in out) / len(out)), rel=1e-5, abs=1e-7)
             assert stats.in_mean(unit)[i] == pytest.approx(sum(inn) / len(inn), rel=1e-6)
     refs = SampleReferences.from_stats(stats, device="cpu")
     assert refs.lsc_mean.dtype == torch.float64

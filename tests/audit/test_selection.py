@@ -62,7 +62,8 @@ def test_selection_keeps_the_most_exposed_candidate_and_attacks_duplicates_once(
     assert out["chosen"] == "memorization"
     assert out["scores"]["search"] == out["scores"]["stability"]  # one set, attacked once
     assert len([t for t in trained if t[0] == "finetune"]) == 3
-    assert out["scores"]["search"]["auc"] < out["scores"]["objective_loss"]["auc"] < out["scores"]["memorization"]["auc"]
+    assert (out["scores"]["search"]["auc"] < out["scores"]["objective_loss"]["auc"]
+            < out["scores"]["memorization"]["auc"])
     # the selection's models never share seeds with the reported attack (0…N−1, 100000+)
     seeds = {s for t in trained for s in t[2]}
     assert min(seeds) >= selection_module.SELECT_SEED and not seeds & (set(range(16)) | set(range(100_000, 100_016)))
@@ -79,7 +80,8 @@ def test_search_with_selection_reports_the_chosen_set_with_fresh_models(tmp_path
     sel = summary["search"]["selection"]
     baselines = {"lowest_loss", "memorization", "exposure"}
     assert set(sel["scores"]) == {"search", "stability", "objective_exposure", "objective_loss"} | baselines
-    best = max(sel["scores"], key=lambda k: (sel["scores"][k]["tpr_at_0.1pct_fpr"], sel["scores"][k]["tpr_at_1pct_fpr"]))
+    best = max(sel["scores"],
+               key=lambda k: (sel["scores"][k]["tpr_at_0.1pct_fpr"], sel["scores"][k]["tpr_at_1pct_fpr"]))
     assert sel["scores"][sel["chosen"]] == sel["scores"][best] and sel["num_models"] == 4
     chosen = np.load(out / "worst_case_indices.npy")
     assert len(chosen) == summary["forget_size"]

@@ -13,10 +13,10 @@ from worstforget.audit.units import Unit, UnitPlan, run_unit, run_units, unit_ke
 from worstforget.core.cache import COMPUTED
 from worstforget.core.errors import ConfigError
 from worstforget.core.executor import ProcessExecutor
-from worstforget.setting.recipe import SettingRecipe
+from worstforget.forget_sets import forget_weights, random_forget_set
 from worstforget.methods import make_method
 from worstforget.methods.exact import Retrain
-from worstforget.forget_sets import forget_weights, random_forget_set
+from worstforget.setting.recipe import SettingRecipe
 from worstforget.training import ensemble
 from worstforget.training.ensemble import chunk_sizes, fit_stacked, model_bytes, stack_capacity
 from worstforget.training.original import ModelSpec

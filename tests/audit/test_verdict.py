@@ -43,7 +43,8 @@ def test_difference_interval_counts_both_sides_spread():
 
 
 def test_mia_flags_from_retrains_runs():
-    steady = {"MIA": np.array([[4.0, 5.0], [6.0, 5.0]]), "MIA_std": np.zeros((2, 2)), "saturated": np.full((2, 2), 10.0),
+    steady = {"MIA": np.array([[4.0, 5.0], [6.0, 5.0]]), "MIA_std": np.zeros((2, 2)),
+              "saturated": np.full((2, 2), 10.0),
               "MIA_logit": np.array([[40.0, 42.0]]), "MIA_logit_std": np.full((1, 2), 3.0)}
     assert mia_flags(steady) == {"MIA": [], "MIA_logit": []}
     flipping = {"MIA": np.array([[0.0, 33.3]]), "MIA_std": np.zeros((1, 2)), "saturated": np.full((1, 2), 80.0)}
@@ -111,7 +112,8 @@ def test_a_flagged_random_baseline_gives_no_verdict_and_says_so():
 def test_verdict_uses_attack_scores_with_their_own_intervals():
     s = summary(agg(1.0, 0.1, 2), agg(1.0, 0.1, 2), agg(1.0, 0.1, 10))
     evaluation = {"sets": {k: {"methods": {"ft": {"lira_tpr_at_0.1pct_fpr": v}}} for k, v in
-                           (("worst_case", agg(0.49, low=0.30, high=0.68)), ("memorization", agg(0.45, low=0.2, high=0.7)),
+                           (("worst_case", agg(0.49, low=0.30, high=0.68)),
+                            ("memorization", agg(0.45, low=0.2, high=0.7)),
                             ("random", agg(0.05, 0.05, 5)))}}
     entries = {e["measure"]: e for e in verdict(s, evaluation)}
     tpr = entries["lira_tpr_at_0.1pct_fpr"]

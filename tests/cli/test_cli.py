@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_clean_error
+
 from worstforget.cli import cli
 from worstforget.training.models import build_model
 
@@ -61,9 +61,11 @@ def test_unlearn_writes_summary_and_tidy_rows_with_gap_to_retrain(cli_runner, tm
         for metric in ("UA", "RA", "TA"):
             assert 0 <= block["methods"][who][metric]["mean"] <= 100
     for s in (0, 1):  # Avg. Gap = mean |method − Retrain| over UA, MIA, RA, TA on the same set and seed
-        by_hand = np.mean([abs(value[("finetune", s, k)] - value[("retrain", s, k)]) for k in ("UA", "MIA", "RA", "TA")])
+        by_hand = np.mean([abs(value[("finetune", s, k)] - value[("retrain", s, k)])
+                           for k in ("UA", "MIA", "RA", "TA")])
         assert value[("finetune", s, "avg_gap")] == pytest.approx(by_hand)
-        assert value[("finetune", s, "RTE_fraction")] == pytest.approx(value[("finetune", s, "RTE")] / value[("retrain", s, "RTE")])
+        assert value[("finetune", s, "RTE_fraction")] == pytest.approx(value[("finetune", s, "RTE")]
+                                                                       / value[("retrain", s, "RTE")])
     assert summary["forget_size"] == round(0.1 * summary["num_train"])
 
 

@@ -415,7 +415,8 @@ class Recording:
 def test_one_bar_over_the_tasks_serially(tmp_path):
     setting = recipe(tmp_path / "cache").build()
     sink = Recording()
-    assert serial().map(setting, [Call(square, (x,)) for x in range(3)], progress=sink, description="units") == [0, 1, 4]
+    assert serial().map(setting, [Call(square, (x,)) for x in range(3)], progress=sink,
+                        description="units") == [0, 1, 4]
     assert sink.events[0] == ("task", "units", 3) and sink.events[-1] == ("close",)
     advances = [e for e in sink.events if e[0] == "advance"]
     assert sum(e[1] for e in advances) == 3 and {e[2] for e in advances} <= {0, 1} and {e[3] for e in advances} == {0}

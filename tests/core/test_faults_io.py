@@ -233,7 +233,8 @@ def test_a_cached_model_with_overwritten_tensor_bytes_is_retrained_not_used(tmp_
     with caplog.at_level(logging.WARNING, logger="worstforget"):
         # seed 1 is a new unit: it must start from the retrained model, not from the damaged one
         ok("unlearn", "--method", "ft", *FAST, "--seeds", "2", "--cache-dir", cache, "--out", tmp_path / "after")
-    ok("unlearn", "--method", "ft", *FAST, "--seeds", "2", "--cache-dir", tmp_path / "fresh", "--out", tmp_path / "clean")
+    ok("unlearn", "--method", "ft", *FAST, "--seeds", "2", "--cache-dir", tmp_path / "fresh",
+       "--out", tmp_path / "clean")
     assert untimed_values(tmp_path / "after") == untimed_values(tmp_path / "clean")
     assert [r.message for r in caplog.records if "fails its checksum" in r.message] != []
     restored = torch.load(path, weights_only=True)["state_dict"]
@@ -295,7 +296,8 @@ def test_record_validation_is_per_kind_or_given(tmp_path):
         return {"UA": 5.0, "RA": 2.0, "TA": 3.0, "MIA": 0.5, "MIA_std": 0.0, "RTE": 0.1}
 
     assert records.get_or_compute("unit", "k", compute)["UA"] == 1 and computed == []  # a valid hit
-    assert records.get_or_compute("unit", "k", compute, validate=lambda r: "too old" if r["UA"] < 2 else None)["UA"] == 5
+    assert records.get_or_compute("unit", "k", compute,
+                                  validate=lambda r: "too old" if r["UA"] < 2 else None)["UA"] == 5
     assert cache_module.record_problem("unit", {"UA": 1.0}) == "lacks RA, TA, MIA, MIA_std, RTE"
     assert "non-numeric" in cache_module.record_problem("unit", dict.fromkeys(cache_module.RECORD_FIELDS["unit"], True))
     assert cache_module.record_problem("unit", [1, 2]) == "is a list, not a record"
@@ -542,7 +544,8 @@ def test_a_real_full_disk_refuses_before_work_then_fails_cleanly_when_writing(tm
     ok("unlearn", "--method", "ft", *FAST, "--cache-dir", cache, "--out", tiny_disk / "out")
     before = snapshot(tiny_disk / "out")
     fill(tiny_disk)
-    result = invoke("unlearn", "--method", "ft", *FAST, "--seeds", "2", "--cache-dir", cache, "--out", tiny_disk / "out")
+    result = invoke("unlearn", "--method", "ft", *FAST, "--seeds", "2", "--cache-dir", cache,
+                    "--out", tiny_disk / "out")
     assert_clean_error(result, 1)
     assert "the disk is full" in result.output
     assert snapshot(tiny_disk / "out") == before

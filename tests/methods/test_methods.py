@@ -13,8 +13,8 @@ from dataclasses import fields
 import pytest
 import torch
 import torch.nn.functional as F
-import worstforget.methods.finetune as finetune_module
 
+import worstforget.methods.finetune as finetune_module
 from worstforget.core.errors import ConfigError
 from worstforget.core.seeds import generator
 from worstforget.forget_sets import random_forget_set

@@ -256,7 +256,8 @@ def test_bad_teacher_pulls_forget_samples_toward_the_random_teacher(synthetic, t
     assert kl_to_bad(out) < 0.5 * kl_to_bad(trained)
     retain = torch.nonzero(w == 0).flatten()
     with torch.no_grad():  # the retain side stays with the competent teacher
-        agree = (out(synthetic.x_train[retain]).argmax(1) == trained(synthetic.x_train[retain]).argmax(1)).float().mean()
+        agree = (out(synthetic.x_train[retain]).argmax(1)
+                 == trained(synthetic.x_train[retain]).argmax(1)).float().mean()
     assert float(agree) > 0.9
 
 
@@ -394,7 +395,8 @@ def test_rum_skips_empty_groups(monkeypatch, synthetic, trained, tiny_spec):
     calls = []
     cls = METHODS.get("finetune")
     real_apply = cls.apply
-    monkeypatch.setattr(cls, "apply", lambda self, o, d, w, **kw: calls.append(w.clone()) or real_apply(self, o, d, w, **kw))
+    monkeypatch.setattr(cls, "apply",
+                        lambda self, o, d, w, **kw: calls.append(w.clone()) or real_apply(self, o, d, w, **kw))
     make_method("rum", {"base_params": {"epochs": 1}}).apply(trained, synthetic, zero_one(synthetic, [3, 9]),
                                                               seed=0, spec=tiny_spec)
     assert [int(c.sum()) for c in calls] == [1, 1]  # groups of sizes 1, 1, 0
@@ -438,7 +440,8 @@ def test_memorization_scores_are_cached_per_recipe_data_models_and_seed(monkeypa
                         seed=0, cache=cache)
     memorization_scores(replace(tiny_spec, seed=5), synthetic, num_models=4, seed=0, cache=cache)
     assert trainings == [4, 4, 2, 4, 4]  # every key component triggers its own training
-    uncached = memorization_scores(tiny_spec, synthetic, num_models=4, seed=0, cache=ArrayCache(tmp_path, enabled=False))
+    uncached = memorization_scores(tiny_spec, synthetic, num_models=4, seed=0,
+                                   cache=ArrayCache(tmp_path, enabled=False))
     assert np.allclose(uncached, first, atol=1e-5) and trainings[-1] == 4
 
 
@@ -459,7 +462,8 @@ def test_memorization_scores_measure_trained_on_minus_held_out_confidence(monkey
     assert torch.equal(masks.sum(0), torch.full((synthetic.num_train,), 2))  # in exactly half of the models
     i = 17
     with torch.no_grad():
-        conf = [float(torch.softmax(m(synthetic.x_train[i:i + 1]), 1)[0, synthetic.y_train[i]]) for m in captured["models"]]
+        conf = [float(torch.softmax(m(synthetic.x_train[i:i + 1]), 1)[0, synthetic.y_train[i]])
+                for m in captured["models"]]
     inside = np.mean([c for c, m in zip(conf, masks[:, i]) if m])
     outside = np.mean([c for c, m in zip(conf, masks[:, i]) if not m])
     assert scores[i] == pytest.approx(inside - outside, abs=1e-5)

@@ -128,8 +128,9 @@ def test_same_named_plugins_in_different_modules_are_cached_apart(cli_runner, pl
 
 
 def test_cache_key_holds_module_function_source_format_and_hyperparameters(plugins):
-    key = lambda target, fmt="tuple", **params: method_identity(
-        make_method(load_plugin(target, batch_format=fmt), params))
+    def key(target, fmt="tuple", **params):
+        return method_identity(make_method(load_plugin(target, batch_format=fmt), params))
+
     base = key("tests.plugin_kaggle:unlearning")
     assert base["code"] != key("tests.plugin_twin:unlearning")["code"]
     assert base["code"] != key("tests.plugin_kaggle:unlearning", fmt="dict")["code"]
@@ -281,7 +282,8 @@ def test_submission_that_tries_both_formats_still_works(synthetic, trained, plug
     assert seen and {how for how, _ in seen} == {fmt}  # each format read the way it is meant to be
     xs = torch.cat([x for _, x in seen])  # nothing forgotten: the retain loader yields every training row once
     assert xs.shape == synthetic.x_train.shape
-    assert torch.equal(xs[torch.argsort(xs[:, 0])], synthetic.x_train.cpu()[torch.argsort(synthetic.x_train.cpu()[:, 0])])
+    assert torch.equal(xs[torch.argsort(xs[:, 0])],
+                       synthetic.x_train.cpu()[torch.argsort(synthetic.x_train.cpu()[:, 0])])
     assert all(torch.equal(a, b) for a, b in zip(out.state_dict().values(), trained.state_dict().values()))
 
 

@@ -3,7 +3,6 @@ running, or returns a model on the meta device is contained and named — never 
 a hung process."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

@@ -158,4 +158,5 @@ def test_class_wise_forgetting_measures_test_accuracy_on_remaining_classes(synth
     expected = accuracy(trained, synthetic.x_test[keep], synthetic.y_test[keep])
     assert evaluate(trained, synthetic, forget)["TA"] == pytest.approx(expected)
     partial = forget[:-1]  # one sample of the class stays: ordinary sample-wise protocol
-    assert evaluate(trained, synthetic, partial)["TA"] == pytest.approx(accuracy(trained, synthetic.x_test, synthetic.y_test))
+    assert evaluate(trained, synthetic, partial)["TA"] == pytest.approx(
+        accuracy(trained, synthetic.x_test, synthetic.y_test))

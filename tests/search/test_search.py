@@ -14,11 +14,11 @@ from worstforget.core.cache import ModelCache
 from worstforget.methods import make_method
 from worstforget.search import (
     SearchConfig,
+    loop,
     project_capped_simplex,
     search_worst_case,
     top_m,
 )
-from worstforget.search import loop
 from worstforget.search.problem import Problem
 from worstforget.search.solvers import SOLVERS
 from worstforget.setting import prepare_setting
@@ -121,7 +121,8 @@ class _Only:
 def test_planted_prototypes_are_found(tmp_path):
     """Points planted deep inside their class (far beyond the class mean) stay fitted whatever is
     unlearned: with the margin objective the search must pick them far more often than chance."""
-    setting = prepare_setting(dataset="synthetic", device="cpu", cache_dir=str(tmp_path), train_overrides={"epochs": 15})
+    setting = prepare_setting(dataset="synthetic", device="cpu", cache_dir=str(tmp_path),
+                              train_overrides={"epochs": 15})
     data = setting.data
     means = torch.stack([data.x_train[data.y_train == c].mean(0) for c in range(data.num_classes)])
     y_new = torch.arange(12) % data.num_classes

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypergradients import assert_matches_finite_differences
 
 import worstforget
 from worstforget.core.errors import ConfigError
@@ -25,10 +26,9 @@ from worstforget.search.solvers import SOLVERS
 from worstforget.search.solvers.unrolled import Unroll, stepper_class
 from worstforget.setting import prepare_setting
 
-from hypergradients import assert_matches_finite_differences
-
 BACKENDS = ("higher", "torch.func")
-EQUIVALENCE_METHODS = ("finetune", "random_label", "l1_sparse", "scrub", "neggrad_plus", "salun", "bad_teacher", "unsir")
+EQUIVALENCE_METHODS = ("finetune", "random_label", "l1_sparse", "scrub", "neggrad_plus", "salun", "bad_teacher",
+                       "unsir")
 SGD_VARIANT = {"bad_teacher": {"optimizer": "sgd"}, "unsir": {"optimizer": "sgd"}}  # their papers use Adam
 
 

@@ -147,7 +147,8 @@ def test_retrain_style_call_with_init_seeds_and_shared_weights(synthetic):
 
 def test_predict_logits_ensemble_matches_per_model(tiny_digits):
     cfg = TrainConfig(epochs=1, lr=0.05, batch_size=64)
-    specs = (ModelSpec("mlp", cfg, params={"hidden": (32, 16)}), ModelSpec("cnn", cfg, norm="none", params={"width": 4}))
+    specs = (ModelSpec("mlp", cfg, params={"hidden": (32, 16)}),
+             ModelSpec("cnn", cfg, norm="none", params={"width": 4}))
     for spec in specs:
         models = [spec.build(tiny_digits, seed=s) for s in SEEDS]
         logits = predict_logits_ensemble(models, tiny_digits.x_test, batch_size=37)  # (M, N, C)

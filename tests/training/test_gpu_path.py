@@ -151,7 +151,8 @@ def test_fit_applies_label_smoothing_and_nesterov_like_the_hand_written_step(syn
     # and the switches matter: the plain recipe lands elsewhere
     if eps or nesterov:
         plain = fit(build_model("mlp", 3, (8,), hidden=(6,), seed=1), synthetic, _full_batch(synthetic), seed=0)
-        assert max(float((a - b).abs().max()) for a, b in zip(fitted.state_dict().values(), plain.state_dict().values())) > 1e-4
+        assert max(float((a - b).abs().max())
+                   for a, b in zip(fitted.state_dict().values(), plain.state_dict().values())) > 1e-4
 
 
 # --- accelerator switches ------------------------------------------------------------------------------
@@ -258,8 +259,8 @@ def test_compile_flag_compiles_the_training_forward(monkeypatch):
     eager = fit(build_model("mlp", 3, (3, 8, 8), hidden=(8,), seed=0), data, cfg, seed=0, accel=Accel())
     for a, b in zip(compiled.parameters(), eager.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    assert not any(torch.equal(a, b) for a, b in zip(compiled.parameters(),
-                                                      build_model("mlp", 3, (3, 8, 8), hidden=(8,), seed=0).parameters()))
+    assert not any(torch.equal(a, b) for a, b in zip(
+        compiled.parameters(), build_model("mlp", 3, (3, 8, 8), hidden=(8,), seed=0).parameters()))
 
 
 # --- no host reads inside the step loop ----------------------------------------------------------------
@@ -394,7 +395,8 @@ def test_gpu_check_tiny_prints_and_writes_one_complete_table(tmp_path, capsys):
     assert rows["train images/s with torch.compile"][0] == "skipped"
     assert "resnet18 with BatchNorm" in rows["ensemble of 2 models, 1 epoch (s)"][1]
     assert "T = T_orig + T_refs + W·T_search" in rows["projected main table, paper recipe (h)"][1]
-    assert _number(rows["projected main table, paper recipe (h)"][0]) > _number(rows["projected main table, fast recipe (h)"][0])
+    assert (_number(rows["projected main table, paper recipe (h)"][0])
+            > _number(rows["projected main table, fast recipe (h)"][0]))
 
 
 def test_gpu_check_keeps_the_table_when_phases_fail(tmp_path, capsys, monkeypatch):

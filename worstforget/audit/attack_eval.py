@@ -20,15 +20,15 @@ from ..core.executor import Call, Executor, serial
 from ..core.hashing import stable_hash
 from ..core.progress import NullProgress, Progress
 from ..core.runtime import Timer
+from ..forget_sets import forget_mask, forget_weights, forgotten_classes
 from ..methods import make_method
 from ..methods.exact import Retrain
 from ..scoring.attacks import ATTACKS, Stats
-from ..training.outputs import logit_scaled_confidence
-from ..forget_sets import forget_mask, forget_weights, forgotten_classes
 from ..setting import Setting
 from ..training.accel import current_accel
 from ..training.ensemble import chunk_sizes, fit_stacked, stack_capacity
 from ..training.loop import predict_logits
+from ..training.outputs import logit_scaled_confidence
 from .result import AttackEvaluation
 from .units import Unit, UnitPlan, method_label, retrain_seconds, stackable_retrain
 

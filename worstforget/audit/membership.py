@@ -21,7 +21,6 @@ from ..core.errors import ConfigError
 from ..core.hashing import stable_hash
 from ..core.progress import Progress
 from ..core.seeds import derive_seed, generator
-from ..training.outputs import logit_scaled_confidence
 from ..scoring.privacy import (
     RMIA_GAMMA,
     RMIA_OFFLINE_A,
@@ -34,6 +33,7 @@ from ..scoring.privacy import (
 )
 from ..setting import Setting
 from ..training.loop import predict_logits
+from ..training.outputs import logit_scaled_confidence
 
 SHADOW_VERSION = 1
 
@@ -102,7 +102,8 @@ def lira_on_original(setting: Setting, *, num_shadows: int = 16, seed: int = 0, 
     # the audited model itself: members = its training split, non-members = the test split
     t_scores = lira_scores(shadows["target_lsc"], lsc, in_mask, online=True, fix_variance=fix_variance)
     member = np.arange(lsc.shape[1]) < int(shadows["num_train"])
-    target_lira = lira_attack_metrics(t_scores[member & np.isfinite(t_scores)], t_scores[~member & np.isfinite(t_scores)])
+    target_lira = lira_attack_metrics(t_scores[member & np.isfinite(t_scores)],
+                                      t_scores[~member & np.isfinite(t_scores)])
     t_loss = shadows["target_loss"]
     target_population = loss_threshold_attack(t_loss[member], t_loss[~member])
     return {"num_shadows": num_shadows,
@@ -145,7 +146,8 @@ def rmia_on_original(setting: Setting, num_references: int = 16, *, seed: int = 
     t_prob = true_label_probability(shadows["target_loss"])
     t_scores = rmia_scores(t_prob, prob, t_prob[~member], prob[:, ~member], a=a, gamma=gamma,
                            out_mask_x=~in_mask, out_mask_z=~in_mask[:, ~member])
-    target_rmia = rmia_attack_metrics(t_scores[member & np.isfinite(t_scores)], t_scores[~member & np.isfinite(t_scores)])
+    target_rmia = rmia_attack_metrics(t_scores[member & np.isfinite(t_scores)],
+                                      t_scores[~member & np.isfinite(t_scores)])
     t_loss = shadows["target_loss"]
     return {"num_shadows": num_references, "offline_a": a, "gamma": gamma, "shadow_note": None,
             "pairs_positive": len(pos_all), "pairs_negative": len(neg_all),

@@ -29,8 +29,8 @@ import numpy as np
 from ..core.errors import WorstforgetError
 from ..core.io import json_bytes, to_jsonable, write_result_folder
 from ..core.stats import aggregate
-from ..scoring.metrics import ACCURACY_METRICS, GAP_METRICS, GAP_METRICS_LOGIT, avg_gap, mia_flags
 from ..forget_sets.kinds import KIND_LABELS, KIND_NAMES, SET_KINDS  # noqa: F401  (re-exported)
+from ..scoring.metrics import ACCURACY_METRICS, GAP_METRICS, GAP_METRICS_LOGIT, avg_gap, mia_flags
 from .verdict import verdict
 
 SCHEMA_VERSION = 2
@@ -414,7 +414,8 @@ def read_search_audit(folder: Path) -> SearchAudit:
     if missing:
         hint = "pass the --out folder of `worstforget search`"
         if missing == ["result.h5"]:
-            hint = "this looks like a `worstforget unlearn` or `compare` output; reports are built from `worstforget search --out DIR`"
+            hint = ("this looks like a `worstforget unlearn` or `compare` output; reports are built from "
+                    "`worstforget search --out DIR`")
         raise _fail(folder, f"not a worstforget search result (missing {', '.join(missing)})", hint)
     try:
         summary = json.loads((folder / "summary.json").read_text())
@@ -447,7 +448,8 @@ def read_search_audit(folder: Path) -> SearchAudit:
             attrs["environment"] = json.loads(attrs.pop("environment_json", "{}"))
             g = h5["search"]
             search = {k: g[k][()] for k in g if not k.startswith("overlap_with_random")}
-            randoms = sorted((k for k in g if k.startswith("overlap_with_random_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+            randoms = sorted((k for k in g if k.startswith("overlap_with_random_")),
+                             key=lambda k: int(k.rsplit("_", 1)[1]))
             if randoms:  # schema 1: one dataset per random set
                 search["overlap_with_random"] = np.stack([g[k][()] for k in randoms])
             elif "overlap_with_random" in g:
@@ -480,7 +482,8 @@ def read_search_audit(folder: Path) -> SearchAudit:
                         kinds=kinds, provenance=provenance, search=search, search_info=info,
                         forget_sets=forget_sets, stability=summary.get("stability"),
                         baseline_overlap=summary.get("baseline_overlap") or (
-                            {"heuristic": summary["heuristic_overlap"]} if summary.get("heuristic_overlap") is not None else {}),
+                            {"heuristic": summary["heuristic_overlap"]}
+                            if summary.get("heuristic_overlap") is not None else {}),
                         path=folder, attrs=attrs)
     audit.evaluation = read_attack_evaluation(folder)
     return audit

@@ -136,7 +136,8 @@ def tpe_rows(setting: Setting, method: str, grid: dict[str, list[Any]], base: di
         storage = f"sqlite:///{path}"
     study = optuna.create_study(study_name=key, storage=storage, load_if_exists=True, direction="minimize")
     # seeded by the trials so far: a resumed study must not replay the first call's proposals
-    study.sampler = optuna.samplers.TPESampler(seed=int(stable_hash({"seed": seed, "trials": len(study.trials)}, 8), 16))
+    study.sampler = optuna.samplers.TPESampler(
+        seed=int(stable_hash({"seed": seed, "trials": len(study.trials)}, 8), 16))
     known = {t.user_attrs["point"]: t.user_attrs["avg_gap"] for t in study.trials
              if t.state == optuna.trial.TrialState.COMPLETE and "point" in t.user_attrs}
     space = math.prod(len(v) for v in grid.values())

@@ -35,10 +35,10 @@ from ..core.executor import Call, Executor, serial
 from ..core.hashing import stable_hash
 from ..core.progress import Progress
 from ..core.runtime import Timer, sync
+from ..forget_sets import forget_mask, forget_size, forget_weights, forgotten_classes, random_forget_set
 from ..methods import UnlearningMethod, make_method
 from ..methods.exact import Retrain
 from ..scoring.metrics import evaluate
-from ..forget_sets import forget_mask, forget_size, forget_weights, forgotten_classes, random_forget_set
 from ..setting import Setting
 from ..training.accel import current_accel
 from ..training.ensemble import check_stackable, chunk_sizes, fit_stacked, stack_capacity
@@ -53,7 +53,8 @@ def unit_key(setting: Setting, instance: UnlearningMethod, forget_set: torch.Ten
               "spec": setting.spec.to_dict(), "forget": forget_set, "seed": seed, "mia_seed": setting.mia_seed,
               "mia_resamples": setting.mia_resamples}
     if len(forgotten_classes(setting.data, forget_mask(setting.data, forget_set))):
-        fields["class_protocol"] = 1  # class-wise forgetting: TA and the attacker's non-members on the remaining classes
+        # class-wise forgetting: TA and the attacker's non-members on the remaining classes
+        fields["class_protocol"] = 1
     return stable_hash(fields)
 
 
@@ -341,7 +342,8 @@ def compare_methods(setting: Setting, methods: Methods, *, forget_ratio: float, 
                     executor: Executor | None = None) -> Comparison:
     """Every method and Retrain on `num_sets` random forget sets (the `compare` command)."""
     sets = random_sets(setting, forget_ratio, num_sets, set_seed)
-    block = run_on_kinds(setting, methods, {"random": sets}, seeds=seeds, progress=progress, executor=executor)["random"]
+    block = run_on_kinds(setting, methods, {"random": sets}, seeds=seeds, progress=progress,
+                         executor=executor)["random"]
     header = {"command": "compare", **setting.header(), "methods": [n for n, _ in methods],
               "params": {n: p for n, p in methods}, "forget_ratio": forget_ratio, "forget_size": len(sets[0]),
               "set_seeds": [set_seed + r for r in range(num_sets)]}

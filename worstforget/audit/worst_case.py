@@ -25,7 +25,6 @@ from ..setting import Setting
 from .result import SearchAudit
 from .units import method_label, run_on_kinds
 
-
 SELECT_MODELS = 16  # unlearned and retrained models per candidate when selection is on by default
 
 
@@ -128,7 +127,8 @@ def audit_worst_case(setting: Setting, method: str, params: dict | None, cfg: Se
     trace = {"weights": found.weight_history.numpy(), "final_weights": found.weights.numpy(),
              "objective": np.asarray(history["objective"]), "step_size": np.asarray(history["step_size"]),
              "overlap_with_initial": np.asarray(history["overlap_with_initial"]),
-             "overlap_with_random": np.asarray([_trace(history, f"overlap_with_random_{r}") for r in range(len(randoms))])}
+             "overlap_with_random": np.asarray([_trace(history, f"overlap_with_random_{r}")
+                                                for r in range(len(randoms))])}
     forget_sets = {"worst_case": found.indices.numpy(), "worst_case_units": found.units.numpy(),
                    "initial_units": found.initial_units.numpy(),
                    "random": [s.numpy() for s in sets["random"]]}

@@ -25,7 +25,8 @@ class WorstforgetGroup(click.Group):
         except WorstforgetError as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
-            raise click.ClickException("interrupted; completed units are cached and --resume continues a search") from None
+            raise click.ClickException(
+                "interrupted; completed units are cached and --resume continues a search") from None
         except click.UsageError as exc:  # a bad option: one line naming it, no usage block (still exit 2)
             if exc.ctx is None:
                 raise
@@ -34,7 +35,8 @@ class WorstforgetGroup(click.Group):
             raise
         except Exception as exc:  # a bug: one line here, the traceback in the run log
             LOGGER.exception("unexpected error")
-            raise click.ClickException(f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            raise click.ClickException(f"unexpected {type(exc).__name__}: "
+                                       f"{str(exc).splitlines()[0] if str(exc) else ''}"
                                        f"{where_logged()}; please report it") from None
         finally:
             stop_run_log()

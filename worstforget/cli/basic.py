@@ -6,8 +6,17 @@ from pathlib import Path
 import click
 
 from .app import RichProgress, cli, pass_app
-from .options import (ExecutorOptions, ForgetSetOptions, OutputOptions, SettingOptions, num_seeds_option,
-                      with_executor, with_forget_set, with_output, with_setting)
+from .options import (
+    ExecutorOptions,
+    ForgetSetOptions,
+    OutputOptions,
+    SettingOptions,
+    num_seeds_option,
+    with_executor,
+    with_forget_set,
+    with_output,
+    with_setting,
+)
 
 
 def registries() -> dict:

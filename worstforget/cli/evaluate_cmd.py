@@ -7,9 +7,17 @@ import click
 
 from .app import RegistryChoice, RichProgress, cli, pass_app
 from .basic import _params_option
-from .options import (ExecutorOptions, ForgetSetOptions, OutputOptions, SettingOptions, attacks_option, with_executor,
-                      with_forget_set, with_output, with_setting)
-
+from .options import (
+    ExecutorOptions,
+    ForgetSetOptions,
+    OutputOptions,
+    SettingOptions,
+    attacks_option,
+    with_executor,
+    with_forget_set,
+    with_output,
+    with_setting,
+)
 
 # U-LiRA splits the models of each kind into shadow and target halves of at least two (scoring/attacks.py).
 LIRA_MIN_MODELS = 4

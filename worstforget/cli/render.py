@@ -3,8 +3,8 @@ compact `mean±std` cells, short column names, and a legend for every abbreviati
 from __future__ import annotations
 
 from ..audit.cost import cost_phrase
-from ..forget_sets.kinds import KIND_LABELS
 from ..core.stats import fmt_agg
+from ..forget_sets.kinds import KIND_LABELS
 
 ACCURACY = (("UA", "UA", 1), ("RA", "RA", 1), ("TA", "TA", 1), ("acc_gap", "AccGap", 2), ("RTE_fraction", "×Retr", 2))
 MEMBERSHIP = (("MIA", "MIA", 1), ("MIA_logit", "MIA-l", 1), ("avg_gap", "Gap", 2), ("avg_gap_logit", "Gap-l", 2))
@@ -52,7 +52,8 @@ def flag_lines(summary: dict) -> list[str]:
         for column, flags in (block.get("flags") or {}).items():
             if flags:
                 lines.append(f"flag: {column} is {' and '.join(flags)} on the {KIND_LABELS.get(kind, kind)} sets "
-                             "(Retrain's own value is not trustworthy there; read the other MIA column and the attacks)")
+                             "(Retrain's own value is not trustworthy there; read the other MIA column and the "
+                             "attacks)")
     return lines
 
 
@@ -61,7 +62,8 @@ def runs_phrase(summary: dict) -> str:
     parts = []
     for kind, block in summary["sets"].items():
         sets = block["num_sets"]
-        parts.append(f"{KIND_LABELS.get(kind, kind)}: {sets} set{'s' if sets != 1 else ''} × {seeds} seed{'s' if seeds != 1 else ''}")
+        parts.append(f"{KIND_LABELS.get(kind, kind)}: {sets} set{'s' if sets != 1 else ''} × "
+                     f"{seeds} seed{'s' if seeds != 1 else ''}")
     return "; ".join(parts)
 
 
@@ -86,7 +88,6 @@ def print_verdict(console, summary: dict) -> None:
 def search_line(summary: dict) -> str:
     s, trace = summary, summary["search"]
     moved = 1 - trace["overlap_with_initial"][-1]
-    ratio = trace.get("cost_ratio")
     line = cost_phrase(trace) + f"; {len(trace['objective'])} outer steps, set moved {moved:.0%} away from its start"
     if trace.get("init"):
         line += f" (started from the {KIND_LABELS.get(trace['init']['baseline'], trace['init']['baseline'])} set)"

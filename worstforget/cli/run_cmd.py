@@ -25,7 +25,6 @@ def run_command(ctx: click.Context, config: str, out: str | None, only: tuple[in
     Steps run in order (a step may read an earlier one's output, e.g. --params-file from tune
     --update-params); the executor options fan out the units inside each step, with one executor (one
     process pool, one Ray connection) shared by all of them. A step that names its own --executor keeps it."""
-    from ..core.errors import WorstforgetError
     from ..core.io import write_json
     from ..core.provenance import code_version, environment
 

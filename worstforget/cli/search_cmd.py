@@ -7,9 +7,18 @@ import click
 
 from .app import RegistryChoice, RichProgress, cli, pass_app
 from .basic import _params_option
-from .options import (ExecutorOptions, OutputOptions, SettingOptions, attacks_option, forget_ratio_option,
-                      num_seeds_option, option, with_executor, with_output, with_setting)
-
+from .options import (
+    ExecutorOptions,
+    OutputOptions,
+    SettingOptions,
+    attacks_option,
+    forget_ratio_option,
+    num_seeds_option,
+    option,
+    with_executor,
+    with_output,
+    with_setting,
+)
 
 SEARCH_OPTIONS = [
     forget_ratio_option("Forget-set size as a fraction of the training samples (or of the classes)."),

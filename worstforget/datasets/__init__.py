@@ -73,23 +73,25 @@ def _formats():
 def _register_builtins() -> None:
     reg = DATASETS.register
     reg("digits")(DatasetInfo(_read_digits, "mlp", {"epochs": 40, "lr": 0.05, "batch_size": 64},
-                              needs_files=False, __doc__="scikit-learn's bundled 8×8 handwritten digits (1,797 images; offline)"))
-    reg("synthetic", aliases=("toy",))(DatasetInfo(_read_synthetic, "mlp", {"epochs": 20, "lr": 0.05, "batch_size": 32},
-                                                   needs_files=False, __doc__="Gaussian blobs, 3 classes × 8 features (tests)"))
+                              needs_files=False,
+                              __doc__="scikit-learn's bundled 8×8 handwritten digits (1,797 images; offline)"))
+    reg("synthetic", aliases=("toy",))(DatasetInfo(_read_synthetic, "mlp",
+                                                   {"epochs": 20, "lr": 0.05, "batch_size": 32}, needs_files=False,
+                                                   __doc__="Gaussian blobs, 3 classes × 8 features (tests)"))
     crop_flip = Augment(crop_pad=4, flip=True)
-    reg("cifar10")(DatasetInfo(lambda d: _formats().load_cifar10(d), "resnet18", _CIFAR_TRAIN, crop_flip, downloadable=True,
-                               __doc__="CIFAR-10 python batches; 45k train / 5k val / 10k test"))
-    reg("cifar100")(DatasetInfo(lambda d: _formats().load_cifar100(d), "resnet18", _CIFAR_TRAIN, crop_flip, downloadable=True,
-                                __doc__="CIFAR-100 python files (fine labels); 45k / 5k / 10k"))
+    reg("cifar10")(DatasetInfo(lambda d: _formats().load_cifar10(d), "resnet18", _CIFAR_TRAIN, crop_flip,
+                               downloadable=True, __doc__="CIFAR-10 python batches; 45k train / 5k val / 10k test"))
+    reg("cifar100")(DatasetInfo(lambda d: _formats().load_cifar100(d), "resnet18", _CIFAR_TRAIN, crop_flip,
+                                downloadable=True, __doc__="CIFAR-100 python files (fine labels); 45k / 5k / 10k"))
     reg("svhn")(DatasetInfo(lambda d: _formats().load_svhn(d), "resnet18",
                             {"epochs": 40, "lr": 0.05, "batch_size": 256, "schedule": "cosine"},
                             Augment(crop_pad=4), downloadable=True, __doc__="SVHN cropped digits (.mat files)"))
     mnist_train = {"epochs": 15, "lr": 0.05, "batch_size": 128, "schedule": "cosine"}
     reg("mnist")(DatasetInfo(lambda d: _formats().load_mnist(d), "cnn", mnist_train, downloadable=True,
                              __doc__="MNIST IDX files (60k / 10k)"))
-    reg("fashion_mnist", aliases=("fmnist",))(DatasetInfo(lambda d: _formats().load_fashion_mnist(d), "cnn", mnist_train,
-                                                           downloadable=True,
-                                                           __doc__="Fashion-MNIST IDX files (60k / 10k; apt install dataset-fashion-mnist)"))
+    reg("fashion_mnist", aliases=("fmnist",))(DatasetInfo(
+        lambda d: _formats().load_fashion_mnist(d), "cnn", mnist_train, downloadable=True,
+        __doc__="Fashion-MNIST IDX files (60k / 10k; apt install dataset-fashion-mnist)"))
     reg("npz")(DatasetInfo(lambda p: _formats().load_npz(p), "mlp", {"epochs": 30, "lr": 0.05, "batch_size": 128},
                            __doc__="your arrays: npz:PATH with x_train, y_train, x_test, y_test [, x_val, y_val]"))
     reg("h5")(DatasetInfo(lambda p: _formats().load_h5(p), "mlp", {"epochs": 30, "lr": 0.05, "batch_size": 128},

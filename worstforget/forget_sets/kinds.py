@@ -14,8 +14,8 @@ returns sorted training indices; without one, a kind with a score selects the to
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np

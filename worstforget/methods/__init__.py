@@ -5,7 +5,22 @@ from dataclasses import fields
 from typing import Any
 
 from ..core.errors import ConfigError
-from . import arcane, ascent, bad_teacher, exact, finetune, fisher, influence, puma, relabel, rum, scrub, sisa, ssd, unsir  # noqa: F401  (register built-ins)  # noqa: F401
+from . import (  # noqa: F401  (imported to register the built-in methods)
+    arcane,
+    ascent,
+    bad_teacher,
+    exact,
+    finetune,
+    fisher,
+    influence,
+    puma,
+    relabel,
+    rum,
+    scrub,
+    sisa,
+    ssd,
+    unsir,
+)
 from .base import Batch, Context, Phase, Stepper, UnlearningMethod, run_loop
 from .plugin import load_plugin
 from .registry import METHODS, register_method

@@ -16,7 +16,8 @@ from .base import UnlearningMethod, check_weights
 from .registry import register_method
 
 
-def flat_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, batch_size: int) -> torch.Tensor:
+def flat_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor,
+              batch_size: int) -> torch.Tensor:
     """∇θ Σ_i weights_i · CE_i as one flat vector (model in eval mode)."""
     params = [p for p in model.parameters() if p.requires_grad]
     total = torch.zeros(sum(p.numel() for p in params), device=x.device)
@@ -72,7 +73,8 @@ class Influence(UnlearningMethod):
         g_r = flat_grad(model, data.x_train, data.y_train, 1 - w, bs)
         v = g_f / n - g_r * n_f / (n * n_r)
         retain = torch.nonzero(w < 1).flatten()
-        pick = retain[torch.randperm(len(retain), generator=generator(seed, "influence-fisher"))[: self.num_fisher_samples].to(retain.device)]
+        pick = retain[torch.randperm(len(retain), generator=generator(seed, "influence-fisher"))
+                      [: self.num_fisher_samples].to(retain.device)]
         G = per_sample_grads(model, data.x_train[pick], data.y_train[pick], bs)  # (n_s, P)
         m = len(pick)
         # (λI + GᵀG/m)⁻¹ v = (v − Gᵀ (mλ I + G Gᵀ)⁻¹ G v) / λ   (Woodbury)

@@ -1,7 +1,8 @@
 """Read one `worstforget search --out DIR` folder into a `LoadedResult`, validating it on the way.
 
 A result folder is read by `audit.result.SearchAudit.read` (schema 1 folders are upgraded there; a newer
-schema is refused with a message naming the version); the report takes its summary in the current schema. An optional `evaluation.json` adds ROC curves of membership attacks:
+schema is refused with a message naming the version); the report takes its summary in the current schema.
+An optional `evaluation.json` adds ROC curves of membership attacks:
 any JSON object holding `roc_fpr` and `roc_tpr` lists, found anywhere in the file, becomes one curve
 labelled by the keys leading to it (e.g. `{"finetune": {"roc_fpr": [...], "roc_tpr": [...]}}`).
 
@@ -128,7 +129,8 @@ def _read_evaluation(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             except (TypeError, ValueError):
                 fpr = tpr = np.zeros(0)
             ok = (fpr.ndim == 1 and fpr.shape == tpr.shape and len(fpr) >= 2 and np.all(np.isfinite(fpr))
-                  and np.all(np.isfinite(tpr)) and fpr.min() >= 0 and fpr.max() <= 1 and tpr.min() >= 0 and tpr.max() <= 1)
+                  and np.all(np.isfinite(tpr)) and fpr.min() >= 0 and fpr.max() <= 1
+                  and tpr.min() >= 0 and tpr.max() <= 1)
             if not ok:
                 raise _fail(folder, f"evaluation.json: the ROC curve of {label} is not two equally long lists "
                                     "of rates in [0, 1]", "fix or remove the file")

@@ -32,8 +32,8 @@ from .tables import (
 FIGSIZE = (6.4, 4.0)  # inches
 DPI = 100
 PIXELS = (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI))  # (width, height) of every saved PNG
-KIND_COLORS = {"worst_case": "#c0392b", "heuristic": "#e67e22", "lowest_loss": "#d35400", "memorization": "#8e44ad", "exposure": "#16a085",
-               "random": "#2980b9", "given": "#7f8c8d"}
+KIND_COLORS = {"worst_case": "#c0392b", "heuristic": "#e67e22", "lowest_loss": "#d35400", "memorization": "#8e44ad",
+               "exposure": "#16a085", "random": "#2980b9", "given": "#7f8c8d"}
 INSTALL_HINT = "pip install 'worstforget[plots]'"
 
 
@@ -252,14 +252,16 @@ def make_plots(result, out_dir: str | Path, *, prefix: str = "") -> PlotSet:
                         plot_class_composition))
         if result.training.hardest_images is not None and len(result.training.hardest):
             plan.append(("hardest", "Hardest examples",
-                         "The worst-case members with the largest final weight (ties by index), min–max scaled per image.",
+                         "The worst-case members with the largest final weight (ties by index), "
+                         "min–max scaled per image.",
                          plot_hardest))
         else:
             notes.append(f"example grid skipped: {s['dataset']} holds flat features, not images")
     elif result.data_note:
         notes.append(result.data_note)
     if result.roc:
-        plan.append(("roc", "Membership-inference ROC", "Curves read from evaluation.json in the result folder.", plot_roc))
+        plan.append(("roc", "Membership-inference ROC", "Curves read from evaluation.json in the result folder.",
+                     plot_roc))
     figures = []
     for key, title, caption, draw in plan:
         fig = _new_figure()

@@ -15,9 +15,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..audit.cost import cost_phrase
-from ..forget_sets.kinds import KIND_LABELS, SET_KINDS
 from ..core.errors import WorstforgetError
 from ..core.stats import fmt_agg
+from ..forget_sets.kinds import KIND_LABELS, SET_KINDS
 
 METRIC_COLUMNS = (("UA", "UA"), ("MIA", "MIA"), ("RA", "RA"), ("TA", "TA"), ("RTE", "RTE (s)"))
 
@@ -92,7 +92,8 @@ def comparison_table(summary: dict, method: str) -> Table:
              f"samples, {s['solver']} solver, {s['objective']} objective)")
     note = ("UA = 100 − forget accuracy, MIA = MIA-Efficacy, RA/TA = retain/test accuracy (%), RTE = run time; "
             "Avg. Gap = mean |Δ| to Retrain over UA, MIA, RA, TA (lower = closer to Retrain). "
-            "Each cell pools sets × seeds: " + ", ".join(f"{KIND_LABELS.get(k, k)} {_runs(s, k)} runs" for k in set_kinds(s)) + ".")
+            "Each cell pools sets × seeds: "
+            + ", ".join(f"{KIND_LABELS.get(k, k)} {_runs(s, k)} runs" for k in set_kinds(s)) + ".")
     return Table(title, header, rows, note)
 
 
@@ -131,11 +132,14 @@ def trace_table(summary: dict) -> Table:
     objective = trace.get("objective") or []
     initial = trace.get("overlap_with_initial") or []
     randoms = [r[-1] for r in (trace.get("overlap_with_random") or []) if r]
-    chance = s["forget_size"] / s["num_train"] if s.get("granularity", "sample") == "sample" and s.get("num_train") else None
+    chance = (s["forget_size"] / s["num_train"] if s.get("granularity", "sample") == "sample" and s.get("num_train")
+              else None)
     stability = s.get("stability")
     rows = [
-        ["Forget set", f"{s['forget_size']} of {s['num_train']} training samples ({s['forget_size'] / s['num_train']:.1%})"
-         + (f", {s['forget_units']} class{'es' if s['forget_units'] != 1 else ''}" if s.get("granularity") == "class" else "")],
+        ["Forget set", f"{s['forget_size']} of {s['num_train']} training samples "
+                       f"({s['forget_size'] / s['num_train']:.1%})"
+         + (f", {s['forget_units']} class{'es' if s['forget_units'] != 1 else ''}"
+            if s.get("granularity") == "class" else "")],
         ["Search cost", "–" if trace.get("seconds") is None else cost_phrase(trace)[len("search: "):]],
         ["Outer steps", str(len(objective))],
         ["Inner steps", str(trace.get("inner_steps", "–"))],
@@ -181,9 +185,11 @@ def provenance_rows(summary: dict, attrs: dict | None = None) -> list[tuple[str,
         return ", ".join(f"{k}={v}" for k, v in d.items()) if d else "–"
 
     rows = [
-        ("Dataset", f"{s['dataset']} ({data.get('num_train', s.get('num_train'))} train / {data.get('num_val', '?')} val / "
+        ("Dataset", f"{s['dataset']} ({data.get('num_train', s.get('num_train'))} train / "
+                    f"{data.get('num_val', '?')} val / "
                     f"{data.get('num_test', '?')} test, {data.get('num_classes', '?')} classes, input "
-                    f"{'×'.join(map(str, data.get('input_shape', []))) or '?'}, fingerprint {data.get('fingerprint', '?')})"),
+                    f"{'×'.join(map(str, data.get('input_shape', []))) or '?'}, "
+                    f"fingerprint {data.get('fingerprint', '?')})"),
         ("Model", f"{s['model']} (norm {model.get('norm') or 'default'}, seed {model.get('seed', '?')}; training "
                   f"{kv(model.get('train') or {})}; original model key {setting.get('original_key', '?')})"),
         ("Method", f"{s['method']} ({kv(config.get('method_params') or s.get('params') or {})})"),
@@ -201,7 +207,8 @@ def provenance_rows(summary: dict, attrs: dict | None = None) -> list[tuple[str,
 
 # --- per-example quantities ----------------------------------------------------------------------------------
 
-def class_composition(labels: Iterable[int], indices: Iterable[int], num_classes: int | None = None) -> dict[str, np.ndarray]:
+def class_composition(labels: Iterable[int], indices: Iterable[int],
+                      num_classes: int | None = None) -> dict[str, np.ndarray]:
     """Per-class counts and shares of a forget set (`indices` into `labels`) against the whole training split.
 
     Returns `train_counts`, `forget_counts` (int arrays of length num_classes), `train_share`,
@@ -225,7 +232,8 @@ def class_composition(labels: Iterable[int], indices: Iterable[int], num_classes
             "forget_share": forget_share, "ratio": ratio}
 
 
-def class_composition_table(labels: Iterable[int], indices: Iterable[int], class_names: Sequence[str] | None = None) -> Table:
+def class_composition_table(labels: Iterable[int], indices: Iterable[int],
+                            class_names: Sequence[str] | None = None) -> Table:
     comp = class_composition(labels, indices, len(class_names) if class_names else None)
     rows = []
     for c in range(len(comp["train_counts"])):

@@ -13,7 +13,6 @@ from typing import Callable
 import numpy as np
 
 from ..core.registry import Registry
-from .privacy.roc import _tpr_at, curve_area, roc_curve
 from .privacy import (
     BOUND_ALPHA,
     RMIA_GAMMA,
@@ -34,6 +33,7 @@ from .privacy import (
     true_label_probability,
     tug_of_war,
 )
+from .privacy.roc import _tpr_at, curve_area, roc_curve
 
 
 @dataclass

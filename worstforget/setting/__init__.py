@@ -15,7 +15,6 @@ from ..training.loop import TrainConfig
 from ..training.original import ModelSpec, obtain_original
 from .recipe import SettingRecipe
 
-
 MIA_RESAMPLES = 3  # draws of the SVC attacker's training sample per evaluation (library and CLI alike)
 
 

@@ -18,7 +18,6 @@ from .accel import Accel, current_accel, prepare_input, prepare_model
 from .divergence import TRAIN_HINT, DivergenceWatch
 from .optim import lr_factor
 
-
 # Fields added after cache keys were first written: `to_dict` leaves them out while they hold these
 # defaults, so every recipe that existed before them keeps its key (and its cached models).
 _KEY_OPTIONAL = {"label_smoothing": 0.0, "nesterov": False}
@@ -65,7 +64,8 @@ class TrainConfig:
         return self
 
 
-def weighted_mean(per_sample: torch.Tensor, weights: torch.Tensor | None, norm: torch.Tensor | float = 1.0) -> torch.Tensor:
+def weighted_mean(per_sample: torch.Tensor, weights: torch.Tensor | None,
+                  norm: torch.Tensor | float = 1.0) -> torch.Tensor:
     """Σ v_i ℓ_i / (B · norm): with 0/1 weights and norm = mean weight this is the plain subset mean."""
     if weights is None:
         return per_sample.mean()

@@ -133,7 +133,8 @@ def _channels(input_shape: Sequence[int]) -> int:
 
 
 @MODELS.register("mlp")
-def mlp(num_classes: int, input_shape: Sequence[int], *, norm: str = "none", hidden: Sequence[int] = (256, 256)) -> nn.Module:
+def mlp(num_classes: int, input_shape: Sequence[int], *, norm: str = "none",
+        hidden: Sequence[int] = (256, 256)) -> nn.Module:
     """Multi-layer perceptron (2×256 ReLU by default); any input shape."""
     return MLP(num_classes, input_shape, hidden=tuple(hidden), norm=norm)
 

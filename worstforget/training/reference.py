@@ -119,7 +119,8 @@ class SampleReferences:
     lsc_std: torch.Tensor  # (N,)
 
     @classmethod
-    def from_stats(cls, stats: ReferenceStats, *, device=None, dtype: torch.dtype = torch.float64) -> "SampleReferences":
+    def from_stats(cls, stats: ReferenceStats, *, device=None,
+                   dtype: torch.dtype = torch.float64) -> "SampleReferences":
         def put(a: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(a).to(device=device, dtype=dtype)
 

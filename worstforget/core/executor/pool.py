@@ -19,9 +19,19 @@ from typing import Any
 
 from ..errors import WorstforgetError
 from ..progress import Progress
-from .base import (DEFAULT_RETRIES, LOGGER, Call, Executor, Outcome, Rebuildable, _execute, _first_line, _portable,
-                   _Tracker, recipe_of)
-
+from .base import (
+    DEFAULT_RETRIES,
+    LOGGER,
+    Call,
+    Executor,
+    Outcome,
+    Rebuildable,
+    _execute,
+    _first_line,
+    _portable,
+    _Tracker,
+    recipe_of,
+)
 
 # --- in a worker -------------------------------------------------------------------------------------
 

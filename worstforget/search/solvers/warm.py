@@ -47,8 +47,8 @@ bit.
 from __future__ import annotations
 
 import copy
-import math
 import logging
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
