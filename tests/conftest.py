@@ -109,6 +109,16 @@ SLOW = {
     "methods/test_plugins.py": {"test_kaggle_submission_runs_in_place_with_dict_batches_through_unlearn_and_search"},
     "search/test_search.py": {"test_search_moves_is_deterministic_and_resumes"},
     "audit/test_exposure.py": {"test_exposure_selector_finds_memorised_flipped_labels"},
+    "audit/test_stacked_runs.py": {"test_the_audit_cost_benchmark_runs",
+                                   "test_a_stacked_record_is_the_same_in_any_stack_and_on_any_executor"},
+    "audit/test_selection.py": {"test_search_with_selection_reports_the_chosen_set_with_fresh_models"},
+    "audit/test_cost_line.py": {"test_the_cost_line_adds_up_what_the_command_ran"},
+    "audit/test_thread_independence.py": "*",  # two audits in two fresh processes
+    "audit/test_reliability_results.py": {"test_a_search_rewritten_without_attacks_drops_the_previous_runs_evaluation",
+                                          "test_killed_result_writes_leave_at_most_the_newest_leftover"},
+    "core/test_reliability_cache.py": {"test_an_unexpected_error_shows_one_line_and_logs_its_traceback",
+                                       "test_an_immutable_cache_holding_the_model_gives_one_line_not_tracebacks"},
+    "methods/test_reliability_plugins.py": {"test_a_plugin_leaving_a_non_daemon_thread_does_not_hang_the_cli"},
 }
 
 
