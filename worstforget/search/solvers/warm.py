@@ -58,7 +58,7 @@ from torch import nn
 from ...methods import UnlearningMethod
 from ...methods.base import Context, Stepper, check_weights, plan_length, run_loop
 from ..problem import Problem
-from .base import SOLVERS, Hypergradient
+from .base import SOLVERS, Hypergradient, upper_value_and_grad
 from .first_order import first_order, lower_method
 
 LOGGER = logging.getLogger("worstforget")
@@ -230,13 +230,12 @@ def warm(problem: Problem, w_var: torch.Tensor, seed: int, state: WarmState | No
     """One unlearning run continued across outer steps, k steps each (single loop); hypergradient ℓ + 2γw."""
     if state is None or state.cold_reason is not None:
         return first_order(cold_problem(problem), w_var, seed)
-    cfg = problem.config
     w_var = w_var.detach().to(torch.float64)
     w = check_weights(problem.expand(w_var).float(), problem.data)
     per_sample = state.score(state.advance(w, seed), w)
     reduced = problem.reduce(per_sample)
-    value = float((reduced * w_var).sum() + cfg.gamma * (w_var**2).sum())
-    return Hypergradient(value=value, grad=reduced + 2 * cfg.gamma * w_var, per_sample=per_sample)
+    value, grad = upper_value_and_grad(reduced, w_var, problem.config.gamma)
+    return Hypergradient(value=value, grad=grad, per_sample=per_sample)
 
 
 warm.new_state = WarmState  # the loop keeps one across outer steps and checkpoints it
