@@ -46,7 +46,6 @@ bit.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from dataclasses import dataclass, replace
@@ -151,19 +150,15 @@ class WarmState:
         return self.run.age + k > self.run_length(w)
 
     def _start(self, w: torch.Tensor, seed: int) -> WarmRun:
-        """`apply`'s opening: context (the original as teacher), a copy of the original, `prepare`, a stepper."""
+        """`apply`'s opening (`UnlearningMethod.open_run`) with the in-place stepper."""
         problem, method = self.problem, self.method
-        ctx = method.context(problem.setting.original, problem.data, w, seed=seed, spec=problem.setting.spec)
-        model = copy.deepcopy(problem.setting.original).to(problem.data.device).train()
-        model = method.prepare(model, ctx)
-        stepper = Stepper(model, method.trainable(model, ctx), method)
+        ctx, stepper = method.open_run(problem.setting.original, problem.data, w, seed=seed, spec=problem.setting.spec)
         return WarmRun(method=method, ctx=ctx, stepper=stepper, seed=seed, start_weights=w.detach().clone())
 
     def _finished(self, run: WarmRun) -> nn.Module:
-        """`apply`'s closing, on a copy when the method's `finish` changes the model (the run goes on)."""
-        if type(run.method).finish is UnlearningMethod.finish:
-            return run.stepper.model
-        return run.method.finish(copy.deepcopy(run.stepper.model), run.ctx)
+        """`apply`'s closing (`UnlearningMethod.close_run`), on a copy when `finish` changes the model (the run
+        goes on)."""
+        return run.method.close_run(run.stepper.model, run.ctx, continuing=True)
 
     def state_dict(self) -> dict:
         """What a resumed search needs to continue exactly ({} before the first step), on the CPU."""
