@@ -34,6 +34,7 @@ from worstforget.core import io as io_module
 from worstforget.core.cache import ArrayCache, ModelCache, RecordCache, content_digest
 from worstforget.datasets import dataset_info
 from worstforget.search import SOLVERS, SearchConfig, search_worst_case
+from worstforget.search import checkpoint as checkpoint_module
 from worstforget.search import loop as loop_module
 from worstforget.setting import prepare_setting
 from worstforget.training import original as original_module
@@ -722,14 +723,14 @@ def test_a_row_written_by_a_step_whose_state_was_lost_is_dropped_on_resume(searc
 
 def test_checkpoint_bytes_per_outer_step_do_not_grow_with_the_step(search_setting, tmp_path, monkeypatch):
     states, rows = [], []
-    real = loop_module.write_bytes_atomic
+    real = checkpoint_module.write_bytes_atomic
 
     def record(path, data):
         states.append(len(data))
         rows.append(next(tmp_path.glob("search-*.rows")).stat().st_size)
         real(path, data)
 
-    monkeypatch.setattr(loop_module, "write_bytes_atomic", record)
+    monkeypatch.setattr(checkpoint_module, "write_bytes_atomic", record)
     n = search_setting.data.num_train
     search_worst_case(search_setting, "finetune", {}, SearchConfig(solver="first_order", outer_steps=6, inner_steps=1),
                       seed=0, state_dir=tmp_path)

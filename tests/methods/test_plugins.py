@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader
 from worstforget.audit.units import method_identity
 from worstforget.cli import cli
 from worstforget.methods import make_method
-from worstforget.methods.plugin import PluginMethod, load_plugin, source_hash
+from worstforget.methods.plugin import PluginMethod
+from worstforget.methods.plugin_load import load_plugin, source_hash
 
 FAST = ["--dataset", "synthetic", "--epochs", "3"]
 REPO_ROOT = Path(__file__).resolve().parents[2]

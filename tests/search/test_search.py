@@ -21,8 +21,18 @@ from worstforget.search import (
 )
 from worstforget.search.problem import Problem
 from worstforget.search.solvers import SOLVERS
+from worstforget.search.solvers.base import upper_objective, upper_value_and_grad
 from worstforget.setting import prepare_setting
 from worstforget.training.original import original_model
+
+
+def test_upper_objective_by_hand_and_its_partial_derivative_by_autograd():
+    reduced = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    w = torch.tensor([0.2, 0.7, 0.1], dtype=torch.float64, requires_grad=True)
+    value, grad = upper_value_and_grad(reduced, w.detach(), 0.3)
+    assert value == pytest.approx(0.5 * 0.2 - 1.0 * 0.7 + 2.0 * 0.1 + 0.3 * (0.04 + 0.49 + 0.01), abs=1e-15)
+    (auto,) = torch.autograd.grad(upper_objective(reduced, w, 0.3), w)
+    assert torch.allclose(grad, auto, rtol=0, atol=1e-15)
 
 
 def brute_force_projection(a: np.ndarray, m: float) -> np.ndarray:

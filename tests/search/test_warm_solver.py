@@ -14,6 +14,7 @@ from worstforget.cli import cli
 from worstforget.core.errors import ConfigError
 from worstforget.methods import make_method
 from worstforget.search import SearchConfig, loop, search_worst_case
+from worstforget.search import checkpoint as checkpoint_module
 from worstforget.search import problem as problem_module
 from worstforget.search.problem import Problem
 from worstforget.search.solvers import SOLVERS, solver_state
@@ -267,11 +268,11 @@ def test_a_checkpoint_without_the_solver_state_is_not_trusted(setting, tmp_path)
     cfg = SearchConfig(solver="warm", outer_steps=2, inner_steps=2, objective="loss")
     done = search_worst_case(setting, "finetune", {}, cfg, seed=0, state_dir=tmp_path)
     path = next(tmp_path.glob("search-*.pt"))
-    checkpoint = loop.SearchCheckpoint(tmp_path, done.key, setting.data.num_train, stateful=True)
+    checkpoint = checkpoint_module.SearchCheckpoint(tmp_path, done.key, setting.data.num_train, stateful=True)
     assert checkpoint.load(2) is not None
     state = torch.load(path, weights_only=True)
     body = {k: v for k, v in state.items() if k not in ("digest", "solver_state")}
-    torch.save({**body, "digest": loop.content_digest(body)}, path)
+    torch.save({**body, "digest": checkpoint_module.content_digest(body)}, path)
     assert checkpoint.load(2) is None  # inconsistent: the search would start again
 
 

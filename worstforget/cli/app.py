@@ -113,7 +113,7 @@ def cli(ctx: click.Context, plugins: tuple[str, ...], batch_format: str, plugin_
         import os
         import sys
 
-        from ..methods.plugin import load_plugins
+        from ..methods.plugin_load import load_plugins
 
         if os.getcwd() not in sys.path:  # as `python -m` does: a submission in the working folder imports
             sys.path.insert(0, os.getcwd())

@@ -22,7 +22,7 @@ from . import (  # noqa: F401  (imported to register the built-in methods)
     unsir,
 )
 from .base import Batch, Context, Phase, Stepper, UnlearningMethod, run_loop
-from .plugin import load_plugin
+from .plugin_load import load_plugin
 from .registry import METHODS, register_method
 
 __all__ = ["METHODS", "register_method", "UnlearningMethod", "Phase", "Batch", "Context", "Stepper", "run_loop",

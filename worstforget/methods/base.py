@@ -213,12 +213,28 @@ class UnlearningMethod:
         w = check_weights(forget_weights, data)
         if not make_stepper.differentiable:
             w = w.detach()  # in-place steps must never backpropagate into the caller's weights
+        ctx, steps = self.open_run(original, data, w, seed=seed, spec=spec, stepper=make_stepper)
+        run_loop(self, steps, ctx, progress=progress, max_steps=max_steps)
+        return self.close_run(steps.model, ctx).eval()
+
+    def open_run(self, original: nn.Module, data: Dataset, w: torch.Tensor, *, seed: int, spec: Any = None,
+                 stepper: StepperFactory | None = None) -> tuple[Context, Any]:
+        """`apply`'s opening: the context (the original as teacher), a copy of the original in training mode,
+        `prepare`, and a stepper over its trainable parameters. Shared with the warm search solver, which
+        continues the run across outer steps, so both start a run the same way."""
         ctx = self.context(original, data, w, seed=seed, spec=spec)
         model = copy.deepcopy(original).to(data.device).train()
         model = self.prepare(model, ctx)
-        steps = make_stepper(model, self.trainable(model, ctx), self)
-        run_loop(self, steps, ctx, progress=progress, max_steps=max_steps)
-        return self.finish(steps.model, ctx).eval()
+        return ctx, (stepper or Stepper)(model, self.trainable(model, ctx), self)
+
+    def close_run(self, model: nn.Module, ctx: Context, *, continuing: bool = False) -> nn.Module:
+        """`apply`'s closing: `finish`. With `continuing` (the warm solver's run goes on after this model is
+        scored) `finish` works on a copy, and is skipped when the method does not override it."""
+        if not continuing:
+            return self.finish(model, ctx)
+        if type(self).finish is UnlearningMethod.finish:
+            return model
+        return self.finish(copy.deepcopy(model), ctx)
 
 
 # Bounds of typed but absurd hyper-parameters. An epoch count is the work a run may start: 10^12 epochs would

@@ -25,6 +25,19 @@ class Hypergradient:
 Solver = Callable[[Problem, torch.Tensor, int], Hypergradient]
 
 
+def upper_objective(reduced: torch.Tensor, w_var: torch.Tensor, gamma: float) -> torch.Tensor:
+    """f(w) = Σ_i r_i w_i + γ‖w‖², the one definition every solver uses (r: the reduced per-variable values).
+
+    Returned as a tensor, so a solver whose r depends on w (the unrolled one) can differentiate through it.
+    """
+    return (reduced * w_var).sum() + gamma * (w_var**2).sum()
+
+
+def upper_value_and_grad(reduced: torch.Tensor, w_var: torch.Tensor, gamma: float) -> tuple[float, torch.Tensor]:
+    """f(w) and its partial derivative r + 2γw, r held fixed (the first-order and warm solvers' hypergradient)."""
+    return float(upper_objective(reduced, w_var, gamma)), reduced + 2 * gamma * w_var
+
+
 def check_solver(solver: str, method) -> None:
     """The unrolled solver needs a method whose SGD steps can be differentiated; say so before any work.
 

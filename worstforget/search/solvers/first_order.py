@@ -5,7 +5,7 @@ import torch
 
 from ...methods import UnlearningMethod
 from ..problem import Problem
-from .base import SOLVERS, Hypergradient
+from .base import SOLVERS, Hypergradient, upper_value_and_grad
 
 SIGN_LR = 1e-3  # the paper's sign-SGD step when --inner-lr is not given
 
@@ -47,5 +47,5 @@ def first_order(problem: Problem, w_var: torch.Tensor, seed: int) -> Hypergradie
                              progress=problem.progress)
     per_sample = problem.values(model)
     reduced = problem.reduce(per_sample)
-    value = float((reduced * w_var).sum() + cfg.gamma * (w_var**2).sum())
-    return Hypergradient(value=float(value), grad=reduced + 2 * cfg.gamma * w_var, per_sample=per_sample)
+    value, grad = upper_value_and_grad(reduced, w_var, cfg.gamma)
+    return Hypergradient(value=value, grad=grad, per_sample=per_sample)

@@ -29,7 +29,7 @@ from ...core.errors import ConfigError
 from ...methods import UnlearningMethod
 from ..config import UNROLL_BACKENDS
 from ..problem import Problem
-from .base import Hypergradient, check_solver
+from .base import Hypergradient, check_solver, upper_objective
 
 
 def stepper_class(backend: str) -> type:
@@ -75,7 +75,7 @@ def unrolled_hypergradient(problem: Problem, w_var: torch.Tensor, seed: int) -> 
     logits = torch.cat([model(chunk) for chunk in data.x_train.split(1024)])  # eval mode, no augmentation
     per_sample = problem.objective(logits)  # reference statistics, if read, are constants in w
     reduced = problem.reduce(per_sample)
-    value = (reduced * w_var).sum() + cfg.gamma * (w_var**2).sum()
+    value = upper_objective(reduced, w_var, cfg.gamma)
     (grad,) = torch.autograd.grad(value, w_var)
     return Hypergradient(value=float(value.detach()), grad=grad.detach().to(torch.float64),
                          per_sample=per_sample.detach().to(torch.float64))

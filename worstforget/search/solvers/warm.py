@@ -46,7 +46,6 @@ bit.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from dataclasses import dataclass, replace
@@ -58,7 +57,7 @@ from torch import nn
 from ...methods import UnlearningMethod
 from ...methods.base import Context, Stepper, check_weights, plan_length, run_loop
 from ..problem import Problem
-from .base import SOLVERS, Hypergradient
+from .base import SOLVERS, Hypergradient, upper_value_and_grad
 from .first_order import first_order, lower_method
 
 LOGGER = logging.getLogger("worstforget")
@@ -151,19 +150,15 @@ class WarmState:
         return self.run.age + k > self.run_length(w)
 
     def _start(self, w: torch.Tensor, seed: int) -> WarmRun:
-        """`apply`'s opening: context (the original as teacher), a copy of the original, `prepare`, a stepper."""
+        """`apply`'s opening (`UnlearningMethod.open_run`) with the in-place stepper."""
         problem, method = self.problem, self.method
-        ctx = method.context(problem.setting.original, problem.data, w, seed=seed, spec=problem.setting.spec)
-        model = copy.deepcopy(problem.setting.original).to(problem.data.device).train()
-        model = method.prepare(model, ctx)
-        stepper = Stepper(model, method.trainable(model, ctx), method)
+        ctx, stepper = method.open_run(problem.setting.original, problem.data, w, seed=seed, spec=problem.setting.spec)
         return WarmRun(method=method, ctx=ctx, stepper=stepper, seed=seed, start_weights=w.detach().clone())
 
     def _finished(self, run: WarmRun) -> nn.Module:
-        """`apply`'s closing, on a copy when the method's `finish` changes the model (the run goes on)."""
-        if type(run.method).finish is UnlearningMethod.finish:
-            return run.stepper.model
-        return run.method.finish(copy.deepcopy(run.stepper.model), run.ctx)
+        """`apply`'s closing (`UnlearningMethod.close_run`), on a copy when `finish` changes the model (the run
+        goes on)."""
+        return run.method.close_run(run.stepper.model, run.ctx, continuing=True)
 
     def state_dict(self) -> dict:
         """What a resumed search needs to continue exactly ({} before the first step), on the CPU."""
@@ -230,13 +225,12 @@ def warm(problem: Problem, w_var: torch.Tensor, seed: int, state: WarmState | No
     """One unlearning run continued across outer steps, k steps each (single loop); hypergradient ℓ + 2γw."""
     if state is None or state.cold_reason is not None:
         return first_order(cold_problem(problem), w_var, seed)
-    cfg = problem.config
     w_var = w_var.detach().to(torch.float64)
     w = check_weights(problem.expand(w_var).float(), problem.data)
     per_sample = state.score(state.advance(w, seed), w)
     reduced = problem.reduce(per_sample)
-    value = float((reduced * w_var).sum() + cfg.gamma * (w_var**2).sum())
-    return Hypergradient(value=value, grad=reduced + 2 * cfg.gamma * w_var, per_sample=per_sample)
+    value, grad = upper_value_and_grad(reduced, w_var, problem.config.gamma)
+    return Hypergradient(value=value, grad=grad, per_sample=per_sample)
 
 
 warm.new_state = WarmState  # the loop keeps one across outer steps and checkpoints it
