@@ -16,6 +16,22 @@ from worstforget.training.original import ModelSpec
 torch.set_num_threads(1)
 
 
+def invoke(*args):
+    """The CLI in this process, quiet, with every argument as a string."""
+    from click.testing import CliRunner
+
+    from worstforget.cli import cli
+
+    return CliRunner().invoke(cli, ["--quiet", *map(str, args)])
+
+
+def ok(*args):
+    """`invoke` that must succeed."""
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
 def assert_clean_error(result, exit_code: int | None = None):
     """Exited through click with a message, not an uncaught exception or a traceback."""
     assert result.exit_code != 0, result.output

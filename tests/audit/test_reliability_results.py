@@ -15,11 +15,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from conftest import assert_clean_error
+from conftest import assert_clean_error, invoke, ok
 
 from worstforget.audit.result import SearchAudit, read_attack_evaluation
-from worstforget.cli import cli
 from worstforget.core import io as io_module
 from worstforget.report.tables import fmt_stat
 
@@ -28,14 +26,6 @@ SEARCH = ["search", *FAST, "--outer-steps", "2", "--inner-steps", "2", "--num-ra
           "--mia-resamples", "1", "--no-stability", "--baselines", "none"]
 
 
-def invoke(*args):
-    return CliRunner().invoke(cli, ["--quiet", *map(str, args)])
-
-
-def ok(*args):
-    result = invoke(*args)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,6 @@ from worstforget.training.original import ModelSpec
 TIMING = ("RTE", "RTE_stack", "RTE_stack_seconds")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_setting(cache, **overrides):

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import assert_clean_error
+from conftest import assert_clean_error, invoke, ok
 
 from worstforget.cli import cli
 from worstforget.core import cache as cache_module
@@ -49,14 +49,6 @@ REPO = Path(__file__).resolve().parents[2]
 TIMED = ("RTE", "RTE_fraction", "RTE_stack", "RTE_stack_seconds", "rte_seconds", "rte_fraction")
 
 
-def invoke(*args):
-    return CliRunner().invoke(cli, ["--quiet", *map(str, args)])
-
-
-def ok(*args):
-    result = invoke(*args)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def untimed_values(folder: Path) -> dict:
