@@ -135,6 +135,7 @@ SLOW = {
     "core/test_reliability_cache.py": {"test_an_unexpected_error_shows_one_line_and_logs_its_traceback",
                                        "test_an_immutable_cache_holding_the_model_gives_one_line_not_tracebacks"},
     "methods/test_reliability_plugins.py": {"test_a_plugin_leaving_a_non_daemon_thread_does_not_hang_the_cli"},
+    "report/test_committed_results_render.py": {"test_the_tables_script_reads_every_committed_result"},
 }
 
 

@@ -181,13 +181,16 @@ def check_h5_tree(h5, folder: Path, name: str, fix: str) -> None:
                                     f"{(folder / name).stat().st_size / 2**20:,.1f} MiB file", fix)
 
 
-def _check_shapes(folder: Path, search: dict, forget_sets: dict, num_train: Any, fix: str) -> None:
-    """The arrays that index the training split must fit it: final weights of length num_train, forget sets
-    of at most num_train indices in [0, num_train)."""
+def _check_shapes(folder: Path, search: dict, forget_sets: dict, num_train: Any, fix: str,
+                  granularity: str = "sample") -> None:
+    """The arrays that index the training split must fit it: final weights of length num_train (one per class,
+    at most num_train of them, for a class-wise search), forget sets of at most num_train indices in
+    [0, num_train)."""
     if isinstance(num_train, bool) or not isinstance(num_train, int) or num_train < 1:
         raise _fail(folder, f"summary.json's num_train is {num_train!r}, not a positive integer", fix)
     final = np.asarray(search["final_weights"])
-    if final.shape != (num_train,):
+    by_class = granularity == "class" and final.ndim == 1 and 1 <= len(final) <= num_train
+    if final.shape != (num_train,) and not by_class:
         raise _fail(folder, f"result.h5's /search/final_weights has shape {final.shape}; the audit's training "
                             f"split has {num_train} samples", fix)
     for key, value in forget_sets.items():
@@ -262,7 +265,7 @@ def read_search_audit(folder: Path) -> SearchAudit:
     for key in ("final_weights", "objective", "overlap_with_initial"):
         if key not in search:
             raise _fail(folder, f"result.h5 lacks /search/{key}", rerun)
-    _check_shapes(folder, search, forget_sets, summary.get("num_train"), rerun)
+    _check_shapes(folder, search, forget_sets, summary.get("num_train"), rerun, summary.get("granularity", "sample"))
     if version == 1:
         summary, forget_sets = schema1.upgrade_summary(summary, forget_sets)
     kinds = {kind: SetKind(sets=_sets_of(kind, forget_sets), metrics=per_who) for kind, per_who in metrics.items()}
