@@ -22,8 +22,6 @@ from .privacy import (
     forgetting_quality,
     ks_test,
     lira_attack_metrics,
-    lira_offline,
-    lira_online,
     loss_threshold_attack,
     mean_t_interval,
     per_example_epsilon,
@@ -32,6 +30,7 @@ from .privacy import (
     rmia_scores,
     true_label_probability,
     tug_of_war,
+    u_lira_halvings,
 )
 from .privacy.roc import _tpr_at, curve_area, roc_curve
 
@@ -165,20 +164,8 @@ def _u_lira(stats: Stats, *, online: bool, fix_variance: bool, prefix: str = "li
     half = n // 2
     if half < 2:
         return {f"{prefix}_note": "LiRA needs at least 4 models of each kind"}
-    halvings = []  # per halving: (targets, ex) scores of unlearned / retrained target models
-    rng = np.random.default_rng(stats.seed)
-    for h in range(HALVINGS):
-        pu = np.arange(n) if h == 0 else rng.permutation(n)  # the first halving: first half shadows, then swapped
-        pr = np.arange(n) if h == 0 else rng.permutation(n)
-        pos, neg = [], []
-        for shadow, target in ((slice(0, half), slice(half, n)), (slice(half, n), slice(0, half))):
-            su, sr = stats.lsc_u[pu[shadow]], stats.lsc_r[pr[shadow]]
-            for targets, out in ((stats.lsc_u[pu[target]], pos), (stats.lsc_r[pr[target]], neg)):
-                if online:
-                    out.append(lira_online(targets, su, sr, fix_variance=fix_variance))
-                else:
-                    out.append(lira_offline(targets, sr, fix_variance=fix_variance))
-        halvings.append((np.concatenate(pos), np.concatenate(neg)))
+    halvings = u_lira_halvings(stats.lsc_u[:n], stats.lsc_r[:n], halvings=HALVINGS, seed=stats.seed, online=online,
+                               fix_variance=fix_variance)
     mode = ("online" if online else "offline") + (", fixed variance" if fix_variance else "")
     return {f"{prefix}_mode": mode, **_target_summary(prefix, *halvings[0], stats.seed, halvings=halvings)}
 

@@ -25,7 +25,7 @@ from .epsilon import (
     threshold_epsilon,
 )
 from .intervals import bootstrap_interval, mean_t_interval
-from .lira import lira_attack_metrics, lira_offline, lira_online, lira_scores, u_lira_split_average
+from .lira import lira_attack_metrics, lira_offline, lira_online, lira_scores, u_lira_halvings, u_lira_split_average
 from .population import ks_test, loss_threshold_attack, tug_of_war
 from .rmia import (
     RMIA_GAMMA,
@@ -69,6 +69,7 @@ __all__ = [
     "lira_offline",
     "lira_online",
     "lira_scores",
+    "u_lira_halvings",
     "u_lira_split_average",
     "logit_scaled_confidence",
     "loss_threshold_attack",

@@ -191,21 +191,21 @@ def lira_attack_metrics(scores_pos, scores_neg, *, max_points: int = 200) -> dic
     }
 
 
-def u_lira_split_average(stats_u, stats_r, *, splits: int = 20, seed: int = 0) -> dict:
-    """Online U-LiRA averaged over random halvings of the models into shadows and targets.
+def u_lira_halvings(stats_u, stats_r, *, halvings: int = 20, seed: int = 0, online: bool = True,
+                    fix_variance: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+    """U-LiRA scores under random halvings of the models into shadows and targets.
 
     Args:
         stats_u: (M, n) statistic of every forget example under M unlearned models.
         stats_r: (M', n) the same under M' retrained models.
-        splits: halvings to average over; the first is the fixed split (first half shadows, then swapped),
-            the others permute each side's models with a generator seeded by `seed`.
+        halvings: how many; the first is the fixed split (first half shadows, then swapped), the others permute
+            each side's models with a generator seeded by `seed`.
+        online, fix_variance: as `lira_online` (offline: `lira_offline` on the retrained shadows).
 
-    Each halving scores both ways (shadows and targets swapped), as one U-LiRA evaluation does. One halving
-    of few models moves TPR at low FPR by tens of points; the average keeps the models' draw as the only
-    noise, which is what a choice between forget sets needs.
+    Each halving scores both ways (shadows and targets swapped), as one U-LiRA evaluation does.
 
     Returns:
-        {"tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "auc"}: means over the halvings, plus "splits".
+        per halving, (scores of the unlearned targets, scores of the retrained targets), each (targets, n).
     """
     u, r = as_float_array(stats_u, "stats_u", ndim=2, finite=False), as_float_array(stats_r, "stats_r", ndim=2,
                                                                                     finite=False)
@@ -214,16 +214,34 @@ def u_lira_split_average(stats_u, stats_r, *, splits: int = 20, seed: int = 0) -
     if min(len(u), len(r)) < 4:
         raise PrivacyInputError("U-LiRA needs at least 4 models of each kind (2 shadows and 2 targets)")
     rng = np.random.default_rng(seed)
-    rows = []
-    for s in range(splits):
-        pu = np.arange(len(u)) if s == 0 else rng.permutation(len(u))
-        pr = np.arange(len(r)) if s == 0 else rng.permutation(len(r))
-        hu, hr = len(u) // 2, len(r) // 2
+    hu, hr = len(u) // 2, len(r) // 2
+    out = []
+    for h in range(halvings):
+        pu = np.arange(len(u)) if h == 0 else rng.permutation(len(u))
+        pr = np.arange(len(r)) if h == 0 else rng.permutation(len(r))
         pos, neg = [], []
         for (su, tu), (sr, tr) in (((pu[:hu], pu[hu:]), (pr[:hr], pr[hr:])), ((pu[hu:], pu[:hu]), (pr[hr:], pr[:hr]))):
-            pos.append(lira_online(u[tu], u[su], r[sr]).ravel())
-            neg.append(lira_online(r[tr], u[su], r[sr]).ravel())
-        a, b = np.concatenate(pos), np.concatenate(neg)
+            for targets, scores in ((u[tu], pos), (r[tr], neg)):
+                if online:
+                    scores.append(lira_online(targets, u[su], r[sr], fix_variance=fix_variance))
+                else:
+                    scores.append(lira_offline(targets, r[sr], fix_variance=fix_variance))
+        out.append((np.concatenate(pos), np.concatenate(neg)))
+    return out
+
+
+def u_lira_split_average(stats_u, stats_r, *, splits: int = 20, seed: int = 0) -> dict:
+    """Online U-LiRA averaged over `splits` halvings of the models into shadows and targets (`u_lira_halvings`).
+
+    One halving of few models moves TPR at low FPR by tens of points; the average keeps the models' draw as the
+    only noise, which is what a choice between forget sets needs.
+
+    Returns:
+        {"tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "auc"}: means over the halvings, plus "splits".
+    """
+    rows = []
+    for pos, neg in u_lira_halvings(stats_u, stats_r, halvings=splits, seed=seed):
+        a, b = pos.ravel(), neg.ravel()
         m = lira_attack_metrics(a[np.isfinite(a)], b[np.isfinite(b)], max_points=2)
         rows.append((m["tpr_at_1pct_fpr"], m["tpr_at_0.1pct_fpr"], m["auc"]))
     mean = np.mean(rows, axis=0)
