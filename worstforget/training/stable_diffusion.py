@@ -290,17 +290,7 @@ class StableDiffusionConcepts:
 
     def parameter_names_for(self, which: str, denoiser: torch.nn.Module | None = None) -> list[str]:
         """Names of the parameters `parameters_for(which)` returns."""
-        if which not in PARAMETER_SETS:
-            raise ConfigError(f"unknown parameter set {which!r}; choose one of {', '.join(PARAMETER_SETS)}")
-        names = [n for n, _ in (denoiser or self.denoiser).named_parameters()]
-        cross = [n for n in names if CROSS_ATTENTION in n.split(".")]
-        if which != "all" and not cross:
-            raise ConfigError(f"the UNet in {self.path} has no cross-attention ({CROSS_ATTENTION}) layers, so "
-                              f"{which!r} selects nothing sensible; use 'all'")
-        if which == "all":
-            return names
-        chosen = set(cross)
-        return [n for n in names if (n in chosen) == (which == "xattn")]
+        return select_parameter_names(denoiser or self.denoiser, which)
 
     def parameters_for(self, which: str, denoiser: torch.nn.Module | None = None) -> list[torch.nn.Parameter]:
         """"xattn": every cross-attention (attn2: to_q, to_k, to_v, to_out) parameter — ESD-x; "noxattn": every
@@ -383,6 +373,21 @@ class StableDiffusionConcepts:
                 "unet_parameters": sum(p.numel() for p in self.denoiser.parameters()),
                 "xattn_parameters": sum(p.numel() for p in self.parameters_for("xattn")),
                 "sampler": self.sampler, "dtype": str(self.dtype).replace("torch.", "")}
+
+
+def select_parameter_names(unet: torch.nn.Module, which: str) -> list[str]:
+    """A diffusers UNet's parameter names for a parameter set: "xattn" = every cross-attention (attn2) parameter
+    (ESD-x), "noxattn" = every other one (ESD-u), "all"."""
+    if which not in PARAMETER_SETS:
+        raise ConfigError(f"unknown parameter set {which!r}; choose one of {', '.join(PARAMETER_SETS)}")
+    names = [n for n, _ in unet.named_parameters()]
+    if which == "all":
+        return names
+    cross = {n for n in names if CROSS_ATTENTION in n.split(".")}
+    if not cross:
+        raise ConfigError(f"the UNet has no cross-attention ({CROSS_ATTENTION}) layers, so {which!r} selects "
+                          "nothing sensible; use 'all'")
+    return [n for n in names if (n in cross) == (which == "xattn")]
 
 
 def _step_kwargs(scheduler, generator: torch.Generator) -> dict:
