@@ -116,6 +116,11 @@ def test_conditioning_is_the_pipelines_prompt_encoding_exactly(model, pipe):
         model.condition(torch.tensor([6]))
 
 
+def test_a_prompt_longer_than_the_text_encoder_takes_warns(model):
+    with pytest.warns(UserWarning, match="its end is cut off"):
+        model._encode_prompt("a " * MAX_TOKENS)
+
+
 def test_noise_prediction_is_the_pipelines_unet_exactly(model, pipe):
     x = _latents(model, 2)
     t = torch.tensor([999, 250])
@@ -274,6 +279,32 @@ def test_a_damaged_folder_is_refused_in_one_line(folder, tmp_path, damage, kind,
     with pytest.raises(kind) as exc:
         sd.StableDiffusionConcepts(broken, ["a cat"], device="cpu")
     assert words in _one_line(exc)
+
+
+def test_safetensors_are_preferred_and_a_variant_only_folder_loads_its_variant(folder, tmp_path):
+    copy_ = _copy(folder, tmp_path)
+    (copy_ / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"never read")
+    assert sd.check_folder(copy_)["unet"] == (None, True)
+    (copy_ / "unet" / "diffusion_pytorch_model.bin").unlink()
+    vae = copy_ / "vae"
+    (vae / "diffusion_pytorch_model.safetensors").rename(vae / "diffusion_pytorch_model.fp16.safetensors")
+    assert sd.check_folder(copy_)["vae"] == ("fp16", True)
+    loaded = sd.StableDiffusionConcepts(copy_, ["a cat"], device="cpu")
+    original = sd.StableDiffusionConcepts(folder, ["a cat"], device="cpu")
+    for (n, p), (_, q) in zip(loaded.vae.named_parameters(), original.vae.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_a_lower_precision_keeps_the_callers_dtype(folder, model):
+    half = sd.StableDiffusionConcepts(folder, GRID.prompts, device="cpu", dtype="bfloat16")
+    assert next(half.denoiser.parameters()).dtype == torch.bfloat16 and half.condition(torch.tensor([0])).dtype \
+        == torch.bfloat16
+    x, t = _latents(model, 1), torch.tensor([400])
+    with torch.no_grad():
+        low = half.predict_noise(half.denoiser, x, t, half.condition(torch.tensor([1])))
+        full = model.predict_noise(model.denoiser, x, t, model.condition(torch.tensor([1])))
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, full, rtol=0.1, atol=0.05)
 
 
 def test_missing_and_non_folder_paths_are_refused(tmp_path):
