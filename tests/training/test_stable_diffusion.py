@@ -132,6 +132,25 @@ def test_noise_prediction_is_the_pipelines_unet_exactly(model, pipe):
     assert torch.equal(ours, theirs)
 
 
+def test_a_v_prediction_unet_gives_epsilon(folder, model, tmp_path):
+    copy_ = _copy(folder, tmp_path)
+    path = copy_ / "scheduler" / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "prediction_type": "v_prediction"}))
+    v_model = sd.StableDiffusionConcepts(copy_, GRID.prompts, device="cpu")
+    x, t = _latents(model, 2), torch.tensor([10, 900])
+    cond = model.condition(torch.tensor([0, 1]))
+    with torch.no_grad():
+        v = model.denoiser(x, t, encoder_hidden_states=cond).sample  # the same weights, read as v
+        eps = v_model.predict_noise(v_model.denoiser, x, t, cond)
+    abar = model.train_scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    # x_t = a x0 + s ε and v = a ε − s x0 with a² + s² = 1, so ε = a v + s x_t
+    torch.testing.assert_close(eps, abar.sqrt() * v + (1 - abar).sqrt() * x, rtol=1e-6, atol=1e-6)
+    path.write_text(json.dumps({**config, "prediction_type": "sample"}))
+    with pytest.raises(ConfigError, match="epsilon or v_prediction"):
+        sd.StableDiffusionConcepts(copy_, GRID.prompts, device="cpu")
+
+
 def test_add_noise_is_the_ddpm_forward_process_of_the_folders_schedule(model):
     betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2  # scaled_linear
     abar = torch.cumprod(1 - betas, 0)

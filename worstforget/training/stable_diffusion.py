@@ -222,6 +222,14 @@ class StableDiffusionConcepts:
         # the training process (x_t = √ᾱ x0 + √(1−ᾱ) ε) is DDPM's for every SD scheduler config
         self.train_scheduler = diffusers.DDPMScheduler.from_config(config)
         self.num_train_timesteps = int(self.train_scheduler.config.num_train_timesteps)
+        self.prediction_type = self.train_scheduler.config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ConfigError(f"the scheduler in {self.path} says the UNet predicts {self.prediction_type!r}; "
+                              "concept unlearning here needs an epsilon or v_prediction model")
+        if getattr(self.denoiser.config, "addition_embed_type", None) is not None:
+            raise ConfigError(f"the UNet in {self.path} takes extra conditioning "
+                              f"({self.denoiser.config.addition_embed_type}, as SDXL's does); use a Stable Diffusion "
+                              "1.x or 2.x folder")
         hidden, xdim = self.text_encoder.config.hidden_size, self.denoiser.config.cross_attention_dim
         if hidden != xdim:
             raise ConfigError(f"the text encoder's hidden size {hidden} is not the UNet's cross_attention_dim "
@@ -278,12 +286,17 @@ class StableDiffusionConcepts:
     # --- the diffusion process -------------------------------------------------------------------------------
 
     def predict_noise(self, denoiser: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        """ε̂(x_t, t, c). A v-prediction UNet's output (v = √ᾱ ε − √(1−ᾱ) x0, Stable Diffusion 2.x at 768 px) is
+        turned into ε̂ = √ᾱ v + √(1−ᾱ) x_t, so ESD's targets and the search's losses are in ε either way."""
         dtype = next(denoiser.parameters()).dtype
         t = torch.as_tensor(t, device=x_t.device)
         if t.ndim == 0:
             t = t.expand(len(x_t))
-        out = denoiser(x_t.to(dtype), t, encoder_hidden_states=cond.to(dtype)).sample
-        return out.to(x_t.dtype)
+        out = denoiser(x_t.to(dtype), t, encoder_hidden_states=cond.to(dtype)).sample.to(x_t.dtype)
+        if self.prediction_type == "v_prediction":
+            abar = self.train_scheduler.alphas_cumprod.to(x_t.device)[t].to(x_t.dtype).view(-1, *[1] * (x_t.ndim - 1))
+            out = abar.sqrt() * out + (1 - abar).sqrt() * x_t
+        return out
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.train_scheduler.add_noise(x0, noise, torch.as_tensor(t, device=x0.device))
