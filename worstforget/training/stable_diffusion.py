@@ -31,9 +31,9 @@ CROSS_ATTENTION = "attn2"  # diffusers' name for a transformer block's cross-att
 
 _CONFIGS = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
             "scheduler": "scheduler_config.json"}
-_WEIGHTS = {"unet": ("diffusion_pytorch_model", ".safetensors", ".bin"),
-            "vae": ("diffusion_pytorch_model", ".safetensors", ".bin"),
-            "text_encoder": ("model", ".safetensors", None)}  # transformers: model.safetensors or pytorch_model.bin
+# weight file names: diffusers' diffusion_pytorch_model.*, transformers' model.safetensors or pytorch_model.bin
+_WEIGHTS = {"unet": ("diffusion_pytorch_model",), "vae": ("diffusion_pytorch_model",),
+            "text_encoder": ("model", "pytorch_model")}
 _FOLDER_HINT = "unet/, vae/, text_encoder/, tokenizer/, scheduler/ as StableDiffusionPipeline.save_pretrained writes"
 
 
@@ -56,9 +56,8 @@ def _read_json(path: Path) -> dict:
 def _weights(component: str, folder: Path) -> tuple[str | None, bool]:
     """(variant, use_safetensors) for a component's weights: plain files first, safetensors first; a folder with
     only a variant (e.g. diffusion_pytorch_model.fp16.safetensors) loads that variant."""
-    stem, _, _ = _WEIGHTS[component]
+    stems = _WEIGHTS[component]
     names = [p.name for p in folder.iterdir() if p.is_file()]
-    stems = (stem, "pytorch_model") if component == "text_encoder" else (stem,)
     candidates = []  # (variant, suffix)
     for name in names:
         for s in stems:
@@ -71,7 +70,7 @@ def _weights(component: str, folder: Path) -> tuple[str | None, bool]:
                 elif middle.startswith(".") and "." not in middle[1:]:
                     candidates.append((middle[1:], suffix))
     if not candidates:
-        raise DataNotFoundError(f"{folder} holds no weights ({stem}.safetensors or .bin); copy the component's "
+        raise DataNotFoundError(f"{folder} holds no weights ({stems[0]}.safetensors or .bin); copy the component's "
                                 "weights there or save the pipeline again")
     rank = sorted(candidates, key=lambda c: (c[0] is not None, c[0] or "", not c[1].startswith(".safetensors")))
     variant, suffix = rank[0]
@@ -243,8 +242,9 @@ class StableDiffusionConcepts:
         self.latent_shape = (self.denoiser.config.in_channels, *((sample, sample) if isinstance(sample, int)
                                                                    else tuple(sample)))
         self.image_size = self.latent_shape[1] * self.vae_scale
-        for module in (self.denoiser, self.vae, self.text_encoder):
-            module.to(self.device, self.dtype)
+        with _quiet(diffusers, transformers):  # diffusers notes which modules it would keep in float32
+            for module in (self.denoiser, self.vae, self.text_encoder):
+                module.to(self.device, self.dtype)
         self.vae.requires_grad_(False).eval()
         self.text_encoder.requires_grad_(False).eval()
         self.denoiser.eval()  # no dropout in the UNet's forward either way; unlearning sets train() itself
