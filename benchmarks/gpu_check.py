@@ -10,7 +10,9 @@ classes); the table says which. Phases, in order, each under its own time limit 
 throughput calibration, host syncs per step, one original training with the fast recipe (epochs capped
 so it fits), one short search with every registered solver, one finetune unlearning run with its
 evaluation, a vmapped ensemble, stacked Retrain (an audit's Retrain runs as one ensemble, per model
-against one run alone), torch.compile (when time is left), and the projection: every phase as a multiple
+against one run alone), Stable Diffusion (an SD-v1-shaped UNet with random weights: one ESD-x step and one
+50-step guided sampling of a batch, fp16; a tiny UNet with --tiny, skipped on a CPU otherwise or without
+diffusers), torch.compile (when time is left), and the projection: every phase as a multiple
 of one training of the original, and the main table in GPU-hours with Retrain one by one and stacked. A phase that
 fails or runs out of time leaves its row saying so; the table is rewritten after every phase, so
 whatever was measured survives a later failure or a kill.
@@ -264,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
              ("finetune", "unlearning: finetune, 1 epoch (s)"), ("evaluate", "evaluation of one model (s)"),
              ("ensemble", f"ensemble of {args.ensemble_models} models, 1 epoch (s)"),
              ("retrain_stack", f"stacked Retrain: {args.ensemble_models} runs, per run / one run alone"),
+             ("sd_esd", "Stable Diffusion v1 UNet: one ESD-x step (s)"),
+             ("sd_sample", f"Stable Diffusion v1 UNet: {SD_STEPS}-step guided sampling, batch {SD_BATCH} (s)"),
              ("compile", "train images/s with torch.compile"),
              ("ratios", "phases × one training of the original (fast recipe)"),
              ("proj_fast", "projected main table, fast recipe (h)"),
@@ -456,6 +460,14 @@ def check(args, scale: Scale, device: torch.device, accel: Accel, fast, paper, s
 
     runner.run("stacked retrain", ["retrain_stack"], stacked_retrain, cap_s=90, reserve_s=5, min_s=10)
 
+    if device.type != "cuda" and not args.tiny:
+        table.fail(["sd_esd", "sd_sample"], "skipped", "needs CUDA (an SD v1 UNet step takes minutes on a CPU); "
+                                                       "--tiny runs a tiny UNet through the same code")
+    else:
+        runner.run("stable diffusion", ["sd_esd", "sd_sample"],
+                   lambda _: stable_diffusion_phase(table, m, data, device, args.tiny), cap_s=150, reserve_s=3,
+                   min_s=30 if not args.tiny else 5)
+
     def compiled(_):
         tp = training_throughput(spec(fast).build(data), data, fast, images=scale.compile_images,
                                  accel=dataclasses.replace(accel, compile=True))
@@ -470,6 +482,133 @@ def check(args, scale: Scale, device: torch.device, accel: Accel, fast, paper, s
         runner.run("torch.compile", ["compile"], compiled, cap_s=240, reserve_s=3, min_s=60)
 
     project(table, m, data, recipe_config("fast").with_updates(batch_size=fast.batch_size), paper)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stable Diffusion (the prompt-wise half): an SD-v1-shaped UNet from its config, random weights, no download
+
+SD_STEPS, SD_BATCH, SD_TOKENS = 50, 4, 77
+# stable-diffusion-v1-5's unet/config.json (the fields that shape the network)
+SD_V1_UNET = {"sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+              "block_out_channels": (320, 640, 1280, 1280), "cross_attention_dim": 768, "attention_head_dim": 8,
+              "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                                   "DownBlock2D"),
+              "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+              "norm_num_groups": 32, "flip_sin_to_cos": True, "freq_shift": 0, "act_fn": "silu"}
+SD_TINY_UNET = {**SD_V1_UNET, "sample_size": 8, "layers_per_block": 1, "block_out_channels": (32, 64),
+                "cross_attention_dim": 32, "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+                "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D")}
+SD_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+               "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
+
+
+def stable_diffusion_phase(table: Table, m: dict, data, device: torch.device, tiny: bool) -> None:
+    """One ESD-x step (batch 1, as ESD trains) and one SD_STEPS-step DDIM sampling with classifier-free guidance of
+    SD_BATCH images, on the UNet alone (the text encoder's embeddings are random, the VAE is left out), each as a
+    multiple of one fast-recipe ResNet-18 epoch measured above."""
+    try:
+        from diffusers import DDIMScheduler, UNet2DConditionModel
+    except ImportError:
+        table.fail(["sd_esd", "sd_sample"], "skipped", "diffusers is not installed (pip install "
+                                                       "'worstforget[generative]')")
+        return
+    from diffusers.utils import logging as diffusers_logging
+
+    from worstforget.training.stable_diffusion import select_parameter_names
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # no "modules to keep in float32: []" note when casting the copy
+    try:
+        _stable_diffusion(table, m, data, device, tiny, UNet2DConditionModel, DDIMScheduler, select_parameter_names)
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
+def _stable_diffusion(table: Table, m: dict, data, device: torch.device, tiny: bool, UNet2DConditionModel,
+                      DDIMScheduler, select_parameter_names) -> None:
+    config = SD_TINY_UNET if tiny else SD_V1_UNET
+    cuda = device.type == "cuda"
+    half = torch.float16 if cuda else torch.float32
+    g = torch.Generator(device="cpu").manual_seed(0)
+    side, dim = config["sample_size"], config["cross_attention_dim"]
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g).to(device)
+
+    cond, null = randn(1, SD_TOKENS, dim), randn(1, SD_TOKENS, dim)
+    with torch.device(device):  # built on the device: initialising 860M parameters on the host takes long
+        student = UNet2DConditionModel(**config)
+    original = UNet2DConditionModel.from_config(student.config).to(device, half)
+    original.load_state_dict(student.state_dict())
+    original.requires_grad_(False).eval()
+    xattn = select_parameter_names(student, "xattn")
+    repeats = 2 if tiny else 5
+    esd_s = _time_esd_x(student, original, xattn, cond, null, randn, repeats, device) / repeats
+    del student  # its fp32 weights and Adam state leave room for sampling
+
+    def sample(steps):
+        scheduler = DDIMScheduler(**SD_SCHEDULE)
+        scheduler.set_timesteps(steps, device=device)
+        x = randn(SD_BATCH, 4, side, side).to(half)
+        embeddings = torch.cat([null.expand(SD_BATCH, -1, -1), cond.expand(SD_BATCH, -1, -1)]).to(half)
+        with torch.no_grad():
+            for t in scheduler.timesteps:
+                e_null, e_c = original(torch.cat([x, x]), t, encoder_hidden_states=embeddings).sample.chunk(2)
+                x = scheduler.step(e_null + 7.5 * (e_c - e_null), t, x).prev_sample
+        return x
+
+    sample(2)  # warm-up
+    steps = 5 if tiny else SD_STEPS
+    _, sample_s = timed(lambda: sample(steps), device)
+    sample_s *= SD_STEPS / steps
+
+    if "epoch_fast" in m:
+        unit, unit_note = m["epoch_fast"], "one fast-recipe ResNet-18 epoch"
+    elif "train_fast" in m and "infer" in m:
+        unit = data.num_train / m["train_fast"] + len(data.y_val) / m["infer"]
+        unit_note = "one fast-recipe ResNet-18 epoch, estimated from the calibration"
+    else:
+        unit, unit_note = math.nan, "no ResNet-18 epoch measured"
+    shape = "tiny UNet (--tiny)" if tiny else "SD-v1.5-shaped UNet"
+    n_params = sum(p.numel() for p in original.parameters()) / 1e6
+    where = "fp16 original, student fp32 under fp16 autocast" if cuda else "float32 on the CPU"
+    table.set("sd_esd", esd_s, (
+        f"{shape} ({n_params:,.0f}M parameters, {len(xattn)} attn2 tensors updated, Adam), {side}×{side} latents, "
+        f"batch 1, {where}: two frozen passes + one trained pass; mean of {repeats} after a warm-up; "
+        f"{esd_s / unit:.3g}× {unit_note}; 1000 steps (the paper's ESD iterations) ≈ {1000 * esd_s:,.0f} s, not "
+        "counting the partial sampling of x_t that ESD adds to each step"))
+    scaled = "" if steps == SD_STEPS else f" ({steps} steps timed, scaled to {SD_STEPS})"
+    table.set("sd_sample", sample_s, (
+        f"DDIM, guidance 7.5, {SD_BATCH} images × 2 (conditional + null) per UNet pass{scaled}; UNet only (no text "
+        f"encoder, no VAE decode); {sample_s / unit:.3g}× {unit_note}"))
+
+
+def _time_esd_x(student, original, xattn: list[str], cond, null, randn, repeats: int, device: torch.device) -> float:
+    """Seconds of `repeats` ESD-x steps after an untimed warm-up: the frozen original's two passes (ε(x_t, ∅),
+    ε(x_t, c)), the student's pass on the cross-attention only, Adam at ESD's lr."""
+    cuda = device.type == "cuda"
+    half = next(original.parameters()).dtype
+    chosen = set(xattn)
+    for n, p in student.named_parameters():
+        p.requires_grad_(n in chosen)  # no gradient for the frozen rest (ESD-x trains attn2 alone)
+    opt = torch.optim.Adam([p for n, p in student.named_parameters() if n in chosen], lr=1e-5)
+    side = student.config.sample_size
+
+    def step():
+        x_t, t = randn(1, 4, side, side), torch.tensor([500], device=device)
+        with torch.no_grad():
+            e_null = original(x_t.to(half), t, encoder_hidden_states=null.to(half)).sample.float()
+            e_c = original(x_t.to(half), t, encoder_hidden_states=cond.to(half)).sample.float()
+        target = e_null - 1.0 * (e_c - e_null)  # ESD: ε(∅) − η(ε(c) − ε(∅)), η = 1
+        with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
+            pred = student(x_t, t, encoder_hidden_states=cond).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up (kernels, allocator), untimed
+    return timed(lambda: [step() for _ in range(repeats)], device)[1]
 
 
 def project(table: Table, m: dict, data, fast, paper) -> None:

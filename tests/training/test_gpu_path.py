@@ -492,3 +492,25 @@ def test_unlearning_steps_use_autocast_where_asked_but_never_while_differentiate
         handle.remove()
     assert plain and all(plain)  # every forward of the plain run under autocast
     assert seen and not any(seen)  # the differentiated run in full precision
+
+
+def test_gpu_check_stable_diffusion_phase_times_esd_x_and_sampling_on_a_tiny_unet(tmp_path, synthetic):
+    pytest.importorskip("diffusers")
+    module = _gpu_check()
+    table = module.Table([("sd_esd", "E"), ("sd_sample", "S")], tmp_path / "t.md")
+    module.stable_diffusion_phase(table, {"epoch_fast": 2.0}, synthetic, torch.device("cpu"), tiny=True)
+    esd, sample = table.rows["sd_esd"], table.rows["sd_sample"]
+    assert _number(esd[0]) > 0 and _number(sample[0]) > 0
+    assert "tiny UNet" in esd[1] and "attn2 tensors updated" in esd[1] and "one fast-recipe ResNet-18 epoch" in esd[1]
+    ratio = float(re.search(r"; ([0-9.e+-]+)× one fast-recipe", esd[1]).group(1))
+    assert ratio == pytest.approx(_number(esd[0]) / 2.0, rel=0.01, abs=1e-3)
+    assert "5 steps timed, scaled to 50" in sample[1]
+
+
+def test_gpu_check_stable_diffusion_phase_says_when_diffusers_is_missing(tmp_path, synthetic, monkeypatch):
+    module = _gpu_check()
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers → ImportError
+    table = module.Table([("sd_esd", "E"), ("sd_sample", "S")], tmp_path / "t.md")
+    module.stable_diffusion_phase(table, {}, synthetic, torch.device("cpu"), tiny=True)
+    assert table.rows["sd_esd"] == ("skipped", "diffusers is not installed (pip install 'worstforget[generative]')")
+    assert table.rows["sd_sample"][0] == "skipped"
