@@ -1,0 +1,214 @@
+"""Ray without a shared file system (`--ray-cache driver`), on a real multi-node cluster of local processes
+(`ray.cluster_utils.Cluster`: a head without CPUs and two worker nodes of one CPU each, started once for this
+module). The worker nodes get their own WORSTFORGET_CACHE and TMPDIR; the driver's cache folder is never
+theirs. An audit there gives the very numbers of a serial run, every unit is computed once and every file of
+the driver's cache folder is written by the driver itself; a second run is all cache hits (the driver sends
+the entries its workers ask for); a plug-in whose file only the driver's folder holds runs on the workers
+from the source the driver sent; and a worker node removed mid-audit has its unit retried elsewhere, with the
+same numbers."""
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from worstforget.audit.units import compare_methods
+from worstforget.core.cache import COMPUTED, list_entries
+from worstforget.core.errors import WorstforgetError
+from worstforget.core.executor import RayExecutor, serial
+from worstforget.core.executor.ray import nodes_not_seeing
+from worstforget.methods.plugin_load import load_plugins
+from worstforget.setting.recipe import SettingRecipe
+
+TIMING = ("RTE", "RTE_fraction", "RTE_stack", "RTE_stack_seconds")
+
+# A challenge-style plug-in that exists only in a folder of the driver's. It notes every start in $WF_TEST_STARTS
+# (set on the worker nodes only), sleeps SLEEP seconds (so that a node can be removed while it runs), then
+# fine-tunes one epoch on the retain set.
+PLUGIN = '''
+import os, time, uuid
+import torch
+import torch.nn.functional as F
+
+SLEEP = {sleep}
+
+
+def {name}(net, retain_loader, forget_loader, val_loader):
+    starts = os.environ.get("WF_TEST_STARTS")
+    if starts:
+        open(os.path.join(starts, "%d-%s" % (os.getpid(), uuid.uuid4().hex)), "w").close()
+    time.sleep(SLEEP)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+    net.train()
+    for x, y in retain_loader:
+        optimizer.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        optimizer.step()
+    return net.eval()
+'''
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Head (no CPUs: the driver's node runs no task) + 2 worker nodes of 1 CPU, each with a cache folder and a
+    temporary folder of its own."""
+    root = tmp_path_factory.mktemp("nodes")
+    starts = root / "starts"
+    starts.mkdir()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    nodes = []
+    for i in range(2):
+        (root / f"tmp{i}").mkdir()
+        nodes.append(c.add_node(num_cpus=1, env_vars={"WORSTFORGET_CACHE": str(root / "worker-cache"),
+                                                      "TMPDIR": str(root / f"tmp{i}"), "WF_TEST_STARTS": str(starts)}))
+    ray.init(address=c.address, log_to_driver=False, logging_level="ERROR")
+    c.wait_for_nodes()
+    yield {"cluster": c, "nodes": nodes, "root": root, "starts": starts}
+    ray.shutdown()
+    c.shutdown()
+
+
+def recipe(cache: Path) -> SettingRecipe:
+    return SettingRecipe.create(dataset="synthetic", device="cpu", cache_dir=str(cache),
+                                train_overrides={"epochs": 4}, mia_resamples=1)
+
+
+def plugin(folder: Path, name: str, sleep: float, monkeypatch) -> str:
+    """Write the plug-in into `folder` (the driver's working folder, which no worker has on its path) and load it."""
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}_mod.py").write_text(PLUGIN.format(name=name, sleep=sleep))
+    monkeypatch.chdir(folder)
+    monkeypatch.syspath_prepend(str(folder))
+    load_plugins([f"{name}_mod:{name}"])
+    return name
+
+
+def assert_same_metrics(a, b) -> None:
+    ma, mb = a.kinds["random"].metrics, b.kinds["random"].metrics
+    assert ma.keys() == mb.keys()
+    for who in ma:
+        for metric in ma[who]:
+            if metric not in TIMING:
+                np.testing.assert_array_equal(ma[who][metric], mb[who][metric], err_msg=f"{who} {metric}")
+    for x, y in zip(a.kinds["random"].sets, b.kinds["random"].sets):
+        np.testing.assert_array_equal(x, y)
+
+
+def written_here(monkeypatch) -> set[str]:
+    """The destinations of this process's atomic writes (every cache entry is renamed into place)."""
+    done: set[str] = set()
+    real = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        done.add(os.path.abspath(dst))
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return done
+
+
+def computed_units(text: str) -> list[str]:
+    return re.findall(r"computed unit ([0-9a-f]{16})", text)
+
+
+def test_every_node_sees_a_local_folder_so_auto_shares_it(cluster, tmp_path):
+    assert nodes_not_seeing(ray, str(tmp_path)) == []  # all nodes are this machine
+    executor = RayExecutor(address=cluster["cluster"].address, ray_cache="auto")
+    executor._start()
+    assert executor._mode(recipe(tmp_path / "cache")) == "shared"
+    assert RayExecutor(ray_cache="driver")._mode(recipe(tmp_path / "cache")) == "driver"
+    with pytest.raises(WorstforgetError, match=r"ray_cache must be one of auto\|shared\|driver"):
+        RayExecutor(ray_cache="nfs")
+
+
+def test_an_audit_without_a_shared_cache_equals_serial_and_computes_each_unit_once(
+        cluster, tmp_path, monkeypatch, isolated_registry, caplog):
+    name = plugin(tmp_path / "driver-folder", "driver_only_ft", 0.0, monkeypatch)
+    methods = [(name, {}), ("finetune", {"epochs": 2})]
+    units = 2 * 2 * 3  # sets × seeds × (Retrain + 2 methods)
+    run = dict(forget_ratio=0.1, num_sets=2, seeds=[0, 1])
+    expected = compare_methods(recipe(tmp_path / "serial").build(), methods, executor=serial(), **run)
+
+    driver_cache = tmp_path / "driver-cache"
+    mine = written_here(monkeypatch)
+    caplog.set_level("INFO", logger="worstforget")
+    executor = RayExecutor(address=cluster["cluster"].address, ray_cache="driver", workers=2)
+    before = COMPUTED["unit"]
+    got = compare_methods(recipe(driver_cache).build(), methods, executor=executor, **run)
+    assert_same_metrics(expected, got)
+    # every unit computed once, in the workers (none in this process)
+    keys = computed_units(caplog.text)
+    assert len(keys) == len(set(keys)) == units and executor.computed["unit"] == units
+    assert COMPUTED["unit"] == before
+    assert len(list((driver_cache / "records" / "unit").glob("*.json"))) == units
+    # the driver alone wrote its cache folder; the workers cached into private folders of their own nodes
+    files = {str(p) for p in driver_cache.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
+    assert files and files <= mine
+    private = [d for i in range(2) for d in (cluster["root"] / f"tmp{i}").glob("worstforget-worker-*")]
+    assert private and all(list_entries(d) for d in private)
+    assert not (cluster["root"] / "worker-cache").exists()  # nor the nodes' default cache folder
+    # the driver's cache answers a second run: all hits (the workers ask for the entries they lack)
+    caplog.clear()
+    again = compare_methods(recipe(driver_cache).build(), methods, executor=executor, **run)
+    assert_same_metrics(expected, again)
+    assert computed_units(caplog.text) == [] and executor.computed["unit"] == units
+    lines = [m for m in caplog.messages if m.startswith("task ")]
+    assert lines and all(m.split(", ")[-2].endswith("cached (ray pid") or " cached (ray pid " in m for m in lines)
+
+
+def test_a_plugin_without_a_source_file_cannot_travel(cluster, tmp_path, isolated_registry):
+    import sys
+    import types
+
+    module = types.ModuleType("wf_no_source_plugin")
+    module.no_source = lambda net, retain, forget, val: net
+    sys.modules["wf_no_source_plugin"] = module
+    try:
+        load_plugins(["wf_no_source_plugin:no_source"])
+        setting = recipe(tmp_path / "cache").build()
+        executor = RayExecutor(address=cluster["cluster"].address, ray_cache="driver", workers=2)
+        with pytest.raises(WorstforgetError, match=r"^plug-in wf_no_source_plugin:no_source has no source file to "
+                                                   r"send to the Ray workers"):
+            compare_methods(setting, [("no_source", {})], forget_ratio=0.1, num_sets=1, seeds=[0], executor=executor)
+    finally:
+        del sys.modules["wf_no_source_plugin"]
+
+
+# last: it removes a worker node from the module's cluster
+def test_a_worker_node_removed_mid_audit_has_its_unit_retried_with_the_same_numbers(
+        cluster, tmp_path, monkeypatch, isolated_registry, caplog):
+    name = plugin(tmp_path / "driver-folder", "slow_ft", 3.0, monkeypatch)
+    methods, run = [(name, {})], dict(forget_ratio=0.1, num_sets=2, seeds=[0])
+    expected = compare_methods(recipe(tmp_path / "serial").build(), methods, executor=serial(), **run)
+
+    starts, removed = cluster["starts"], []
+    for old in starts.iterdir():
+        old.unlink()
+
+    def remove_when_both_run() -> None:  # each node runs one task at a time: two starts = one unit on each node
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(list(starts.iterdir())) < 2:
+            time.sleep(0.05)
+        cluster["cluster"].remove_node(cluster["nodes"][0])
+        removed.append(time.monotonic())
+
+    caplog.set_level("INFO", logger="worstforget")
+    executor = RayExecutor(address=cluster["cluster"].address, ray_cache="driver", workers=2)
+    setting = recipe(tmp_path / "driver-cache").build()
+    killer = threading.Thread(target=remove_when_both_run, daemon=True)
+    killer.start()
+    got = compare_methods(setting, methods, executor=executor, **run)
+    killer.join()
+    assert removed
+    assert_same_metrics(expected, got)
+    assert len(list(starts.iterdir())) == 3  # two plug-in units, one of them started again on the other node
+    keys = computed_units(caplog.text)  # (the workers may hold Retrain's records from the test before)
+    assert len(keys) == len(set(keys)) >= 2  # each unit computed once, the plug-in's two among them
+    assert len(list((tmp_path / "driver-cache" / "records" / "unit").glob("*.json"))) == 2 * 2  # all came back
