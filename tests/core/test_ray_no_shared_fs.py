@@ -181,6 +181,27 @@ def test_a_plugin_without_a_source_file_cannot_travel(cluster, tmp_path, isolate
         del sys.modules["wf_no_source_plugin"]
 
 
+def test_the_cli_runs_an_audit_on_a_cluster_without_a_shared_cache_like_serially(cluster, tmp_path):
+    import csv
+
+    from click.testing import CliRunner
+
+    from worstforget.cli import cli
+
+    args = ["compare", "--methods", "ft", "--num-sets", "1", "--dataset", "synthetic", "--epochs", "4",
+            "--mia-resamples", "1"]
+    ray_args = ["--executor", "ray", "--ray-address", cluster["cluster"].address, "--ray-cache", "driver"]
+    rows = {}
+    for name, extra in (("serial", []), ("ray", ray_args)):
+        result = CliRunner().invoke(cli, ["--quiet", *args, *extra, "--out", str(tmp_path / name),
+                                          "--cache-dir", str(tmp_path / f"cache-{name}")])
+        assert result.exit_code == 0, result.output
+        with open(tmp_path / name / "results.csv", newline="") as fh:
+            rows[name] = [r for r in csv.DictReader(fh) if r["metric"] not in TIMING]
+    assert rows["serial"] and rows["serial"] == rows["ray"]
+    assert len(list((tmp_path / "cache-ray" / "records" / "unit").glob("*.json"))) == 2  # Retrain and ft, one seed
+
+
 # last: it removes a worker node from the module's cluster
 def test_a_worker_node_removed_mid_audit_has_its_unit_retried_with_the_same_numbers(
         cluster, tmp_path, monkeypatch, isolated_registry, caplog):

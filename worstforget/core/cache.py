@@ -217,7 +217,11 @@ def store_entry(root: str | Path, relpath: str, data: bytes) -> bool:
         raise ValueError(f"cache entry {relpath} sent by a worker {problem}")
     path = Path(root) / relpath
     if path.is_file():  # the same key: the same content, computed twice (two workers before the driver held it)
-        return False
+        try:
+            if entry_problem(relpath, path.read_bytes()) is None:
+                return False
+        except OSError:
+            pass  # unreadable here: replaced by the worker's copy
     write_bytes_atomic(path, data)
     return True
 

@@ -60,6 +60,10 @@ def _prepare_worker(threads: int) -> None:
 def run_in_worker(recipe: Rebuildable, call: Call, threads: int) -> Outcome:
     """A task in a worker process: the context of `recipe` (rebuilt on first use), then the call in its scope."""
     _prepare_worker(threads)
+    if _WORKER.pop("index_key", None) is not None:  # this process ran detached tasks before: reads are its own again
+        from ..cache import detach_reads
+
+        detach_reads(None)
     started = time.time()
     try:
         if _WORKER.get("key") != recipe.key:
@@ -193,6 +197,9 @@ class PoolExecutor(Executor):
                     if root is not None and isinstance(outcome, Outcome):
                         self._store(root, outcome, label)
                         if outcome.needs:  # not a failure: the same attempt again, with the entries it lacked
+                            for level, message in outcome.logs:
+                                LOGGER.log(level, "[worker %d] %s", outcome.pid, message)
+                            self.computed.update(outcome.computed)
                             self._send(root, outcome.needs, extras[i], outcome.entries, label)
                             attempts[i] -= 1
                             pending.appendleft(i)
