@@ -139,6 +139,7 @@ def test_an_audit_without_a_shared_cache_equals_serial_and_computes_each_unit_on
     driver_cache = tmp_path / "driver-cache"
     mine = written_here(monkeypatch)
     caplog.set_level("INFO", logger="worstforget")
+    caplog.clear()  # this driver's run alone
     executor = RayExecutor(address=cluster["cluster"].address, ray_cache="driver", workers=2)
     before = COMPUTED["unit"]
     got = compare_methods(recipe(driver_cache).build(), methods, executor=executor, **run)
@@ -225,6 +226,7 @@ def test_a_worker_node_removed_mid_audit_has_its_unit_retried_with_the_same_numb
     setting = recipe(tmp_path / "driver-cache").build()
     killer = threading.Thread(target=remove_when_both_run, daemon=True)
     killer.start()
+    caplog.clear()  # this driver's run alone
     got = compare_methods(setting, methods, executor=executor, **run)
     killer.join()
     assert removed
