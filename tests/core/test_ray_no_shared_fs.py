@@ -203,6 +203,41 @@ def test_the_cli_runs_an_audit_on_a_cluster_without_a_shared_cache_like_serially
     assert len(list((tmp_path / "cache-ray" / "records" / "unit").glob("*.json"))) == 2  # Retrain and ft, one seed
 
 
+def test_a_search_reads_the_drivers_reference_models_and_matches_serial(cluster, tmp_path, caplog):
+    from click.testing import CliRunner
+
+    from worstforget.audit.result import SearchAudit
+    from worstforget.cli import cli
+
+    args = ["search", "--method", "ft", "--outer-steps", "2", "--inner-steps", "3", "--num-random", "1", "--seeds", "1",
+            "--baselines", "none", "--reference-models", "4", "--dataset", "synthetic", "--epochs", "4",
+            "--mia-resamples", "1"]  # the default objective reads reference models
+    ray_args = ["--executor", "ray", "--ray-address", cluster["cluster"].address, "--ray-cache", "driver"]
+    caplog.set_level("INFO", logger="worstforget")
+    for name, extra in (("serial", []), ("ray", ray_args), ("ray-again", ray_args)):
+        caplog.clear()
+        result = CliRunner().invoke(cli, ["--quiet", *args, *extra, "--out", str(tmp_path / name),
+                                          "--cache-dir", str(tmp_path / f"cache-{name.split('-')[0]}")])
+        assert result.exit_code == 0, result.output
+        if name == "ray":  # both searches ran on the workers, after the driver trained the reference models once
+            assert len(re.findall(r"task (stability )?search for finetune.*computed 1 search \(ray pid", caplog.text)) == 2
+            assert len(list((tmp_path / "cache-ray" / "arrays" / "reference").glob("*.npz"))) == 1
+            assert len(list((tmp_path / "cache-ray" / "search").glob("search-*.pt"))) == 2  # their checkpoints
+        if name == "ray-again":
+            assert computed_units(caplog.text) == []
+    a, b, c = (SearchAudit.read(tmp_path / name) for name in ("serial", "ray", "ray-again"))
+    for other in (b, c):
+        for key in a.forget_sets:
+            np.testing.assert_array_equal(np.asarray(a.forget_sets[key]), np.asarray(other.forget_sets[key]))
+        np.testing.assert_array_equal(a.search["objective"], other.search["objective"])
+        assert a.stability == other.stability
+        for kind in a.kinds:
+            for who, metrics in a.kinds[kind].metrics.items():
+                for metric, values in metrics.items():
+                    if metric not in TIMING:
+                        np.testing.assert_array_equal(values, other.kinds[kind].metrics[who][metric])
+
+
 # last: it removes a worker node from the module's cluster
 def test_a_worker_node_removed_mid_audit_has_its_unit_retried_with_the_same_numbers(
         cluster, tmp_path, monkeypatch, isolated_registry, caplog):
