@@ -4,7 +4,8 @@ object (the setting), one after another in this process, results handed back in 
 A task is a module-level function, its arguments and a label naming its configuration; it is called as
 `fn(context, *args, progress=..., **kwargs)`. A context holds tensors and a model, so it never travels:
 executors that run tasks in other processes (`pool.py`, `ray.py`) need a context that carries a `recipe`
-(a `Rebuildable`: a picklable description that rebuilds the context in a worker, once per process).
+(a `Rebuildable`: a picklable description that rebuilds the context in a worker, once per process; a
+`Portable` one can also send what the rebuild reads to workers that do not see the driver's files).
 Tasks are pure functions of their arguments and seeds, so every executor returns the same numbers
 (timings aside).
 
