@@ -79,10 +79,11 @@ def run_in_worker(recipe: Rebuildable, call: Call, threads: int) -> Outcome:
         return _execute(setting, call, None, in_worker=True)
 
 
-def _private_folder() -> str:
-    """This worker process's own cache folder (in the node's temporary folder, never the driver's path),
-    removed when the process ends normally."""
-    folder = _WORKER.get("folder")
+def _private_folder(key: str) -> str:
+    """This worker process's own cache folder for the recipe `key` (in the node's temporary folder, never the
+    driver's path), removed when the process ends normally."""
+    folders = _WORKER.setdefault("folders", {})
+    folder = folders.get(key)
     if folder is None or not os.path.isdir(folder):
         import atexit
         import shutil
@@ -90,7 +91,7 @@ def _private_folder() -> str:
 
         folder = tempfile.mkdtemp(prefix="worstforget-worker-")
         atexit.register(shutil.rmtree, folder, True)
-        _WORKER["folder"] = folder
+        folders[key] = folder
     return folder
 
 
@@ -106,9 +107,10 @@ def run_detached(recipe: Portable, payload_key: str, load_payload: Callable[[], 
     _prepare_worker(threads)
     started = time.time()
     try:
-        folder = _private_folder()
+        folder = _private_folder(recipe.key)  # one per driver's setting: it stands for that driver's folder
         key = f"{recipe.key}/{payload_key}"
         if _WORKER.get("key") != key:
+            _WORKER.pop("index_key", None)
             _WORKER.pop("setting", None)
             _WORKER["key"] = None
             _WORKER["setting"], _WORKER["key"] = recipe.rebuild_detached(load_payload(), folder), key
