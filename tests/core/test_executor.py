@@ -361,7 +361,9 @@ def test_options_of_another_executor_are_refused(tmp_path):
                         (["--workers", "2"], "Error: --workers needs --executor process or ray (serial runs one unit "
                                              "at a time)"),
                         (["--executor", "process", "--ray-address", "h:1"],
-                         "Error: --ray-address applies to --executor ray only (got --executor process)")):
+                         "Error: --ray-address applies to --executor ray only (got --executor process)"),
+                        (["--executor", "process", "--ray-cache", "driver"],
+                         "Error: --ray-cache applies to --executor ray only (got --executor process)")):
         result = CliRunner().invoke(cli, ["compare", "--methods", "ft", *FAST, *flags,
                                           "--cache-dir", str(tmp_path / "c")])
         assert result.exit_code == 2 and result.output.strip().splitlines() == [line]

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import click
 
-from ..core.errors import ConfigError, WorstforgetError
+from ..core.errors import ConfigError, OptionError, WorstforgetError
 
 MIA_RESAMPLES = 3  # = setting.MIA_RESAMPLES (a test keeps them equal; importing it here would load torch for --help)
 
@@ -20,6 +20,9 @@ class WorstforgetGroup(click.Group):
 
         try:
             return super().invoke(ctx)
+        except OptionError as exc:  # raised once work began (an executor's choice): the library's names as flags
+            raise click.UsageError(exc.worded(lambda n: EXECUTOR_FLAGS.get(n, "--" + n.replace("_", "-"))),
+                                   ctx=None) from None
         except ConfigError as exc:
             raise click.UsageError(str(exc), ctx=None) from None
         except WorstforgetError as exc:

@@ -70,7 +70,7 @@ class Rebuildable(Protocol):
 
 @runtime_checkable
 class Portable(Rebuildable, Protocol):
-    """A recipe whose context a worker can rebuild without the driver's file system (Ray's `--ray-cache driver`).
+    """A recipe whose context a worker can rebuild without the driver's file system (Ray, ray_cache driver).
 
     `payload(context)` is everything a worker would otherwise read from the driver's files (the data, the
     original model's weights, plug-in sources): picklable, put in the object store once per `payload_key`.

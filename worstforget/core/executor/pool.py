@@ -2,7 +2,7 @@
 the task), the worker side (the context rebuilt once per process from its recipe, nothing printed), and the
 standard library's process pool.
 
-Without a shared file system (Ray's `--ray-cache driver`), a worker rebuilds the context from the driver's
+Without a shared file system (a Ray executor with ray_cache driver), a worker rebuilds the context from the driver's
 payload (`Portable`, base.py) into a private cache folder of its own (`run_detached`); an entry it lacks that
 the driver holds comes with the task's next attempt, and what it computed comes back as files that the driver
 alone stores in its cache.

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from ..errors import OptionError, WorstforgetError
-from .base import DEFAULT_RETRIES, LOGGER, Call, NotRebuildableError, Portable, Rebuildable, _first_line
+from .base import DEFAULT_RETRIES, LOGGER, Call, Portable, Rebuildable, _first_line
 from .pool import PoolExecutor, run_detached, run_in_worker
 
 RAY_INSTALL = "pip install 'worstforget[ray]'"
@@ -111,8 +111,8 @@ class RayExecutor(PoolExecutor):
         if mode == "shared":
             return None
         if not isinstance(recipe, Portable):
-            raise NotRebuildableError("--ray-cache driver sends the setting to the workers, but this one cannot be "
-                                      "sent (its recipe has no payload); use --ray-cache shared")
+            raise OptionError("{ray_cache} driver sends the setting to the workers, but this one cannot be sent (its "
+                              "recipe has no payload); use {ray_cache} shared", "ray_cache")
         from ..cache import list_entries
         from ..hashing import stable_hash
 
