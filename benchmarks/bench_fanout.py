@@ -1,4 +1,5 @@
-"""Benchmark: one `compare` audit run serially, on a process pool and on a local Ray instance.
+"""Benchmark: one `compare` audit run serially, on a process pool and on a local Ray instance (sharing the cache
+folder, and with `--ray-cache driver`).
 
     python benchmarks/bench_fanout.py [--repeats 3] [--workers 2] [--out results/fanout.md]
     python benchmarks/bench_fanout.py --dataset fashion_mnist --train-subset 10000 \
@@ -16,7 +17,9 @@ of the medians. `serial` runs with torch's default intra-op threads (one per cor
 `serial-1-thread` is the same run on one thread, the reference that isolates what fanning out gains from
 what intra-op threads already took (each pool worker runs cores / workers threads). Ray's own start-up (a
 local instance and one trivial task, in a fresh process) is timed separately, so what fanning out gains can
-be told apart from what starting Ray costs.
+be told apart from what starting Ray costs. `ray-driver` is the Ray run with `--ray-cache driver`, as on a
+cluster without a shared file system: the driver puts the data and the original in the object store, every
+unit's entry travels back to the driver, which alone writes the cache; against `ray` it is that mode's overhead.
 
 On 2 cores expect at most ~1.8×: the units are independent, but the driver, the workers' start (each imports
 torch and loads the setting) and the longest unit do not shrink with more workers.
@@ -34,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-EXECUTORS = ("serial", "serial-1-thread", "process", "ray")
+EXECUTORS = ("serial", "serial-1-thread", "process", "ray", "ray-driver")
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 RAY_STARTUP = """
 import time
@@ -143,12 +146,15 @@ def main() -> None:
             order = executors[r % len(executors):] + executors[:r % len(executors)]
             for name in order:
                 cache = fresh_cache(root / "base", root, f"run-{r}-{name}")
-                extra = [] if name.startswith("serial") else ["--executor", name, "--workers", str(opts.workers)]
+                extra = [] if name.startswith("serial") else ["--executor", name.split("-")[0], "--workers",
+                                                              str(opts.workers)]
+                if name == "ray-driver":
+                    extra += ["--ray-cache", "driver"]
                 run_env = {**env, **ONE_THREAD} if name == "serial-1-thread" else env
                 times[name].append(worstforget(["compare", *args, *extra], cache, run_env))
                 shutil.rmtree(cache)
                 print(f"repeat {r + 1}/{repeats} {name}: {times[name][-1]:.1f} s", file=sys.stderr)
-            if "ray" in executors:
+            if {"ray", "ray-driver"} & set(executors):
                 startup.append(ray_startup(opts.workers, env))
     text = table(times, startup or [float("nan")], command, opts.workers, opts.tiny, default_threads(env))
     Path(opts.out).parent.mkdir(parents=True, exist_ok=True)

@@ -100,6 +100,7 @@ def isolated_registry():
 # or a Ray instance). Listed here, by module and test name, rather than marked in each file.
 SLOW = {
     "core/test_executor.py": "*",  # process pools and a Ray instance
+    "core/test_ray_no_shared_fs.py": "*",  # a multi-node Ray cluster of local processes
     "core/test_faults_io.py": {"test_two_processes_asking_for_one_unit_compute_it_once",
                                "test_a_cached_model_with_overwritten_tensor_bytes_is_retrained_not_used",
                                "test_a_checkpoint_of_the_cached_model_audits_like_the_cached_model",

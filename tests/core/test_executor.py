@@ -361,7 +361,9 @@ def test_options_of_another_executor_are_refused(tmp_path):
                         (["--workers", "2"], "Error: --workers needs --executor process or ray (serial runs one unit "
                                              "at a time)"),
                         (["--executor", "process", "--ray-address", "h:1"],
-                         "Error: --ray-address applies to --executor ray only (got --executor process)")):
+                         "Error: --ray-address applies to --executor ray only (got --executor process)"),
+                        (["--executor", "process", "--ray-cache", "driver"],
+                         "Error: --ray-cache applies to --executor ray only (got --executor process)")):
         result = CliRunner().invoke(cli, ["compare", "--methods", "ft", *FAST, *flags,
                                           "--cache-dir", str(tmp_path / "c")])
         assert result.exit_code == 2 and result.output.strip().splitlines() == [line]
@@ -518,7 +520,7 @@ def test_fanout_benchmark_tiny(tmp_path):
     assert done.returncode == 0, done.stderr
     text = out.read_text()
     assert text.splitlines()[2].startswith("```") and "bench_fanout.py --tiny" in text.splitlines()[3]
-    row = re.compile(r"^\| (serial|serial-1-thread|process|ray) \|.*\| ([0-9.]+)× \|$", re.M)
+    row = re.compile(r"^\| (serial|serial-1-thread|process|ray|ray-driver) \|.*\| ([0-9.]+)× \|$", re.M)
     rows = {m.group(1): float(m.group(2)) for m in row.finditer(text)}
-    assert rows.keys() == {"serial", "serial-1-thread", "process", "ray"} and rows["serial"] == 1.0
+    assert rows.keys() == {"serial", "serial-1-thread", "process", "ray", "ray-driver"} and rows["serial"] == 1.0
     assert re.search(r"Ray start-up .*median [0-9.]+ s", text)

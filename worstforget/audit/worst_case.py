@@ -19,6 +19,7 @@ from ..forget_sets import BASELINES
 from ..methods import METHODS, make_method
 from ..scoring.attacks import ATTACKS
 from ..search import SearchConfig, jaccard, overlap, search_worst_case, top_m
+from ..search.objectives import uses_references
 from ..search.problem import Problem
 from ..search.solvers import SOLVERS, check_solver
 from ..setting import Setting
@@ -99,6 +100,8 @@ def audit_worst_case(setting: Setting, method: str, params: dict | None, cfg: Se
     init_units = baselines[start["baseline"]] if start else None
     executor = executor or serial()
     stability, again = None, None
+    if uses_references(cfg.objective):  # shared by every search: trained (or read) once, here, not per worker
+        setting.references(cfg.reference_models, progress=progress)
     if options.stability:  # the search and its seed+1 twin are independent: two tasks (outer steps stay in order)
         found, again = executor.map(setting, [
             Call(search_task, (name, params, cfg, seed, state_dir, resume, refs, init_units),
@@ -211,6 +214,8 @@ def _select(setting: Setting, name: str, params: dict, cfg: SearchConfig, seed: 
                                 None), label=f"search for {method_label(name, params)} by the {n[10:]} objective")
              for n in names]
     with Timer() as timer:
+        if any(uses_references(n[len("objective_"):]) for n in names):  # once, here, not in every worker
+            setting.references(cfg.reference_models, progress=progress)
         if calls:
             runs.update(zip(names, executor.map(setting, calls, progress=progress, description="candidate searches")))
     candidates = {**{k: r.indices for k, r in runs.items()}, **{b: problem.members(u) for b, u in baselines.items()}}
@@ -230,7 +235,6 @@ def _cost(setting: Setting, found, again, kinds: dict, problem: Problem, options
     """What the search cost against training the original — or, when that time is unknown (a checkpoint),
     against one Retrain on a random set (its median over runs): the search, its stability twin and the
     reference models behind the objective and the baselines (trained by this run, or shared from the cache)."""
-    from ..search.objectives import uses_references
     from ..training.reference import TRAINED_HERE, reference_key
 
     if setting.train_seconds:

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import click
 
-from ..core.errors import ConfigError, WorstforgetError
+from ..core.errors import ConfigError, OptionError, WorstforgetError
 
 MIA_RESAMPLES = 3  # = setting.MIA_RESAMPLES (a test keeps them equal; importing it here would load torch for --help)
 
@@ -20,6 +20,9 @@ class WorstforgetGroup(click.Group):
 
         try:
             return super().invoke(ctx)
+        except OptionError as exc:  # raised once work began (an executor's choice): the library's names as flags
+            raise click.UsageError(exc.worded(lambda n: EXECUTOR_FLAGS.get(n, "--" + n.replace("_", "-"))),
+                                   ctx=None) from None
         except ConfigError as exc:
             raise click.UsageError(str(exc), ctx=None) from None
         except WorstforgetError as exc:
@@ -120,7 +123,7 @@ def cli(ctx: click.Context, plugins: tuple[str, ...], batch_format: str, plugin_
         load_plugins(plugins, batch_format=batch_format, override=plugin_override)
 
 
-EXECUTOR_KEYS = ("executor", "workers", "retries", "ray_address", "cpus_per_task", "gpus_per_task")
+EXECUTOR_KEYS = ("executor", "workers", "retries", "ray_address", "cpus_per_task", "gpus_per_task", "ray_cache")
 EXECUTOR_FLAGS = {"address": "--ray-address"}  # make_executor's parameters whose flag is not --NAME
 
 
@@ -141,6 +144,10 @@ def executor_options(fn: Callable) -> Callable:
                      help="CPUs Ray reserves per task [default: 1]."),
         click.option("--gpus-per-task", type=click.FloatRange(min=0), default=None,
                      help="GPUs Ray reserves per task; fractions share a GPU [default: 0, tasks on the CPU]."),
+        click.option("--ray-cache", type=click.Choice(["auto", "shared", "driver"]), default=None,
+                     help="How Ray workers reach the cache: shared (every node mounts --cache-dir), driver (the driver "
+                          "sends what they need and alone writes the cache) [default: auto, shared when every node "
+                          "sees the cache folder]."),
     ]
     for option in reversed(options):
         fn = option(fn)

@@ -172,6 +172,7 @@ class ExecutorOptions:
     ray_address: str | None = None
     cpus_per_task: float | None = None
     gpus_per_task: float | None = None
+    ray_cache: str | None = None
 
     def build(self, app: AppContext):
         """The executor; closed when the command ends, or shared by the steps of `run` and closed when it ends."""
@@ -184,7 +185,7 @@ class ExecutorOptions:
         try:
             executor = make_executor(self.executor, workers=self.workers, retries=self.retries,
                                      address=self.ray_address, cpus_per_task=self.cpus_per_task,
-                                     gpus_per_task=self.gpus_per_task)
+                                     gpus_per_task=self.gpus_per_task, ray_cache=self.ray_cache)
         except OptionError as exc:  # the library names its parameters; here they are flags
             raise ConfigError(exc.worded(lambda n: EXECUTOR_FLAGS.get(n, "--" + n.replace("_", "-")))) from None
         if app.executors is not None:

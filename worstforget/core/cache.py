@@ -12,6 +12,12 @@ Concurrency: a unit is computed while holding an exclusive lock on `<entry>.lock
 processes sharing the cache folder never compute the same unit at once; the second waits, then reads the
 first's entry. Entries are written atomically and synced (`io.write_bytes_atomic`): a reader sees the old
 entry or the new one, never a partial one.
+
+Without a shared folder (Ray workers on other machines, `--ray-cache driver`): a worker caches into a private
+folder of its own and knows the names of the driver's entries (`detach_reads`); reading an entry it lacks but
+the driver holds raises `EntryNeeded`, and the driver sends the entry with the task's next attempt. What the
+worker computed travels back as files (`list_entries`), and the driver alone stores them (`store_entry`,
+checked against their digests like any read).
 """
 from __future__ import annotations
 
@@ -98,6 +104,126 @@ def _untrusted(path: Path, problem: str) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0][:160]}" if text else type(exc).__name__
+
+
+# --- a worker without the driver's folder ----------------------------------------------------------------
+
+class EntryNeeded(BaseException):
+    """A detached worker read an entry it lacks that the driver's cache holds: `relpaths` (relative to the cache
+    folder). Not an Exception: no task code may catch it and compute the entry instead; the executor catches it
+    and asks the driver for the entries."""
+
+    def __init__(self, relpaths: list[str]):
+        super().__init__(", ".join(relpaths))
+        self.relpaths = list(relpaths)
+
+
+_DETACHED: dict[str, Any] = {}  # {"root": Path, "index": set of relpaths the driver holds} in a detached worker
+
+
+def detach_reads(root: str | Path | None, index: "set[str] | frozenset[str] | None" = None) -> None:
+    """In a worker: its cache folder `root` stands for the driver's, whose entries are `index` (None: attached)."""
+    _DETACHED.clear()
+    if root is not None:
+        _DETACHED.update(root=Path(root), index=frozenset(index or ()), read=set())
+
+
+def read_unknown() -> set[str]:
+    """The entries a detached worker read from its own folder that the driver's index lacks (computed here for an
+    earlier task): they go back to the driver like new ones. Cleared by the call."""
+    found = set(_DETACHED.get("read", ()))
+    if found:
+        _DETACHED["read"].clear()
+    return found
+
+
+def need(*paths: str | Path) -> None:
+    """Before reading entries: in a detached worker, raise `EntryNeeded` for those it lacks that the driver holds."""
+    if not _DETACHED:
+        return
+    root, index, missing = _DETACHED["root"], _DETACHED["index"], []
+    for path in paths:
+        path = Path(path)
+        try:
+            rel = path.relative_to(root).as_posix()
+        except ValueError:
+            continue
+        if not path.exists():
+            if rel in index:
+                missing.append(rel)
+        elif rel not in index:
+            _DETACHED["read"].add(rel)
+    if missing:
+        raise EntryNeeded(missing)
+
+
+ENTRY_FOLDERS = ("models", "records", "arrays", "search")  # what a unit reads and writes (not logs, locks, studies)
+
+
+def list_entries(root: str | Path) -> dict[str, tuple[int, int]]:
+    """The cache entries under `root`: relpath → (size, mtime in ns); lock and temporary files left out."""
+    root, found = Path(root), {}
+    for folder in ENTRY_FOLDERS:
+        top = root / folder
+        if not top.is_dir():
+            continue
+        for dirpath, _, files in os.walk(top):
+            for name in files:
+                if name.endswith(".lock") or name.startswith("."):
+                    continue
+                path = Path(dirpath, name)
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue
+                found[path.relative_to(root).as_posix()] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def entry_problem(relpath: str, data: bytes) -> str | None:
+    """What is wrong with the bytes of the entry `relpath` (None when its digest checks out): a model, a record
+    or arrays, read as their caches read them. Search checkpoints carry their own digests, checked on load."""
+    parts = relpath.split("/")
+    if ".." in parts or relpath.startswith("/") or parts[0] not in ENTRY_FOLDERS:
+        return "is not a cache entry"
+    try:
+        if parts[0] == "models":
+            entry = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            if not (isinstance(entry, dict) and isinstance(entry.get("state_dict"), dict)
+                    and isinstance(entry.get("meta"), str)):
+                return "has no checksum"
+            return None if content_digest([entry["state_dict"], entry["meta"]]) == entry.get("digest") else \
+                "fails its checksum"
+        if parts[0] == "records":
+            doc = json.loads(data.decode("utf-8"))
+            ok = isinstance(doc, dict) and "record" in doc and \
+                hashlib.sha256(_canonical(doc["record"]).encode()).hexdigest() == doc.get("sha256")
+            return None if ok else "fails its checksum"
+        if parts[0] == "arrays":
+            with np.load(io.BytesIO(data), allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+            digest = arrays.pop(DIGEST_ARRAY, None)
+            return None if digest is not None and content_digest(arrays) == str(digest) else "fails its checksum"
+    except Exception as exc:  # truncated or foreign bytes: torch, json and numpy raise many types
+        return f"is unreadable ({_first_line(exc)})"
+    return None
+
+
+def store_entry(root: str | Path, relpath: str, data: bytes) -> bool:
+    """Store an entry a worker computed into the cache folder `root` (atomically), unless the folder already
+    holds it; refuses bytes that fail their digest (`entry_problem`). True when written."""
+    problem = entry_problem(relpath, data)
+    if problem is not None:
+        raise ValueError(f"cache entry {relpath} sent by a worker {problem}")
+    path = Path(root) / relpath
+    if path.is_file():  # the same key: the same content, computed twice (two workers before the driver held it)
+        try:
+            if entry_problem(relpath, path.read_bytes()) is None:
+                return False
+        except OSError:
+            pass  # unreadable here: replaced by the worker's copy
+    write_bytes_atomic(path, data)
+    return True
 
 
 # --- the folder --------------------------------------------------------------------------------------------
@@ -203,6 +329,8 @@ class ModelCache:
         """Load the entry into `model` and return its metadata; None when absent or untrusted, leaving
         `model` untouched."""
         path = self.path(key)
+        if self.enabled:
+            need(path)
         if not (self.enabled and path.is_file()):
             return None
         try:
@@ -322,6 +450,7 @@ class RecordCache:
 
     @staticmethod
     def _read(path: Path, check: Validator, *, warn: bool) -> dict | None:
+        need(path)
         if not path.is_file():
             return None
         try:
@@ -366,6 +495,8 @@ class ArrayCache:
 
     def get(self, kind: str, key: str) -> dict | None:
         path = self.path(kind, key)
+        if self.enabled:
+            need(path)
         if not (self.enabled and path.is_file()):
             return None
         try:

@@ -2,7 +2,9 @@
 
 `load_plugins(["pkg.mod:unlearning"])` imports each function and registers it as a method named after it (a
 `PluginMethod` subclass, plugin.py); `source_hash` keys cached results on the plug-in's source, so editing it
-recomputes. Workers of a parallel executor load the driver's plug-ins before rebuilding the setting.
+recomputes. Workers of a parallel executor load the driver's plug-ins before rebuilding the setting: from the
+driver's working folder, or, on workers that do not see the driver's files, from the very source files the
+hash covers, sent along (`ship_plugins`).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, WorstforgetError
 from ..core.runlog import where_logged
 from ..setting.recipe import carry_to_workers
 from .challenge_loaders import BATCH_FORMATS
@@ -181,10 +183,70 @@ def plugins_for_workers() -> tuple[str, dict] | None:
     return f"{__name__}:restore_plugins", {"plugins": plugins, "path": (os.getcwd(),)}
 
 
+def plugin_sources(module: ModuleType) -> tuple[str, dict[str, bytes]] | None:
+    """The files `source_hash` covers, relative to the folder a worker puts on sys.path to import the module
+    from them: (that folder's path here, {relpath: bytes}); None for a module without a source file."""
+    file = getattr(module, "__file__", None)
+    if not file or not Path(file).is_file():
+        return None
+    path = Path(file).resolve()
+    depth = len(module.__name__.split(".")) - (0 if path.name == "__init__.py" else 1)
+    if depth > 0:
+        top = path.parents[depth - 1]  # the top-level package folder, whole
+        files, root = py_files(top), top.parent
+    else:
+        files, root = sibling_imports(path), path.parent
+    return str(root), {f.relative_to(root).as_posix(): f.read_bytes() for f in sorted(files)}
+
+
+def ship_plugins(state: dict) -> dict:
+    """The state of `plugins_for_workers` for workers that do not see the driver's files: each plug-in with
+    its source files and their hash (its cache key), instead of the driver's working folder."""
+    shipped = []
+    for target, batch_format in state["plugins"]:
+        cls = METHODS.get(plugin_name(target))
+        module = sys.modules.get(cls.module_name) or importlib.import_module(cls.module_name)
+        sources = plugin_sources(module)
+        if sources is None:
+            raise WorstforgetError(f"plug-in {target} has no source file to send to the Ray workers (they do not see "
+                                   "this machine's files); make it a module file, or use --ray-cache shared")
+        shipped.append((target, batch_format, sources[1], cls.source_hash))
+    return {"plugins": state["plugins"], "path": (), "shipped": tuple(shipped)}
+
+
+def _load_shipped(target: str, batch_format: str, files: dict[str, bytes], digest: str) -> None:
+    """In a worker: write a plug-in's sources to a folder of its own, import them from there, and check their
+    hash is the driver's (results are cached under it)."""
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="worstforget-plugin-")
+    for rel, data in files.items():
+        dest = Path(folder, rel)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+    top = target.partition(":")[0].strip().split(".")[0]
+    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+        del sys.modules[name]  # a module of that name imported before (another payload): import the sent one
+    sys.path.insert(0, folder)
+    importlib.invalidate_caches()
+    name = load_plugin(target, batch_format=batch_format, override=True)
+    if METHODS.get(name).source_hash != digest:
+        raise WorstforgetError(f"plug-in {target} sent to a Ray worker hashes differently there than on the driver; "
+                               "it imports code outside its folder or package: use --ray-cache shared")
+
+
 def restore_plugins(state: dict) -> None:
-    """In a worker: the driver's folders on sys.path, then its plug-ins (the driver already refused clashes)."""
+    """In a worker: the driver's folders on sys.path, then its plug-ins (the driver already refused clashes);
+    or the plug-ins' sources the driver sent (`ship_plugins`)."""
+    if state.get("shipped"):
+        for target, batch_format, files, digest in state["shipped"]:
+            _load_shipped(target, batch_format, files, digest)
+        return
     for folder in state["path"]:
         if folder not in sys.path:
             sys.path.insert(0, folder)
     for target, batch_format in state["plugins"]:
         load_plugin(target, batch_format=batch_format, override=True)
+
+
+restore_plugins.detached = ship_plugins  # what SettingRecipe.payload sends instead of the working folder

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.cache import content_digest, file_lock
+from ..core.cache import content_digest, file_lock, need
 from ..core.io import write_bytes_atomic
 
 STATE_VERSION = 2  # 2: a small state file plus appended weight rows (O(N) bytes per outer step)
@@ -47,6 +47,7 @@ class SearchCheckpoint:
 
     def load(self, outer_steps: int) -> dict | None:
         """The verified state, with `weights` (its rows as tensors), or None (absent or untrusted)."""
+        need(self.state_path, self.rows_path)  # a worker without the driver's folder asks for both
         if not self.state_path.is_file():
             return None
         try:

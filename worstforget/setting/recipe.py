@@ -1,5 +1,6 @@
 """The recipe of a setting: what a worker process needs to rebuild the very same Setting (the executors'
-`Rebuildable`, core/executor/base.py)."""
+`Rebuildable`, core/executor/base.py) — from the driver's files (a worker that shares them), or from the
+driver's payload (`Portable`: a worker on a machine without them)."""
 from __future__ import annotations
 
 import hashlib
@@ -92,6 +93,49 @@ class SettingRecipe:
         done = replace(self, prepare={**self.prepare, "device": str(setting.data.device)},
                        original_key=setting.original_key)
         setting.recipe = done
+        return setting
+
+    # --- a worker without the driver's files (Ray's --ray-cache driver) -----------------------------------
+
+    @property
+    def cache_folder(self) -> str:
+        return str(self.prepare["cache_dir"])
+
+    def payload_key(self, setting: "Setting") -> str:
+        return f"{self.key}-{setting.original_key}"
+
+    def payload(self, setting: "Setting") -> dict:
+        """What a worker that sees none of the driver's files needs: the data and the original's weights (on the
+        CPU), the setting's fields, and the plug-ins' sources (each carried state's `detached` form)."""
+        restore = []
+        for target, state in self.restore:
+            module, _, name = target.partition(":")
+            detached = getattr(getattr(importlib.import_module(module), name), "detached", None)
+            restore.append((target, detached(state) if detached else state))
+        return {"data": setting.data.to("cpu"), "spec": replace(setting.spec, cache_dir=None),
+                "original": {k: v.detach().cpu() for k, v in setting.original.state_dict().items()},
+                "original_key": setting.original_key, "train_seconds": setting.train_seconds,
+                "original_source": setting.original_source, "mia_seed": setting.mia_seed,
+                "mia_resamples": setting.mia_resamples, "caching": setting.records.enabled, "restore": tuple(restore)}
+
+    def rebuild_detached(self, payload: dict, folder: str) -> "Setting":
+        """The driver's setting in a worker from its `payload`, caching into the worker's own `folder`."""
+        from ..core.cache import RecordCache
+        from ..core.runtime import resolve_device
+        from . import Setting
+
+        for target, state in payload["restore"]:
+            module, _, name = target.partition(":")
+            getattr(importlib.import_module(module), name)(state)
+        data = payload["data"].to(resolve_device(self.device))
+        spec = replace(payload["spec"], cache_dir=folder)  # sisa/arcane/rum keep their artefacts there
+        original = spec.build(data)
+        original.load_state_dict(payload["original"])
+        setting = Setting(data=data, spec=spec, original=original.eval(), original_key=payload["original_key"],
+                          records=RecordCache(folder, enabled=payload["caching"]),
+                          train_seconds=payload["train_seconds"], original_source=payload["original_source"],
+                          mia_seed=payload["mia_seed"], mia_resamples=payload["mia_resamples"])
+        setting.recipe = self
         return setting
 
     def rebuild(self) -> "Setting":

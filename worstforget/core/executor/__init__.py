@@ -7,21 +7,21 @@ from typing import Any
 
 from ..errors import OptionError
 from ..registry import Registry
-from .base import DEFAULT_RETRIES, Call, Executor, NotRebuildableError, Outcome, Rebuildable, recipe_of
-from .pool import PoolExecutor, ProcessExecutor, run_in_worker
-from .ray import RAY_INSTALL, RayExecutor, import_ray
+from .base import DEFAULT_RETRIES, Call, Executor, NotRebuildableError, Outcome, Portable, Rebuildable, recipe_of
+from .pool import PoolExecutor, ProcessExecutor, run_detached, run_in_worker
+from .ray import RAY_CACHE_MODES, RAY_INSTALL, RayExecutor, import_ray
 
 EXECUTORS: Registry[type[Executor]] = Registry("executor")
 EXECUTORS.register("serial")(Executor)
 EXECUTORS.register("process")(ProcessExecutor)
 EXECUTORS.register("ray")(RayExecutor)
 
-RAY_OPTIONS = ("address", "cpus_per_task", "gpus_per_task")
+RAY_OPTIONS = ("address", "cpus_per_task", "gpus_per_task", "ray_cache")
 
 
 def make_executor(name: str = "serial", *, workers: int | None = None, retries: int = DEFAULT_RETRIES,
                   **ray_options: Any) -> Executor:
-    """An executor by registry name; `address`, `cpus_per_task` and `gpus_per_task` are Ray's alone."""
+    """An executor by registry name; `address`, `cpus_per_task`, `gpus_per_task` and `ray_cache` are Ray's alone."""
     cls = EXECUTORS.get(name)
     if cls is Executor and workers is not None:
         raise OptionError("{workers} needs {executor} process or ray (serial runs one unit at a time)", "workers",
@@ -43,6 +43,7 @@ def serial() -> Executor:
     return Executor()
 
 
-__all__ = ["Call", "Rebuildable", "NotRebuildableError", "Outcome", "recipe_of", "run_in_worker", "Executor",
+__all__ = ["Call", "Rebuildable", "Portable", "NotRebuildableError", "Outcome", "recipe_of", "run_in_worker",
+           "run_detached", "RAY_CACHE_MODES", "Executor",
            "PoolExecutor", "ProcessExecutor", "RayExecutor", "EXECUTORS", "make_executor", "serial", "import_ray",
            "RAY_INSTALL"]

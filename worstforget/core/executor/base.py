@@ -4,7 +4,8 @@ object (the setting), one after another in this process, results handed back in 
 A task is a module-level function, its arguments and a label naming its configuration; it is called as
 `fn(context, *args, progress=..., **kwargs)`. A context holds tensors and a model, so it never travels:
 executors that run tasks in other processes (`pool.py`, `ray.py`) need a context that carries a `recipe`
-(a `Rebuildable`: a picklable description that rebuilds the context in a worker, once per process).
+(a `Rebuildable`: a picklable description that rebuilds the context in a worker, once per process; a
+`Portable` one can also send what the rebuild reads to workers that do not see the driver's files).
 Tasks are pure functions of their arguments and seeds, so every executor returns the same numbers
 (timings aside).
 
@@ -67,6 +68,26 @@ class Rebuildable(Protocol):
     def on_device(self, device: str) -> "Rebuildable": ...
 
 
+@runtime_checkable
+class Portable(Rebuildable, Protocol):
+    """A recipe whose context a worker can rebuild without the driver's file system (Ray, ray_cache driver).
+
+    `payload(context)` is everything a worker would otherwise read from the driver's files (the data, the
+    original model's weights, plug-in sources): picklable, put in the object store once per `payload_key`.
+    `rebuild_detached(payload, folder)` rebuilds the context in a worker, caching into its private `folder`.
+    `cache_folder` is the driver's cache folder (None when caching is off): the driver alone writes it.
+    """
+
+    @property
+    def cache_folder(self) -> str | None: ...
+
+    def payload_key(self, context: Any) -> str: ...
+
+    def payload(self, context: Any) -> Any: ...
+
+    def rebuild_detached(self, payload: Any, folder: str) -> Any: ...
+
+
 class NotRebuildableError(ConfigError):
     """A parallel executor was given a context that carries no recipe to rebuild it in a worker."""
 
@@ -94,6 +115,9 @@ class Outcome:
     computed: dict = field(default_factory=dict)  # cache kind → entries computed (none: all cached)
     logs: list = field(default_factory=list)  # (level, message) the task logged in a worker
     pid: int = 0
+    node: str = ""  # the machine it ran on (Ray's node id), when known
+    needs: list = field(default_factory=list)  # cache entries a detached worker lacks (see core/cache.py)
+    entries: dict = field(default_factory=dict)  # relpath → bytes: the cache entries a detached worker wrote
 
 
 # --- running one task --------------------------------------------------------------------------------
@@ -116,7 +140,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _execute(setting: Any, call: Call, progress: Progress | None, *, in_worker: bool) -> Outcome:
-    from ..cache import COMPUTED
+    from ..cache import COMPUTED, EntryNeeded
 
     before = Counter(COMPUTED)
     collect = _Collect() if in_worker else None
@@ -126,6 +150,8 @@ def _execute(setting: Any, call: Call, progress: Progress | None, *, in_worker: 
     start = time.perf_counter()
     try:
         outcome.value = call.fn(setting, *call.args, progress=progress, **call.kwargs)
+    except EntryNeeded as exc:  # only in a detached worker: the driver sends them with the next attempt
+        outcome.needs = exc.relpaths
     except WorstforgetError as exc:
         if not in_worker:
             raise

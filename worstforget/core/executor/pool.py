@@ -2,6 +2,11 @@
 the task), the worker side (the context rebuilt once per process from its recipe, nothing printed), and the
 standard library's process pool.
 
+Without a shared file system (a Ray executor with ray_cache driver), a worker rebuilds the context from the driver's
+payload (`Portable`, base.py) into a private cache folder of its own (`run_detached`); an entry it lacks that
+the driver holds comes with the task's next attempt, and what it computed comes back as files that the driver
+alone stores in its cache.
+
 On a pool, an exception other than a WorstforgetError, or a worker that dies, is logged with the task's label
 and the task is retried; once `retries` more attempts have failed, the audit stops with one WorstforgetError
 naming the task (its traceback in the run log). Workers print nothing: what they log (cache warnings,
@@ -15,7 +20,7 @@ import sys
 import time
 import traceback
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import WorstforgetError
 from ..progress import Progress
@@ -25,6 +30,7 @@ from .base import (
     Call,
     Executor,
     Outcome,
+    Portable,
     Rebuildable,
     _execute,
     _first_line,
@@ -54,6 +60,10 @@ def _prepare_worker(threads: int) -> None:
 def run_in_worker(recipe: Rebuildable, call: Call, threads: int) -> Outcome:
     """A task in a worker process: the context of `recipe` (rebuilt on first use), then the call in its scope."""
     _prepare_worker(threads)
+    if _WORKER.pop("index_key", None) is not None:  # this process ran detached tasks before: reads are its own again
+        from ..cache import detach_reads
+
+        detach_reads(None)
     started = time.time()
     try:
         if _WORKER.get("key") != recipe.key:
@@ -67,6 +77,69 @@ def run_in_worker(recipe: Rebuildable, call: Call, threads: int) -> Outcome:
                        started=started, pid=os.getpid())
     with recipe.scope():
         return _execute(setting, call, None, in_worker=True)
+
+
+def _private_folder(key: str) -> str:
+    """This worker process's own cache folder for the recipe `key` (in the node's temporary folder, never the
+    driver's path), removed when the process ends normally."""
+    folders = _WORKER.setdefault("folders", {})
+    folder = folders.get(key)
+    if folder is None or not os.path.isdir(folder):
+        import atexit
+        import shutil
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="worstforget-worker-")
+        atexit.register(shutil.rmtree, folder, True)
+        folders[key] = folder
+    return folder
+
+
+def run_detached(recipe: Portable, payload_key: str, load_payload: Callable[[], Any], index_key: str,
+                 load_index: Callable[[], Any], call: Call, threads: int, extras: dict) -> Outcome:
+    """A task in a worker that does not see the driver's files: the context rebuilt from the driver's payload
+    (fetched on first use) into this process's private cache folder, which stands for the driver's (`index`:
+    the names of the driver's entries; `extras`: entries the driver sent for this task). The cache entries the
+    task wrote come back with its outcome."""
+    from ..cache import detach_reads, list_entries, read_unknown
+    from ..io import write_bytes_atomic
+
+    _prepare_worker(threads)
+    started = time.time()
+    try:
+        folder = _private_folder(recipe.key)  # one per driver's setting: it stands for that driver's folder
+        key = f"{recipe.key}/{payload_key}"
+        if _WORKER.get("key") != key:
+            _WORKER.pop("index_key", None)
+            _WORKER.pop("setting", None)
+            _WORKER["key"] = None
+            _WORKER["setting"], _WORKER["key"] = recipe.rebuild_detached(load_payload(), folder), key
+        if _WORKER.get("index_key") != index_key:
+            detach_reads(folder, load_index())
+            _WORKER["index_key"] = index_key
+        for rel, data in extras.items():
+            if not os.path.isfile(os.path.join(folder, rel)):
+                write_bytes_atomic(os.path.join(folder, rel), data)
+        setting = _WORKER["setting"]
+    except WorstforgetError as exc:
+        return Outcome(error=_portable(exc), started=started, pid=os.getpid())
+    except Exception as exc:
+        return Outcome(failure=f"rebuilding the setting: {_first_line(exc)}", traceback=traceback.format_exc(),
+                       started=started, pid=os.getpid())
+    before = list_entries(folder)
+    read_unknown()
+    with recipe.scope():
+        outcome = _execute(setting, call, None, in_worker=True)
+    if outcome.error is None and not outcome.failure:
+        sent = _WORKER.setdefault("sent", {}).setdefault(recipe.key, set())  # what the driver holds from here
+        after = list_entries(folder)
+        back = {rel for rel, stat in after.items() if before.get(rel) != stat}
+        back |= {rel for rel in read_unknown() if rel in after and rel not in sent}  # hits on an earlier task's
+        for rel in sorted(back):
+            with open(os.path.join(folder, rel), "rb") as fh:
+                outcome.entries[rel] = fh.read()
+        sent |= back
+    return outcome
 
 
 def _die_with_the_driver() -> None:
@@ -106,8 +179,10 @@ class PoolExecutor(Executor):
     def _run(self, setting: Any, calls: list[Call], tracker: _Tracker, progress: Progress | None) -> list:
         recipe, threads = self._recipe(recipe_of(setting)), self._threads()
         self._start()
+        root = self._detach(recipe, setting)  # the driver's cache folder when workers do not see it, else None
         width = self.parallelism
         pending, attempts = deque(range(len(calls))), [0] * len(calls)
+        extras: list[dict] = [{} for _ in calls]  # per task: the driver's entries its worker asked for
         results: list = [None] * len(calls)
         inflight: dict[Any, int] = {}
         try:
@@ -115,12 +190,22 @@ class PoolExecutor(Executor):
                 while pending and len(inflight) < width + 1:  # one queued beside the running ones keeps all busy
                     i = pending.popleft()
                     attempts[i] += 1
-                    inflight[self._submit(recipe, calls[i], threads)] = i
+                    inflight[self._submit(recipe, calls[i], threads, extras[i])] = i
                 tracker.running = min(len(inflight), width)
                 tracker.show()
                 for handle, outcome in self._wait(list(inflight)):
                     i = inflight.pop(handle)
                     call, label = calls[i], calls[i].label or calls[i].fn.__name__
+                    if root is not None and isinstance(outcome, Outcome):
+                        self._store(root, outcome, label)
+                        if outcome.needs:  # not a failure: the same attempt again, with the entries it lacked
+                            for level, message in outcome.logs:
+                                LOGGER.log(level, "[worker %d] %s", outcome.pid, message)
+                            self.computed.update(outcome.computed)
+                            self._send(root, outcome.needs, extras[i], outcome.entries, label)
+                            attempts[i] -= 1
+                            pending.appendleft(i)
+                            continue
                     if isinstance(outcome, Outcome) and outcome.error is not None:
                         for level, message in outcome.logs:
                             LOGGER.log(level, "[worker %d] %s", outcome.pid, message)
@@ -154,11 +239,41 @@ class PoolExecutor(Executor):
     def start(self) -> None:
         self._start()
 
+    @staticmethod
+    def _store(root: str, outcome: Outcome, label: str) -> None:
+        """The cache entries a detached worker computed, stored by the driver (checked against their digests)."""
+        from ..cache import store_entry
+
+        for rel in sorted(outcome.entries, key=lambda r: (r.endswith(".pt") and r.startswith("search/"), r)):
+            try:  # a search's rows before the state that counts them
+                store_entry(root, rel, outcome.entries[rel])
+            except ValueError as exc:
+                raise WorstforgetError(f"{label}: {exc}; the worker's copy was damaged in transit, run again") from None
+
+    @staticmethod
+    def _send(root: str, needs: list, extras: dict, computed: dict, label: str) -> None:
+        """Add the driver's entries `needs` to a task's extras (and what its worker already computed)."""
+        for rel in needs:
+            if rel in extras:
+                raise WorstforgetError(f"{label}: its worker asked twice for the cache entry {rel}; "
+                                       "the workers' cache folders cannot be written")
+            try:
+                with open(os.path.join(root, rel), "rb") as fh:
+                    extras[rel] = fh.read()
+            except OSError as exc:
+                raise WorstforgetError(f"{label} needs the cache entry {rel}, which the driver cannot read "
+                                       f"({exc.strerror or exc}); run again") from None
+        extras.update(computed)
+
+    def _detach(self, recipe: Rebuildable, setting: Any) -> str | None:
+        """Prepare a map whose workers do not see the driver's files; its cache folder, or None (shared)."""
+        return None
+
     # backend hooks
     def _start(self) -> None:
         raise NotImplementedError
 
-    def _submit(self, recipe: Rebuildable, call: Call, threads: int) -> Any:
+    def _submit(self, recipe: Rebuildable, call: Call, threads: int, extras: dict) -> Any:
         raise NotImplementedError
 
     def _wait(self, handles: list) -> list[tuple[Any, "Outcome | BaseException"]]:
@@ -198,7 +313,7 @@ class ProcessExecutor(PoolExecutor):
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=_process_worker_init, initargs=(self._threads(),))
 
-    def _submit(self, recipe: Rebuildable, call: Call, threads: int) -> Any:
+    def _submit(self, recipe: Rebuildable, call: Call, threads: int, extras: dict) -> Any:
         self._start()
         return self._pool.submit(run_in_worker, recipe, call, threads)
 

@@ -1,4 +1,12 @@
-"""Tasks on a Ray cluster (an optional extra): the cluster at an address, else a local instance."""
+"""Tasks on a Ray cluster (an optional extra): the cluster at an address, else a local instance.
+
+Two ways to reach the cache (`ray_cache`). `shared`: every node mounts the driver's cache folder (NFS,
+Lustre...); workers rebuild the setting from its recipe and read and write the folder themselves. `driver`: no
+node needs the driver's files; the driver puts the setting's payload (data, the original's weights, plug-in
+sources) in Ray's object store once, workers cache into private folders, and the driver alone writes its
+cache (pool.py `run_detached`). `auto` (default) asks one task on each node whether it sees a file the driver
+just wrote in its cache folder: shared if every node does, else driver. A local instance is always shared.
+"""
 from __future__ import annotations
 
 import logging
@@ -7,10 +15,11 @@ import time
 from typing import Any
 
 from ..errors import OptionError, WorstforgetError
-from .base import DEFAULT_RETRIES, LOGGER, Call, Rebuildable, _first_line
-from .pool import PoolExecutor, run_in_worker
+from .base import DEFAULT_RETRIES, LOGGER, Call, Portable, Rebuildable, _first_line
+from .pool import PoolExecutor, run_detached, run_in_worker
 
 RAY_INSTALL = "pip install 'worstforget[ray]'"
+RAY_CACHE_MODES = ("auto", "shared", "driver")
 
 
 def import_ray():
@@ -27,14 +36,19 @@ class RayExecutor(PoolExecutor):
 
     Each task asks Ray for `cpus_per_task` CPUs and `gpus_per_task` GPUs (fractions share one GPU); a task
     whose worker dies is retried by Ray itself (`max_retries`). `workers` caps the tasks in flight (a local
-    instance gets workers × cpus_per_task CPUs); without it the cluster's free resources decide.
+    instance gets workers × cpus_per_task CPUs); without it the cluster's free resources decide. `ray_cache`
+    says how workers reach the cache (see the module docstring).
     """
 
     name = "ray"
 
     def __init__(self, *, workers: int | None = None, retries: int = DEFAULT_RETRIES, address: str | None = None,
-                 cpus_per_task: float | None = None, gpus_per_task: float | None = None):
+                 cpus_per_task: float | None = None, gpus_per_task: float | None = None,
+                 ray_cache: str | None = None):
         super().__init__(workers=workers, retries=retries)
+        if ray_cache is not None and ray_cache not in RAY_CACHE_MODES:
+            raise OptionError("{ray_cache} must be one of %s, got %r" % ("|".join(RAY_CACHE_MODES), ray_cache),
+                              "ray_cache")
         if (cpus_per_task is not None and cpus_per_task <= 0) or (gpus_per_task is not None and gpus_per_task < 0):
             raise OptionError("{cpus_per_task} must be positive and {gpus_per_task} at least 0", "cpus_per_task",
                               "gpus_per_task")
@@ -43,7 +57,11 @@ class RayExecutor(PoolExecutor):
         self.cpus_per_task = cpus_per_task or 1.0
         self.gpus_per_task = gpus_per_task or 0.0
         self.startup_seconds: float | None = None  # Ray's start-up (or joining) time, when this executor did it
-        self._remote = None
+        self.ray_cache = ray_cache or "auto"
+        self.mode: str | None = None  # shared | driver, once decided (auto: by the probe)
+        self._remote = self._remote_detached = None
+        self._payload: tuple[str, Any] | None = None  # (payload key, its object ref): put once
+        self._index: tuple[str, Any] | None = None  # (index key, object ref): the names of the driver's entries
 
     @property
     def parallelism(self) -> int:
@@ -84,10 +102,50 @@ class RayExecutor(PoolExecutor):
                 LOGGER.info("ray: started a local instance (%s CPUs)", cpus or "all")
             self.startup_seconds = time.perf_counter() - start
         if self._remote is None:
-            self._remote = ray.remote(run_in_worker).options(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task,
-                                                             max_retries=self.retries)
+            options = dict(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task, max_retries=self.retries)
+            self._remote = ray.remote(run_in_worker).options(**options)
+            self._remote_detached = ray.remote(_run_detached_on_ray).options(**options)
 
-    def _submit(self, recipe: Rebuildable, call: Call, threads: int) -> Any:
+    def _detach(self, recipe: Rebuildable, setting: Any) -> str | None:
+        mode = self._mode(recipe)
+        if mode == "shared":
+            return None
+        if not isinstance(recipe, Portable):
+            raise OptionError("{ray_cache} driver sends the setting to the workers, but this one cannot be sent (its "
+                              "recipe has no payload); use {ray_cache} shared", "ray_cache")
+        from ..cache import list_entries
+        from ..hashing import stable_hash
+
+        key = recipe.payload_key(setting)
+        if self._payload is None or self._payload[0] != key:
+            start = time.perf_counter()
+            self._payload = (key, self.ray.put(recipe.payload(setting)))  # once: tasks get its ref, not a copy
+            LOGGER.info("ray: put the setting's payload in the object store in %.2f s", time.perf_counter() - start)
+        names = sorted(list_entries(recipe.cache_folder)) if os.path.isdir(recipe.cache_folder) else []
+        index_key = stable_hash(names)
+        if self._index is None or self._index[0] != index_key:
+            self._index = (index_key, self.ray.put(frozenset(names)))
+        return recipe.cache_folder
+
+    def _mode(self, recipe: Rebuildable) -> str:
+        """shared or driver: as asked, or (auto) shared on a local instance, else what the probe finds."""
+        if self.mode is None:
+            if self.ray_cache != "auto":
+                self.mode = self.ray_cache
+            elif not self.address or not isinstance(recipe, Portable):
+                self.mode = "shared"
+            else:
+                blind = nodes_not_seeing(self.ray, recipe.cache_folder)
+                self.mode = "driver" if blind else "shared"
+                LOGGER.info("ray: %s", f"{len(blind)} node(s) do not see the cache folder {recipe.cache_folder}: "
+                            "the driver sends what workers need and writes the cache" if blind else
+                            f"every node sees the cache folder {recipe.cache_folder}: workers share it")
+        return self.mode
+
+    def _submit(self, recipe: Rebuildable, call: Call, threads: int, extras: dict) -> Any:
+        if self.mode == "driver":  # refs inside lists travel as refs: a worker fetches the payload once
+            return self._remote_detached.remote(recipe, self._payload[0], [self._payload[1]], self._index[0],
+                                                [self._index[1]], call, threads, extras)
         return self._remote.remote(recipe, call, threads)
 
     def _wait(self, handles: list) -> list:
@@ -110,6 +168,48 @@ class RayExecutor(PoolExecutor):
                 self.ray.cancel(ref, force=True)
             except Exception:  # already finished, or the cluster is gone: nothing left to stop
                 pass
+
+
+def _run_detached_on_ray(recipe: Portable, payload_key: str, payload: list, index_key: str, index: list, call: Call,
+                         threads: int, extras: dict):
+    """`run_detached` in a Ray worker: the payload and the index fetched from the object store when first used."""
+    import ray
+
+    outcome = run_detached(recipe, payload_key, lambda: ray.get(payload[0]), index_key, lambda: ray.get(index[0]),
+                           call, threads, extras)
+    outcome.node = ray.get_runtime_context().get_node_id()
+    return outcome
+
+
+def _sees(path: str, token: str) -> bool:
+    try:
+        with open(path) as fh:
+            return fh.read() == token
+    except OSError:
+        return False
+
+
+def nodes_not_seeing(ray, folder: str, timeout: float = 60.0) -> list[str]:
+    """The ids of the cluster's live nodes on which a file the driver writes into `folder` is not visible (one
+    task pinned to each node reads it back)."""
+    import uuid
+
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    os.makedirs(folder, exist_ok=True)
+    token = uuid.uuid4().hex
+    path = os.path.join(os.path.abspath(folder), f".worstforget-probe-{token}")
+    with open(path, "w") as fh:
+        fh.write(token)
+    try:
+        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+        sees = ray.remote(_sees)
+        refs = [sees.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+                .remote(path, token) for node in nodes]
+        answers = ray.get(refs, timeout=timeout)
+    finally:
+        os.remove(path)
+    return [node for node, seen in zip(nodes, answers) if not seen]
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
