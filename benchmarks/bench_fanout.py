@@ -43,7 +43,7 @@ RAY_STARTUP = """
 import time
 start = time.perf_counter()
 import ray
-ray.init(num_cpus={workers}, include_dashboard=False, log_to_driver=False, logging_level=40)
+ray.init(address="local", num_cpus={workers}, include_dashboard=False, log_to_driver=False, logging_level=40)
 ray.get(ray.remote(lambda: 1).remote())
 print(time.perf_counter() - start)
 ray.shutdown()

@@ -44,7 +44,7 @@ TIMING = ("RTE", "RTE_fraction", "RTE_stack", "RTE_stack_seconds")
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance():
     """One local Ray instance for the whole module (its start-up costs seconds)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield
     ray.shutdown()
 
@@ -367,6 +367,18 @@ def test_options_of_another_executor_are_refused(tmp_path):
         result = CliRunner().invoke(cli, ["compare", "--methods", "ft", *FAST, *flags,
                                           "--cache-dir", str(tmp_path / "c")])
         assert result.exit_code == 2 and result.output.strip().splitlines() == [line]
+
+
+def test_ray_without_an_address_starts_its_own_instance_beside_a_running_cluster(monkeypatch):
+    """With no --ray-address, a local instance of its own: never the cluster `ray start` left on this machine
+    (Ray joins that one when asked for no address, then refuses the CPU count we pass)."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    executor = RayExecutor(workers=2)
+    asked = {}
+    monkeypatch.setattr(executor.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(executor.ray, "init", lambda **kw: asked.update(kw))
+    executor._start()
+    assert asked["address"] == "local" and asked["num_cpus"] == 2
 
 
 def test_ray_tasks_get_the_device_of_their_resources(tmp_path):

@@ -98,7 +98,9 @@ class RayExecutor(PoolExecutor):
                 LOGGER.info("ray: joined the cluster at %s", self.address)
             else:
                 cpus = int(self.workers * self.cpus_per_task) if self.workers else None
-                ray.init(num_cpus=cpus, include_dashboard=False, **quiet)
+                # "local": a new instance of our own, even when a Ray cluster already runs on this machine
+                # (Ray would otherwise join it, and refuse the CPU count)
+                ray.init(address="local", num_cpus=cpus, include_dashboard=False, **quiet)
                 LOGGER.info("ray: started a local instance (%s CPUs)", cpus or "all")
             self.startup_seconds = time.perf_counter() - start
         if self._remote is None:
