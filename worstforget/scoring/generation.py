@@ -66,10 +66,10 @@ def concept_scores(classifier, images: torch.Tensor, concepts: torch.Tensor, for
 
     def share(group: torch.Tensor) -> float:
         rows = torch.isin(concepts, group)
-        return 100 * float(hit[rows].float().mean()) if bool(rows.any()) else float("nan")
+        return 100 * float(hit[rows].double().mean()) if bool(rows.any()) else float("nan")
 
     forgotten = torch.isin(concepts, forget.cpu())
-    ua = 100 * float((~hit[forgotten]).float().mean()) if bool(forgotten.any()) else float("nan")
+    ua = 100 * float((~hit[forgotten]).double().mean()) if bool(forgotten.any()) else float("nan")
     return {"UA": ua, "RA_in": share(inside), "RA_cross": share(cross)}
 
 

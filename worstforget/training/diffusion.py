@@ -38,11 +38,11 @@ def require_diffusers():
 class DiffusionConfig:
     """The tiny model and its training recipe (the original's and exact Retrain's)."""
 
-    channels: tuple[int, ...] = (32, 64)
+    channels: tuple[int, ...] = (16, 32)
     token_dim: int = 32
-    steps: int = 1500  # optimiser steps
-    batch_size: int = 128
-    lr: float = 2e-3
+    steps: int = 1000  # optimiser steps
+    batch_size: int = 64
+    lr: float = 3e-3
     cond_dropout: float = 0.1  # share of samples trained with the null prompt (classifier-free guidance)
     seed: int = 0
 
@@ -193,7 +193,7 @@ def train_concept_diffusion(x: torch.Tensor, concepts: torch.Tensor, *, num_obje
         opt.step()
         sched.step()
         if task is not None:
-            task.advance(1, loss=float(loss))
+            task.advance(1, loss=loss.item())
     if task is not None:
         task.close()
     denoiser.eval()
