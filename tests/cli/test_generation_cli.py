@@ -38,6 +38,11 @@ def test_a_tiny_generative_audit_writes_its_result_and_verdict(tiny_defaults, tm
     rows = (out / "results.csv").read_text().splitlines()
     assert rows[0] == "set_kind,set_index,method,seed,metric,value" and len(rows) > 20
     assert {"generations.npz", "concept_weights.npy"} <= {p.name for p in out.iterdir()}
+    report = invoke("report", str(out), "--format", "md")
+    assert report.exit_code == 0, report.output
+    text = (out / "report.md").read_text()
+    assert "| worst_case | esd |" in text and "## Verdict" in text
+    assert (out / "report_files" / "generations-worst_case.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -244,11 +244,20 @@ def _grids(setting, instance, sets: dict, seed: int, kept: dict) -> dict:
     return out
 
 
+def difference_text(d: dict) -> str:
+    """'+12.50 [3.10, 21.90]', or without the interval where the spread is unknown (NaN, or None once in JSON)."""
+    def num(x):
+        return x is not None and math.isfinite(x)
+
+    text = f"{d['mean']:+.2f}"
+    return f"{text} [{d['low']:.2f}, {d['high']:.2f}]" if num(d.get("low")) and num(d.get("high")) else \
+        f"{text} (no interval: a side has a single run)"
+
+
 def format_verdict(summary: dict) -> list[str]:
     lines = []
     for v in summary["verdict"]:
         d = v["difference"]
         lines.append(f"{v['who']}: UA on the searched concepts {fmt_agg(v['worst_case'])} vs random "
-                     f"{fmt_agg(v['random'])} (difference {d['mean']:+.2f} [{d['low']:.2f}, {d['high']:.2f}]): "
-                     f"{v['text']}")
+                     f"{fmt_agg(v['random'])} (difference {difference_text(d)}): {v['text']}")
     return lines
