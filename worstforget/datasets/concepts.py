@@ -150,6 +150,7 @@ def build_concepts(name: str, images: np.ndarray, labels: np.ndarray, objects: l
 
 
 def _digits(_: Path | None) -> ConceptData:
+    """scikit-learn's digits (10 objects) × 4 styles at 8×8: 40 concepts (offline)"""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -161,6 +162,7 @@ FASHION_OBJECTS = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", 
 
 
 def _fashion(data_dir: Path | None) -> ConceptData:
+    """Fashion-MNIST (10 objects, 200 images each) × 4 styles at 8×8 (apt install dataset-fashion-mnist)"""
     from . import default_data_dir
     from .formats import load_fashion_mnist
 
@@ -174,17 +176,8 @@ def _fashion(data_dir: Path | None) -> ConceptData:
 
 
 CONCEPT_DATASETS: Registry[Callable[[Path | None], ConceptData]] = Registry("concept dataset")
-CONCEPT_DATASETS.register("concepts-digits".replace("-", "_"), aliases=("concepts_digits_4",))(_digits)
-CONCEPT_DATASETS.register("concepts-fashion".replace("-", "_"))(_fashion)
-_DOCS = {"concepts_digits": "scikit-learn's digits (10 objects) × 4 styles at 8×8: 40 concepts (offline)",
-         "concepts_fashion": "Fashion-MNIST (10 objects, 200 images each) × 4 styles at 8×8 "
-                             "(apt install dataset-fashion-mnist)"}
-
-
-def concept_dataset_doc(name: str) -> str:
-    return _DOCS.get(CONCEPT_DATASETS.canonical(name), "")
-
-
+CONCEPT_DATASETS.register("concepts_digits")(_digits)  # --dataset concepts-digits (the registry reads - as _)
+CONCEPT_DATASETS.register("concepts_fashion")(_fashion)
 def is_concept_dataset(name: str) -> bool:
     return name in CONCEPT_DATASETS
 

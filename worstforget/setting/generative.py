@@ -39,7 +39,8 @@ class GenerationConfig:
 
     images_per_concept: int = 6
     steps: int = 20  # DDIM steps
-    guidance: float = 2.0  # classifier-free guidance scale
+    # classifier-free guidance scale; above 1 the tiny model's generations get less recognisable (results/generative)
+    guidance: float = 1.0
     pool_per_concept: int = 8  # the original's generations per concept that ESD / ablation noise
 
     def to_dict(self) -> dict:

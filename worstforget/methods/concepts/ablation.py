@@ -24,6 +24,9 @@ def anchors(num_objects: int, num_styles: int, anchor_style: int) -> torch.Tenso
 @register_concept_method("ablation", aliases=("concept_ablation", "ca"))
 @dataclass
 class ConceptAblation(ConceptMethod):
+    """Concept ablation: the concept's prompt regressed onto an anchor concept (same object, plain style)."""
+
+    lr: float = 3e-4
     anchor_style: int = 0
 
     def _anchors(self, setting) -> torch.Tensor:

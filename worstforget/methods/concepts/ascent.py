@@ -24,7 +24,10 @@ def concept_images(setting, per_concept: int) -> torch.Tensor:
 @register_concept_method("gradient_ascent", aliases=("ga", "ascent"))
 @dataclass
 class GradientAscent(ConceptMethod):
-    lr: float = 1e-4
+    """Gradient ascent on the concept's diffusion loss of its real images."""
+
+    lr: float = 1e-3
+    steps: int = 50
     images: int = 64  # real images per concept it draws from
 
     def draw(self, setting, g: torch.Generator) -> Draws:

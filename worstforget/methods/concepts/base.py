@@ -54,8 +54,8 @@ class ConceptMethod:
 
     name: ClassVar[str] = ""
     iterative: ClassVar[bool] = True  # False: not a loop from the original (Retrain)
-    steps: int = 150  # optimiser steps of one run
-    lr: float = 1e-3  # Adam
+    steps: int = 100  # optimiser steps of one run
+    lr: float = 2e-4  # Adam (ESD-x on concepts-digits: 1e-4 erases about half, 3e-4 all; results/generative)
     params: str = "xattn"  # which denoiser parameters move: all | xattn (cross-attention, ESD-x) | noxattn (ESD-u)
     per_concept: int = 4  # draws per concept and step
 

@@ -20,6 +20,8 @@ def esd_target(eps_cond: torch.Tensor, eps_null: torch.Tensor, eta: float) -> to
 @register_concept_method("esd")
 @dataclass
 class ESD(ConceptMethod):
+    """Erasing concepts by negative guidance (ESD-x: cross-attention; params=noxattn: ESD-u)."""
+
     negative_guidance: float = 1.0  # η
 
     def draw(self, setting, g: torch.Generator) -> Draws:

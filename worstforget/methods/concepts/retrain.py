@@ -14,6 +14,8 @@ from .base import ConceptMethod, register_concept_method
 @register_concept_method("retrain")
 @dataclass
 class ConceptRetrain(ConceptMethod):
+    """Exact Retrain: the original's recipe on the retained concepts' images only."""
+
     iterative = False
 
     def apply(self, setting, w: torch.Tensor, *, seed: int, steps: int | None = None) -> nn.Module:
