@@ -11,20 +11,22 @@ from pathlib import Path
 
 import click
 
-# flags of `search` the generative audit does not read (parameter name → flag)
-CLASSIFIER_ONLY = {
-    "warm_fraction": "--warm-fraction", "warm_restart": "--warm-restart", "warm_refresh": "--warm-refresh",
-    "unroll_backend": "--unroll-backend", "lower_level": "--lower-level", "inner_steps": "--inner-steps",
-    "inner_lr": "--inner-lr", "reference_models": "--reference-models", "granularity": "--granularity",
-    "init": "--init", "baselines": "--baselines", "eval_methods": "--eval-methods", "params_file": "--params-file",
-    "attacks": "--attacks", "num_models": "--num-models", "select_models": "--select-models",
-    "download": "--download", "train_subset": "--train-subset", "norm": "--norm", "checkpoint": "--checkpoint",
-    "epochs": "--epochs", "lr": "--lr", "batch_size": "--batch-size", "schedule": "--schedule", "recipe": "--recipe",
-    "compile_model": "--compile", "amp": "--amp", "channels_last": "--channels-last", "train_seed": "--train-seed",
-    "mia_resamples": "--mia-resamples", "executor": "--executor", "workers": "--workers", "retries": "--retries",
-    "ray_address": "--ray-address", "cpus_per_task": "--cpus-per-task", "gpus_per_task": "--gpus-per-task",
-}
-GENERATION_ONLY = {"retrain_seeds": "--retrain-seeds"}
+# parameters of `search` the generative audit does not read (their flags come from the command itself)
+CLASSIFIER_ONLY = ("warm_fraction", "warm_restart", "warm_refresh", "unroll_backend", "lower_level", "inner_steps",
+                   "inner_lr", "reference_models", "granularity", "init", "baselines", "eval_methods", "params_file",
+                   "attacks", "num_models", "select_models", "download", "train_subset", "norm", "checkpoint",
+                   "epochs", "lr", "batch_size", "schedule", "recipe", "compile_model", "amp", "channels_last",
+                   "train_seed", "mia_resamples", "executor", "workers", "retries", "ray_address", "cpus_per_task",
+                   "gpus_per_task")
+GENERATION_ONLY = ("retrain_seeds",)
+
+
+def flag(name: str) -> str:
+    """The flag a parameter of the current command is spelled with (its longest)."""
+    for param in click.get_current_context().command.params:
+        if param.name == name:
+            return max(param.opts, key=len)
+    return "--" + name.replace("_", "-")
 
 
 def given(name: str) -> bool:
@@ -38,12 +40,12 @@ def check_task_flags(task: str) -> None:
     from ..core.errors import ConfigError
 
     if task == "generation":
-        wrong = [flag for name, flag in CLASSIFIER_ONLY.items() if given(name)]
+        wrong = [flag(name) for name in CLASSIFIER_ONLY if given(name)]
         if wrong:
             raise ConfigError(f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to --task "
                               "generation; drop it (see `worstforget search --help`)")
     else:
-        wrong = [flag for name, flag in GENERATION_ONLY.items() if given(name)]
+        wrong = [flag(name) for name in GENERATION_ONLY if given(name)]
         if wrong:
             raise ConfigError(f"{', '.join(wrong)} applies to --task generation only")
 
@@ -54,7 +56,7 @@ def run_generation_search(app, *, method: str, cfg, num_random: int, num_seeds: 
     import json
 
     from ..core.cache import check_cache_folder
-    from ..core.errors import ConfigError, WorstforgetError
+    from ..core.errors import ConfigError, OptionError, WorstforgetError
     from ..core.io import to_jsonable
     from ..core.stats import fmt_agg
     from ..datasets.concepts import CONCEPT_DATASETS, is_concept_dataset
@@ -89,11 +91,10 @@ def run_generation_search(app, *, method: str, cfg, num_random: int, num_seeds: 
                                   if given("stability") else False).validate()
     out_dir = output.folder(Path("worstforget-out") / f"search-{dataset.replace('_', '-')}-{name}")
     if not data.no_cache:
-        try:
+        try:  # before any training: a cache folder that cannot be written fails late
             check_cache_folder(data.cache_dir)
-        except Exception as exc:  # an unusable cache folder: one line, exit 1
-            raise WorstforgetError(str(exc).replace("{cache_dir}", "--cache-dir").replace("{no_cache}",
-                                                                                         "--no-cache")) from None
+        except OptionError as exc:  # an unusable folder, not a bad option: exit 1
+            raise WorstforgetError(exc.worded(lambda n: "--" + n.replace("_", "-"))) from None
     with RichProgress(app.err) as progress:
         setting = prepare_generative_setting(dataset=dataset, data_dir=data.data_dir, device=data.device,
                                              cache=not data.no_cache, cache_dir=data.cache_dir, progress=progress)
