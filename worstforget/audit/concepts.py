@@ -77,6 +77,7 @@ class ConceptAudit:
     weights: np.ndarray | None = None
     grids: dict = field(default_factory=dict)  # name → (images, concept ids) for the report's figures
     phases: dict = field(default_factory=dict)
+    cached: dict = field(default_factory=dict)  # phases read from the cache: name → seconds they took when run
     config: dict = field(default_factory=dict)
 
     def values(self, kind: str, who: str, metric: str) -> list[float]:
@@ -92,7 +93,8 @@ class ConceptAudit:
                                       for who in whos}}
         return {"schema": SCHEMA, "task": "generation", **{k: v for k, v in self.header.items() if k != "prompts"},
                 "search": self.search, "sets": sets, "verdict": self.verdict(sets), "phases": self.phases,
-                "cost_line": self.cost_line(), "config": self.config, "setting": self.setting_info}
+                "cached_phases": self.cached, "cost_line": self.cost_line(), "config": self.config,
+                "setting": self.setting_info}
 
     def verdict(self, sets: dict) -> list[dict]:
         """Per who (the method, Retrain): UA on the searched set minus on random sets, with an interval counting
@@ -117,7 +119,10 @@ class ConceptAudit:
     def cost_line(self) -> str:
         total = sum(self.phases.values())
         parts = ", ".join(f"{k} {v:.1f}s" for k, v in self.phases.items())
-        return f"cost: {total:.1f}s in all ({parts})"
+        line = f"cost: {total:.1f}s run now ({parts})"
+        if self.cached:
+            line += "; from the cache: " + ", ".join(f"{k} (trained in {v:.1f}s)" for k, v in self.cached.items())
+        return line
 
     def files(self) -> dict[str, bytes]:
         buf = io.StringIO()
@@ -152,7 +157,10 @@ def audit_concepts(setting, method: str, params: dict | None, cfg: ConceptSearch
     instance = make_concept_method(method, params)
     if setting.recipe is None:
         raise ConfigError("the generative audit needs Retrain, which needs a model trained here (not a loaded one)")
-    phases = {"original": setting.train_seconds or 0.0, "classifier": setting.classifier_seconds or 0.0}
+    phases, cached = {}, {}  # work done by this call; what came from the cache (with the time it took then)
+    for name, seconds, source in (("original", setting.train_seconds, setting.original_source),
+                                  ("classifier", setting.classifier_seconds, setting.classifier_source)):
+        (cached if source == "cache" else phases)[name] = seconds or 0.0
     with Timer() as timer:
         setting.pool()
     phases["own-sample pool"] = timer.seconds
@@ -209,7 +217,7 @@ def audit_concepts(setting, method: str, params: dict | None, cfg: ConceptSearch
               instance.hyperparameters(), "num_concepts": setting.num_concepts, "forget_size": m,
               "prompts": setting.data.prompts, "unlearn_seeds": options.seeds, "retrain_seeds": options.retrain_seeds}
     return ConceptAudit(setting_info=setting.describe(), header=header, search=search, sets=sets, runs=runs,
-                        weights=found.weights.numpy(), grids=grids, phases=phases,
+                        weights=found.weights.numpy(), grids=grids, phases=phases, cached=cached,
                         config={"search": cfg.to_dict(), "options": asdict(options), "seed": seed})
 
 

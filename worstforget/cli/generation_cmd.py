@@ -107,13 +107,14 @@ def run_generation_search(app, *, method: str, cfg, num_random: int, num_seeds: 
         return
     from rich.table import Table
 
-    table = Table(title=f"{name} on {summary['dataset']}: {summary['forget_size']} of {summary['num_concepts']} "
-                        f"concepts, {search_cfg.solver} solver, {search_cfg.objective} objective")
+    table = Table(box=None, title=f"{name} on {summary['dataset']}: {summary['forget_size']} of "
+                                  f"{summary['num_concepts']} concepts, {search_cfg.solver} solver, "
+                                  f"{search_cfg.objective} objective")
     for col in ("set", "model", "UA ↑", "RA_in ↑", "RA_cross ↑", "FD ↓", "RTE (s)"):
         table.add_column(col, no_wrap=True)
     for kind, block in summary["sets"].items():
         for who, metrics in block["methods"].items():
-            table.add_row(kind.replace("_", "-"), who, *(fmt_agg(metrics[m], interval=False, sep="±")
+            table.add_row(kind.replace("_", "-"), who, *(fmt_agg(metrics[m], 1, interval=False, sep="±")
                                                          for m in ("UA", "RA_in", "RA_cross", "FD", "RTE")))
     app.out.print(table)
     worst = summary["sets"]["worst_case"]["prompts"][0]

@@ -83,8 +83,8 @@ SEARCH_OPTIONS = [
     click.option("--objective", type=ObjectiveChoice(), default="confidence",
                  show_default=True, help="Per-sample upper objective (see `worstforget list objectives`); "
                                          "`--objective loss --lower-level sign` is the paper's search. With --task "
-                                         "generation, per concept: loss (the paper's, default), loss_gap, "
-                                         "recognition."),
+                                         "generation, per concept: recognition (default), loss (the paper's), "
+                                         "loss_gap."),
     click.option("--reference-models", type=click.IntRange(min=2), default=16, show_default=True,
                  help="Models on random halves behind the confidence and exposure objectives and the memorization and "
                       "exposure baselines (trained once per setting, cached)."),

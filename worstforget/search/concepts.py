@@ -48,7 +48,9 @@ class ConceptSearchConfig:
     upper_lr: float = 0.5  # in units of the gradient's std when normalize_step
     normalize_step: bool = True
     gamma: float = 1e-4
-    objective: str = "loss"
+    # recognition: measured to find the concepts ESD leaves most recognisable while Retrain erases them; the paper's
+    # loss finds concepts every model generates well, Retrain included (results/generative/README.md)
+    objective: str = "recognition"
     timesteps: int = 10  # the fixed grid of the loss objectives: 0, T/k, 2T/k, ...
     images_per_concept: int = 16  # real images per concept the loss objectives read
     generations_per_concept: int = 4  # generations per concept the recognition objective reads

@@ -62,6 +62,7 @@ class GenerativeSetting:
     classifier_seconds: float | None = None
     classifier_accuracy: dict = field(default_factory=dict)
     original_source: str = "trained"
+    classifier_source: str = "trained"
     _pool: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -162,6 +163,7 @@ def prepare_generative_setting(*, dataset: str = "concepts-digits", data_dir: st
                             classifier.feature_dim)
     with models.lock(clf_key):
         clf_meta = models.load_with_meta(clf_key, clf)
+        clf_source = "cache" if clf_meta is not None else "trained"
         if clf_meta is None:
             with Timer() as timer:
                 clf = train_concept_classifier(data.x_train, data.concept_train, num_objects=data.num_objects,
@@ -175,4 +177,4 @@ def prepare_generative_setting(*, dataset: str = "concepts-digits", data_dir: st
                              train_seconds=float(meta["train_seconds"]),
                              classifier_seconds=float(clf_meta["train_seconds"]),
                              classifier_accuracy=classifier_accuracy(clf, data.x_test, data.concept_test),
-                             original_source=source)
+                             original_source=source, classifier_source=clf_source)
