@@ -65,3 +65,11 @@ def test_generation_is_deterministic_given_the_generator_and_lies_in_the_unit_ra
     a = s.model.generate(s.original, c, steps=2, guidance=2.0, generator=torch.Generator().manual_seed(3))
     b = s.model.generate(s.original, c, steps=2, guidance=2.0, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and a.shape == (3, 1, 8, 8) and a.min() >= 0 and a.max() <= 1
+
+
+def test_the_tiny_model_is_a_concept_diffusion():
+    from worstforget.training.concept_model import ConceptDiffusion
+
+    s = tiny_generative_setting()
+    assert isinstance(s.model, ConceptDiffusion)
+    assert s.model.concepts[13] == "a 3 in inverted style" and s.device == torch.device("cpu")

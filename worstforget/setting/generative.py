@@ -71,7 +71,8 @@ class GenerativeSetting:
 
     @property
     def device(self) -> torch.device:
-        return self.model.device
+        """Where the denoiser lives (read off its parameters: `ConceptDiffusion` has no device of its own)."""
+        return next(self.original.parameters()).device
 
     @property
     def num_concepts(self) -> int:
