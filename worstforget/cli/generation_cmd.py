@@ -119,6 +119,9 @@ def run_generation_search(app, *, method: str, cfg, num_random: int, num_seeds: 
     app.out.print(table)
     worst = summary["sets"]["worst_case"]["prompts"][0]
     app.out.print(f"searched concepts: {'; '.join(worst)}", soft_wrap=False)
+    if "stability_jaccard" in summary["search"]:
+        app.out.print(f"stability: a second search (seed + 1) overlaps with Jaccard "
+                      f"{summary['search']['stability_jaccard']:.2f}", soft_wrap=False)
     acc = summary["setting"]["classifier_accuracy"]
     app.out.print(f"concept classifier on real test images: object {acc['object']:.1f}%, style {acc['style']:.1f}%",
                   soft_wrap=False)
