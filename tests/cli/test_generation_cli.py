@@ -72,3 +72,22 @@ def test_a_missing_diffusers_names_the_extra(monkeypatch, tmp_path):
     result = invoke("search", "--task", "generation", "--out", str(tmp_path / "x"))
     assert_clean_error(result, 1)
     assert "pip install 'worstforget[generative]'" in result.output
+
+
+def test_the_concept_registries_are_listed_without_diffusers(monkeypatch):
+    monkeypatch.setitem(sys.modules, "diffusers", None)
+    for kind, name in (("concept-methods", "esd"), ("concept-datasets", "concepts_digits"),
+                       ("concept-objectives", "recognition")):
+        result = invoke("list", kind)
+        assert result.exit_code == 0 and name in result.output, result.output
+
+
+def test_a_generative_result_is_reported_alone(tmp_path):
+    folder = tmp_path / "gen"
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps({"task": "generation"}))
+    other = tmp_path / "other"
+    other.mkdir()
+    result = invoke("report", str(folder), str(other))
+    assert_clean_error(result)
+    assert "reported alone" in result.output
