@@ -36,6 +36,9 @@ _EXPORTS = {
     "render_json": "report", "random_forget_set": "forget_sets", "load_forget_set": "forget_sets",
     "register_method": "methods", "UnlearningMethod": "methods",
     "WorstforgetError": "core.errors", "ConfigError": "core.errors",
+    # the generative (prompt-wise) task: README "Concept unlearning"
+    "prepare_generative_setting": "setting.generative", "ConceptSearchConfig": "search.concepts",
+    "search_concepts": "search.concepts", "ConceptAuditOptions": "audit.concepts", "audit_concepts": "audit.concepts",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -31,13 +31,20 @@ def registries() -> dict:
     from ..training.optim import OPTIMIZERS, SCHEDULES
     from ..training.recipes import RECIPES
 
-    return {"methods": METHODS, "datasets": DATASETS, "models": MODELS, "solvers": SOLVERS, "attacks": ATTACKS,
-            "selectors": SELECTORS, "objectives": OBJECTIVES, "baselines": BASELINES, "optimizers": OPTIMIZERS,
-            "schedules": SCHEDULES, "recipes": RECIPES}
+    found = {"methods": METHODS, "datasets": DATASETS, "models": MODELS, "solvers": SOLVERS, "attacks": ATTACKS,
+             "selectors": SELECTORS, "objectives": OBJECTIVES, "baselines": BASELINES, "optimizers": OPTIMIZERS,
+             "schedules": SCHEDULES, "recipes": RECIPES}
+    # the generative task's (search --task generation): its registries import no diffusers
+    from ..datasets.concepts import CONCEPT_DATASETS
+    from ..methods.concepts import CONCEPT_METHODS
+    from ..search.concepts import CONCEPT_OBJECTIVES
+
+    return {**found, "concept-methods": CONCEPT_METHODS, "concept-datasets": CONCEPT_DATASETS,
+            "concept-objectives": CONCEPT_OBJECTIVES}
 
 
 KINDS = ("methods", "datasets", "models", "solvers", "attacks", "selectors", "objectives", "baselines", "optimizers",
-         "schedules", "recipes")
+         "schedules", "recipes", "concept-methods", "concept-datasets", "concept-objectives")
 
 
 @cli.command("list")

@@ -42,6 +42,14 @@ def report_command(app, dirs: tuple[Path, ...], fmt: str, out: str | None, data_
     from ..report import load, plots, render
 
     folders = list(dirs)
+    from ..report.generative import is_generative
+
+    generative = [is_generative(d) for d in folders]
+    if any(generative):
+        if not all(generative) or len(folders) != 1 or fmt == "json":
+            raise WorstforgetError("a generative (--task generation) result is reported alone, as md or html; "
+                                   "pass its folder by itself")
+        return _generative_report(folders[0], fmt, out)
     # validate everything before drawing or writing anything, so a bad folder leaves no partial output
     results = [load.load_result(d) for d in folders]
     if fmt == "html":
@@ -71,3 +79,40 @@ def report_command(app, dirs: tuple[Path, ...], fmt: str, out: str | None, data_
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     click.echo(str(path))
+
+
+def _generative_report(folder: Path, fmt: str, out: str | None) -> None:
+    """The report of a prompt-wise audit: its table, verdict and generation grids."""
+    from ..core.errors import WorstforgetError
+    from ..core.io import atomic_path, check_output_file
+    from ..report import generative, plots
+
+    summary, grids = generative.load_generative(folder)
+    path = (Path(out) if out else default_report_path([folder], fmt)).expanduser()
+    if path.is_dir():
+        raise WorstforgetError(f"--out {path} is a folder; give a file name such as {path / ('report.' + fmt)}")
+    check_output_file(path)
+    if fmt == "html":
+        plots.require_matplotlib("an HTML report")
+    figures = []
+    if plots.matplotlib_available():
+        figures = generative.grid_figures(summary, grids, path.with_name(f"{path.stem}_files"))
+    if fmt == "html":  # the tables as preformatted text, the figures embedded: one self-contained file
+        import html
+
+        table = generative.render_generative_markdown(summary, [])
+        text = ("<!doctype html><meta charset='utf-8'><title>worstforget concept audit</title>"
+                f"<pre style='white-space:pre-wrap'>{html.escape(table)}</pre>"
+                + "".join(f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='{_uri(p)}'>"
+                          for t, p in figures))
+    else:
+        text = generative.render_generative_markdown(summary, figures, base_dir=path.parent)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    click.echo(str(path))
+
+
+def _uri(path: Path) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()

@@ -20,6 +20,38 @@ from .options import (
     with_setting,
 )
 
+
+class ObjectiveChoice(RegistryChoice):
+    """The objectives of both tasks (classification's per-sample ones and generation's per-concept ones); each
+    task's config says which of them it takes."""
+
+    def __init__(self):
+        super().__init__("..search.objectives:OBJECTIVES")
+
+    def _both(self):
+        import importlib
+
+        objectives = importlib.import_module("..search.objectives", __package__).OBJECTIVES
+        concepts = importlib.import_module("..search.concepts", __package__).CONCEPT_OBJECTIVES
+        return objectives, concepts
+
+    @property
+    def choices(self):  # type: ignore[override]
+        objectives, concepts = self._both()
+        names = list(objectives.names())
+        names += [a for n in objectives.names() for a in objectives.aliases_of(n) if a not in names]
+        return tuple(names + [n for n in concepts.names() if n not in names])
+
+    @choices.setter
+    def choices(self, value) -> None:
+        pass
+
+    def convert(self, value, param, ctx):
+        objectives, concepts = self._both()
+        value = click.Choice.convert(self, value, param, ctx)
+        return objectives.canonical(value) if value in objectives else concepts.canonical(value)
+
+
 SEARCH_OPTIONS = [
     forget_ratio_option("Forget-set size as a fraction of the training samples (or of the classes)."),
     click.option("--solver", type=RegistryChoice("..search.solvers:SOLVERS", dashes=True), default="warm",
@@ -48,9 +80,11 @@ SEARCH_OPTIONS = [
                  help="Use α on the raw gradient (the paper's update) instead of normalising."),
     click.option("--gamma", type=click.FloatRange(min=0), default=1e-4, show_default=True,
                  help="γ of the ‖w‖² term."),
-    click.option("--objective", type=RegistryChoice("..search.objectives:OBJECTIVES"), default="confidence",
+    click.option("--objective", type=ObjectiveChoice(), default="confidence",
                  show_default=True, help="Per-sample upper objective (see `worstforget list objectives`); "
-                                         "`--objective loss --lower-level sign` is the paper's search."),
+                                         "`--objective loss --lower-level sign` is the paper's search. With --task "
+                                         "generation, per concept: recognition (default), loss (the paper's), "
+                                         "loss_gap."),
     click.option("--reference-models", type=click.IntRange(min=2), default=16, show_default=True,
                  help="Models on random halves behind the confidence and exposure objectives and the memorization and "
                       "exposure baselines (trained once per setting, cached)."),
@@ -72,7 +106,9 @@ def with_search_config(fn):
     def wrapper(*args, **kwargs):
         from ..search import SearchConfig
 
-        kwargs["cfg"] = SearchConfig(**{k: kwargs.pop(k) for k in SEARCH_KEYS}).validate()
+        cfg = SearchConfig(**{k: kwargs.pop(k) for k in SEARCH_KEYS})
+        # the generative task validates its own config (search/concepts.py: other objectives and solvers)
+        kwargs["cfg"] = cfg if kwargs.get("task") == "generation" else cfg.validate()
         return fn(*args, **kwargs)
 
     for declare in reversed(SEARCH_OPTIONS):
@@ -81,7 +117,12 @@ def with_search_config(fn):
 
 
 @cli.command("search")
-@click.option("--method", default="finetune", show_default=True, help="Unlearning method to audit.")
+@click.option("--task", type=click.Choice(["classification", "generation"]), default="classification",
+              show_default=True, help="classification: forget training samples of a classifier; generation: forget "
+                                      "concepts (object × style prompts) of a diffusion model (the prompt-wise "
+                                      "search; pip install 'worstforget[generative]').")
+@click.option("--method", default="finetune", show_default=True,
+              help="Unlearning method to audit (generation: esd, ablation, gradient_ascent; default esd).")
 @with_setting
 @with_search_config
 @click.option("--num-random", type=click.IntRange(min=1), default=5, show_default=True,
@@ -109,17 +150,27 @@ def with_search_config(fn):
                    "with --attacks lira or rmia, else 0].")
 @_params_option
 @click.option("--resume", is_flag=True, help="Continue an interrupted search from its last outer step.")
+@click.option("--retrain-seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="--task generation: Retrain seeds per concept set (each a full training of the diffusion model).")
 @with_output("Output folder [default: ./worstforget-out/search-DATASET-METHOD].",
              json_help="Print summary.json instead of tables.")
 @with_executor
 @pass_app
-def search_command(app, method: str, cfg, num_random: int, baselines: str, eval_methods: str, params_file: str | None,
-                   num_seeds: int, search_seed: int, stability: bool, attacks: list[str], num_models: int,
-                   select_models: int | None,
-                   params: tuple[str, ...], resume: bool, data: SettingOptions, output: OutputOptions,
-                   runner: ExecutorOptions) -> None:
+def search_command(app, task: str, method: str, cfg, num_random: int, baselines: str, eval_methods: str,
+                   params_file: str | None, num_seeds: int, search_seed: int, stability: bool, attacks: list[str],
+                   num_models: int, select_models: int | None,
+                   params: tuple[str, ...], resume: bool, retrain_seeds: int, data: SettingOptions,
+                   output: OutputOptions, runner: ExecutorOptions) -> None:
     """Search the worst-case forget set for METHOD and report it against random sets of the same size."""
     import json
+
+    from .generation_cmd import check_task_flags, run_generation_search
+
+    if task == "generation":
+        return run_generation_search(app, method=method, cfg=cfg, num_random=num_random, num_seeds=num_seeds,
+                                     retrain_seeds=retrain_seeds, search_seed=search_seed, stability=stability,
+                                     params=params, resume=resume, data=data, output=output)
+    check_task_flags(task)
 
     from ..audit.worst_case import AuditOptions, audit_worst_case
     from ..core.errors import ConfigError
