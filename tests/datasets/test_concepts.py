@@ -34,3 +34,20 @@ def test_every_source_image_is_drawn_in_every_style():
 def test_an_unknown_concept_dataset_is_refused_with_the_available_names():
     with pytest.raises(ConfigError, match="concepts-digits"):
         load_concepts("digits")
+
+
+def test_a_folders_images_split_by_concept_in_file_order_with_its_prompts():
+    from worstforget.datasets.concept_folder import ConceptImages
+    from worstforget.datasets.concepts import concept_data_from_images
+    from worstforget.datasets.prompt_grid import PromptGrid
+
+    grid = PromptGrid(("cat", "dog"), ("ink", "oil"), "a {object} drawn in {style}")
+    counts = [1, 3, 10, 2]  # images per concept id
+    concepts = torch.tensor([c for c, n in enumerate(counts) for _ in range(n)])
+    images = torch.arange(len(concepts), dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 3, 2, 2)
+    data = concept_data_from_images("concept-folder:x", ConceptImages(grid, images, concepts, "x", fingerprint="f"))
+    # the last n // 5 images of a concept (at least one) are held out; a single image stays in training
+    assert data.x_test[:, 0, 0, 0].tolist() == [3, 12, 13, 15]
+    assert data.concept_test.tolist() == [1, 2, 2, 3]
+    assert sorted(data.x_train[:, 0, 0, 0].tolist()) == [0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 14]
+    assert data.prompts == grid.prompts and data.prompt(2) == "a dog drawn in ink"

@@ -86,3 +86,9 @@ def test_every_concept_of_the_forget_set_is_generated_and_judged():
     got = evaluate_generations(setting, None, torch.tensor([0, 3, 4, 5]))
     assert got["UA"] == 25.0
     assert np.isfinite(got["FD"])
+
+
+def test_frechet_distance_is_undefined_from_fewer_than_two_samples():
+    one, many = np.zeros((1, 3)), np.random.default_rng(0).normal(size=(5, 3))
+    assert np.isnan(frechet_distance(one, many)) and np.isnan(frechet_distance(many, many[:0]))
+    assert np.isfinite(frechet_distance(many[:2], many))

@@ -155,8 +155,9 @@ def audit_concepts(setting, method: str, params: dict | None, cfg: ConceptSearch
     cfg = cfg.validate()
     params = dict(params or {})
     instance = make_concept_method(method, params)
-    if setting.recipe is None:
-        raise ConfigError("the generative audit needs Retrain, which needs a model trained here (not a loaded one)")
+    # a loaded model (Stable Diffusion) cannot be retrained here: the audit then compares the method on the
+    # searched and random concepts alone, as the paper's prompt-wise evaluation does, and says so
+    can_retrain = setting.recipe is not None
     phases, cached = {}, {}  # work done by this call; what came from the cache (with the time it took then)
     for name, seconds, source in (("original", setting.train_seconds, setting.original_source),
                                   ("classifier", setting.classifier_seconds, setting.classifier_source)):
@@ -195,7 +196,7 @@ def audit_concepts(setting, method: str, params: dict | None, cfg: ConceptSearch
             jobs = [("original", {}, 0, lambda: (setting.original, 0.0))]
             jobs += [("retrain", {}, s,
                       lambda s=s, units=units: keep("retrain", s, setting.retrain(units, s, progress)))
-                     for s in range(options.retrain_seeds)]
+                     for s in range(options.retrain_seeds if can_retrain else 0)]
             jobs += [(instance.name, instance.hyperparameters(), s,
                       lambda s=s, w=w: keep("method", s, _timed(
                           lambda: instance.apply(setting, w, seed=derive_seed(seed, "unlearn", s)))))
@@ -209,13 +210,16 @@ def audit_concepts(setting, method: str, params: dict | None, cfg: ConceptSearch
                     if value is not None and math.isfinite(float(value)):
                         runs.append({"kind": kind, "set_index": i, "who": who, "seed": s, "metric": metric,
                                      "value": float(value)})
-    phases.update({f"{who} + scoring": v for who, v in spent.items()})
+    phases.update({f"{who} + scoring": v for who, v in spent.items() if v or who != "retrain"})
     with Timer() as timer:
         grids = _grids(setting, instance, sets, seed, kept)
     phases["figures"] = timer.seconds
-    header = {"dataset": setting.data.name, "model": "tiny-unet", "method": instance.name, "params":
-              instance.hyperparameters(), "num_concepts": setting.num_concepts, "forget_size": m,
-              "prompts": setting.data.prompts, "unlearn_seeds": options.seeds, "retrain_seeds": options.retrain_seeds}
+    header = {"dataset": setting.data.name, "model": "tiny-unet" if can_retrain else "stable-diffusion",
+              "method": instance.name, "params": instance.hyperparameters(), "num_concepts": setting.num_concepts,
+              "forget_size": m, "prompts": setting.data.prompts, "unlearn_seeds": options.seeds,
+              "retrain_seeds": options.retrain_seeds if can_retrain else 0}
+    if not can_retrain:
+        header["retrain_note"] = "no Retrain: a loaded model cannot be retrained here"
     return ConceptAudit(setting_info=setting.describe(), header=header, search=search, sets=sets, runs=runs,
                         weights=found.weights.numpy(), grids=grids, phases=phases, cached=cached,
                         config={"search": cfg.to_dict(), "options": asdict(options), "seed": seed})
@@ -238,7 +242,7 @@ def _grids(setting, instance, sets: dict, seed: int, kept: dict) -> dict:
         units = sets[kind][0]
         w = torch.zeros(setting.num_concepts)
         w[units] = 1.0
-        for who in ("method", "retrain"):
+        for who in ("method", "retrain") if setting.recipe is not None else ("method",):
             denoiser = kept.get((kind, who))
             if denoiser is None:  # its scores came from the cache: run it again (Retrain's model is cached)
                 denoiser = (setting.retrain(units, 0)[0] if who == "retrain" else

@@ -59,17 +59,24 @@ def run_generation_search(app, *, method: str, cfg, num_random: int, num_seeds: 
     from ..core.errors import ConfigError, OptionError, WorstforgetError
     from ..core.io import to_jsonable
     from ..core.stats import fmt_agg
+    from ..datasets.concept_folder import is_concept_folder_spec
     from ..datasets.concepts import CONCEPT_DATASETS, is_concept_dataset
     from ..training.diffusion import require_diffusers
+    from ..training.stable_diffusion import is_stable_diffusion_spec
     from .app import RichProgress
 
     check_task_flags("generation")
     dataset = data.dataset if given("dataset") else "concepts-digits"
-    if not is_concept_dataset(dataset):
+    stable_diffusion = data.model is not None and is_stable_diffusion_spec(data.model)
+    if stable_diffusion and not is_concept_folder_spec(dataset):
+        raise ConfigError(f"--model {data.model} takes its concepts and their images from a folder: add --dataset "
+                          "concept-folder:ROOT (ROOT/<style>/<object>/*.png, as UnlearnCanvas lays them out)")
+    if not stable_diffusion and not is_concept_dataset(dataset):
         raise ConfigError(f"--dataset {dataset} is not a concept dataset; --task generation takes "
                           f"{', '.join(n.replace('_', '-') for n in CONCEPT_DATASETS.names())}")
-    if data.model is not None and data.model not in ("tiny-unet", "tiny_unet"):
-        raise ConfigError(f"--model {data.model} is not available for --task generation here; use tiny-unet")
+    if data.model is not None and not stable_diffusion and data.model not in ("tiny-unet", "tiny_unet"):
+        raise ConfigError(f"--model {data.model} is not available for --task generation; use tiny-unet (trained "
+                          "here) or sd:PATH (a local Stable Diffusion folder)")
     if resume and data.no_cache:
         raise ConfigError("--resume needs the cache (drop --no-cache)")
     require_diffusers()
@@ -96,7 +103,8 @@ def run_generation_search(app, *, method: str, cfg, num_random: int, num_seeds: 
         except OptionError as exc:  # an unusable folder, not a bad option: exit 1
             raise WorstforgetError(exc.worded(lambda n: "--" + n.replace("_", "-"))) from None
     with RichProgress(app.err) as progress:
-        setting = prepare_generative_setting(dataset=dataset, data_dir=data.data_dir, device=data.device,
+        setting = prepare_generative_setting(dataset=dataset, model=data.model, data_dir=data.data_dir,
+                                             device=data.device,
                                              cache=not data.no_cache, cache_dir=data.cache_dir, progress=progress)
         audit = audit_concepts(setting, name, hyper, search_cfg, seed=search_seed, options=options, resume=resume,
                                progress=progress)

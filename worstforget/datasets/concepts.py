@@ -69,6 +69,7 @@ class ConceptData:
     x_test: torch.Tensor
     concept_test: torch.Tensor
     fingerprint: str
+    template: str = "a {object} in {style} style"  # the prompt of each (object, style) pair
 
     @property
     def num_objects(self) -> int:
@@ -96,7 +97,8 @@ class ConceptData:
         return concept % self.num_styles
 
     def prompt(self, concept: int) -> str:
-        return f"a {self.objects[self.object_of(concept)]} in {self.styles[self.style_of(concept)]} style"
+        return self.template.format(object=self.objects[self.object_of(concept)],
+                                    style=self.styles[self.style_of(concept)])
 
     @property
     def prompts(self) -> list[str]:
@@ -105,11 +107,30 @@ class ConceptData:
     def to(self, device: str | torch.device) -> "ConceptData":
         return ConceptData(self.name, self.objects, self.styles, self.x_train.to(device),
                            self.concept_train.to(device), self.x_test.to(device), self.concept_test.to(device),
-                           self.fingerprint)
+                           self.fingerprint, self.template)
 
     def describe(self) -> dict:
         return {"name": self.name, "objects": self.objects, "styles": self.styles, "num_train": len(self.x_train),
                 "num_test": len(self.x_test), "image_shape": list(self.image_shape), "fingerprint": self.fingerprint}
+
+
+def concept_data_from_images(name: str, images, *, test_every: int = 5) -> ConceptData:
+    """A `ConceptData` from a folder's images (`datasets.concept_folder.ConceptImages`): of each concept's images
+    in file order, the last n // `test_every` (at least one) go to the test split (the classifier's held-out
+    accuracy and the Fréchet distance's real side) — none from a concept with a single image, which the search's
+    objective and the classifier need for training."""
+    grid = images.grid
+    train, test = [], []
+    for c in range(grid.num_concepts):
+        rows = torch.nonzero(images.concepts == c).flatten().tolist()
+        held = max(1, len(rows) // test_every) if len(rows) > 1 else 0
+        train += rows[:len(rows) - held]
+        test += rows[len(rows) - held:]
+    train_rows, test_rows = torch.tensor(train, dtype=torch.long), torch.tensor(test, dtype=torch.long)
+    return ConceptData(name, list(grid.objects), list(grid.styles), images.images[train_rows],
+                       images.concepts[train_rows], images.images[test_rows], images.concepts[test_rows],
+                       stable_hash({"name": name, "images": images.fingerprint, "test_every": test_every}),
+                       grid.template)
 
 
 def stylise(images: torch.Tensor, labels: torch.Tensor, styles: tuple[str, ...], num_objects: int

@@ -38,12 +38,14 @@ def load_generative(folder: str | Path) -> tuple[dict, dict]:
 
 
 def mosaic(images: np.ndarray, concepts: np.ndarray, num_objects: int, num_styles: int) -> np.ndarray:
-    """One image per concept laid out styles × objects (rows × columns), (styles·H, objects·W)."""
+    """One image per concept laid out styles × objects (rows × columns): (styles·H, objects·W) for grey images,
+    (styles·H, objects·W, 3) for colour ones (Stable Diffusion's)."""
     h, w = images.shape[-2:]
-    out = np.zeros((num_styles * h, num_objects * w))
+    colour = images.shape[1] == 3
+    out = np.zeros((num_styles * h, num_objects * w, 3) if colour else (num_styles * h, num_objects * w))
     for img, c in zip(images, concepts):
         o, s = int(c) // num_styles, int(c) % num_styles
-        out[s * h:(s + 1) * h, o * w:(o + 1) * w] = img[0]
+        out[s * h:(s + 1) * h, o * w:(o + 1) * w] = np.moveaxis(img, 0, -1) if colour else img[0]
     return out
 
 

@@ -18,7 +18,8 @@ from ..core.hashing import stable_hash
 from ..core.progress import Progress
 from ..core.runtime import Timer, resolve_device
 from ..core.seeds import derive_seed, generator
-from ..datasets.concepts import ConceptData, load_concepts
+from ..datasets.concept_folder import discover_grid, folder_of, is_concept_folder_spec, read_concept_folder
+from ..datasets.concepts import ConceptData, concept_data_from_images, load_concepts
 from ..training.concept_classifier import (
     ClassifierConfig,
     ConceptClassifier,
@@ -31,6 +32,7 @@ from ..training.diffusion import (
     build_denoiser,
     train_concept_diffusion,
 )
+from ..training.stable_diffusion import is_stable_diffusion_spec, load_concept_model
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,8 @@ class GenerativeSetting:
                 concepts = torch.arange(self.num_concepts).repeat_interleave(g.pool_per_concept)
                 images = self.model.generate(self.original, concepts, steps=g.steps, guidance=g.guidance,
                                              generator=generator(0, "concept-pool"))
-                self._pool = self.model.encode(images).reshape(self.num_concepts, g.pool_per_concept,
-                                                               *images.shape[1:])
+                latents = self.model.encode(images)  # the denoiser's space: latents for Stable Diffusion
+                self._pool = latents.reshape(self.num_concepts, g.pool_per_concept, *latents.shape[1:])
                 self.arrays.put("concept_pool", key, {"pool": self._pool.cpu().numpy()})
         return self._pool
 
@@ -124,41 +126,53 @@ class GenerativeSetting:
         return denoiser.to(self.device).eval(), float(meta["train_seconds"])
 
     def describe(self) -> dict:
-        return {"dataset": self.data.describe(), "model": "tiny-unet" if self.recipe is not None else "loaded",
+        model = "tiny-unet" if self.recipe is not None else getattr(self.model, "describe", lambda: "loaded")()
+        return {"dataset": self.data.describe(), "model": model,
                 "recipe": None if self.recipe is None else self.recipe.to_dict(), "original_key": self.original_key,
                 "original_source": self.original_source, "original_train_seconds": self.train_seconds,
                 "classifier_accuracy": self.classifier_accuracy, "classifier_seconds": self.classifier_seconds,
                 "generation": self.generation.to_dict()}
 
 
-def prepare_generative_setting(*, dataset: str = "concepts-digits", data_dir: str | None = None,
-                               device: str = "auto", recipe: DiffusionConfig | None = None,
-                               classifier: ClassifierConfig | None = None,
+def prepare_generative_setting(*, dataset: str = "concepts-digits", model: str | None = None,
+                               data_dir: str | None = None, device: str = "auto",
+                               recipe: DiffusionConfig | None = None, classifier: ClassifierConfig | None = None,
                                generation: GenerationConfig | None = None, cache: bool = True,
                                cache_dir: str | None = None, progress: Progress | None = None) -> GenerativeSetting:
     """Load the concept set, then the original diffusion model and the concept classifier (cached, or trained
-    now and timed)."""
+    now and timed). `model="sd:PATH"` loads a local Stable Diffusion folder instead of the tiny UNet trained
+    here; its concepts and images then come from `dataset="concept-folder:ROOT"`, and Retrain is unavailable
+    (a Stable Diffusion model cannot be retrained here)."""
     dev = resolve_device(device)
-    data = load_concepts(dataset, data_dir=data_dir, device=dev)
-    recipe = recipe or DiffusionConfig()
-    classifier = classifier or ClassifierConfig()
     models = ModelCache(cache_dir, enabled=cache)
-    original_key = stable_hash({"concept_diffusion": recipe.to_dict(), "data": data.fingerprint})
-    denoiser = build_denoiser(data.image_shape, recipe, recipe.seed)
-    source = "cache"
-    with models.lock(original_key):
-        meta = models.load_with_meta(original_key, denoiser)
-        if meta is None:
-            with Timer() as timer:
-                denoiser = train_concept_diffusion(data.x_train, data.concept_train, num_objects=data.num_objects,
-                                                   num_styles=data.num_styles, prompts=data.prompts, cfg=recipe,
-                                                   device=dev, progress=progress,
-                                                   description="train original diffusion").denoiser
-            meta = {"train_seconds": timer.seconds}
-            models.save(original_key, denoiser, meta=meta)
-            source = "trained"
-    model = TinyConceptDiffusion(denoiser.to(dev).eval(), data.prompts, data.image_shape,
-                                 num_objects=data.num_objects, num_styles=data.num_styles, token_dim=recipe.token_dim)
+    if model is not None and is_stable_diffusion_spec(model):
+        data, concept_model, original_key = _stable_diffusion(model, dataset, dev)
+        recipe, source, train_seconds = None, "loaded", None
+    else:
+        if model is not None and model not in ("tiny-unet", "tiny_unet"):
+            raise ConfigError(f"model {model!r} is not a concept diffusion model; use tiny-unet (trained here) or "
+                              "sd:PATH (a local Stable Diffusion folder)")
+        data = load_concepts(dataset, data_dir=data_dir, device=dev)
+        recipe = recipe or DiffusionConfig()
+        original_key = stable_hash({"concept_diffusion": recipe.to_dict(), "data": data.fingerprint})
+        denoiser = build_denoiser(data.image_shape, recipe, recipe.seed)
+        source = "cache"
+        with models.lock(original_key):
+            meta = models.load_with_meta(original_key, denoiser)
+            if meta is None:
+                with Timer() as timer:
+                    denoiser = train_concept_diffusion(data.x_train, data.concept_train, num_objects=data.num_objects,
+                                                       num_styles=data.num_styles, prompts=data.prompts, cfg=recipe,
+                                                       device=dev, progress=progress,
+                                                       description="train original diffusion").denoiser
+                meta = {"train_seconds": timer.seconds}
+                models.save(original_key, denoiser, meta=meta)
+                source = "trained"
+        train_seconds = float(meta["train_seconds"])
+        concept_model = TinyConceptDiffusion(denoiser.to(dev).eval(), data.prompts, data.image_shape,
+                                             num_objects=data.num_objects, num_styles=data.num_styles,
+                                             token_dim=recipe.token_dim)
+    classifier = classifier or ClassifierConfig()
     clf_key = stable_hash({"concept_classifier": classifier.to_dict(), "data": data.fingerprint})
     clf = ConceptClassifier(data.image_shape[0], data.image_shape[-1], data.num_objects, data.num_styles,
                             classifier.feature_dim)
@@ -172,10 +186,25 @@ def prepare_generative_setting(*, dataset: str = "concepts-digits", data_dir: st
             clf_meta = {"train_seconds": timer.seconds}
             models.save(clf_key, clf, meta=clf_meta)
     clf = clf.to(dev).eval().requires_grad_(False)
-    return GenerativeSetting(data=data, model=model, classifier=clf, recipe=recipe, original_key=original_key,
+    return GenerativeSetting(data=data, model=concept_model, classifier=clf, recipe=recipe, original_key=original_key,
                              records=RecordCache(cache_dir, enabled=cache), models=models,
                              arrays=ArrayCache(cache_dir, enabled=cache), generation=generation or GenerationConfig(),
-                             train_seconds=float(meta["train_seconds"]),
-                             classifier_seconds=float(clf_meta["train_seconds"]),
+                             train_seconds=train_seconds, classifier_seconds=float(clf_meta["train_seconds"]),
                              classifier_accuracy=classifier_accuracy(clf, data.x_test, data.concept_test),
                              original_source=source, classifier_source=clf_source)
+
+
+def _stable_diffusion(spec: str, dataset: str, device: torch.device):
+    """(concept data, the loaded model, its key) for `sd:PATH` with the concepts and images of a concept folder."""
+    if not is_concept_folder_spec(dataset):
+        raise ConfigError(f"a Stable Diffusion model ({spec}) takes its concepts and their images from a folder: "
+                          f"give dataset concept-folder:ROOT (ROOT/<style>/<object>/*.png), not {dataset!r}")
+    root = folder_of(dataset)
+    grid = discover_grid(root)
+    model = load_concept_model(spec, grid=grid, device=device)
+    images = read_concept_folder(root, model.image_size, grid)
+    data = concept_data_from_images(dataset, images).to(device)
+    # the folder's weights by name, size and modification time: new weights at the same path are a new model
+    files = sorted((str(p.relative_to(model.path)), p.stat().st_size, p.stat().st_mtime_ns)
+                   for p in model.path.rglob("*") if p.is_file())
+    return data, model, stable_hash({"stable_diffusion": files, "model": model.describe(), "data": data.fingerprint})
