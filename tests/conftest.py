@@ -114,6 +114,16 @@ def prepared(tmp_path, _original_models):
     return make
 
 
+@pytest.fixture(scope="session")
+def process_pool():
+    """One process pool of 2 spawned workers for the session (each worker imports torch once), for the tests that
+    check what a pool computes; a test that kills a worker leaves the executor to start a new pool, as for users."""
+    from worstforget.core.executor import ProcessExecutor
+
+    with ProcessExecutor(workers=2) as executor:
+        yield executor
+
+
 @pytest.fixture
 def cli_runner():
     from click.testing import CliRunner
