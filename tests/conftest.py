@@ -77,6 +77,53 @@ def trained(synthetic, tiny_spec, _trained_state) -> torch.nn.Module:
     return model.eval()
 
 
+@pytest.fixture(scope="session")
+def _original_models(tmp_path_factory):
+    """Trained originals' cache entries (`models/`), one per `prepare_setting` recipe, trained once a session."""
+    import json
+
+    from worstforget.setting import prepare_setting
+
+    root, made = tmp_path_factory.mktemp("originals"), {}
+
+    def models_of(**recipe) -> Path:
+        key = json.dumps(recipe, sort_keys=True, default=str)
+        if key not in made:
+            folder = root / str(len(made))
+            prepare_setting(device="cpu", cache_dir=str(folder), **recipe)
+            made[key] = folder / "models"
+        return made[key]
+
+    return models_of
+
+
+@pytest.fixture
+def prepared(tmp_path, _original_models):
+    """`prepared(**recipe)`: `prepare_setting(device="cpu", cache_dir=tmp_path, **recipe)` whose original model is
+    already in the test's own cache folder (trained once a session, its cache entry copied in), so tests that only
+    use the original don't each retrain the same model; the setting reads `original_source == "cache"`."""
+    import shutil
+
+    from worstforget.setting import prepare_setting
+
+    def make(**recipe):
+        shutil.copytree(_original_models(**recipe), tmp_path / "models", dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("*.lock"))
+        return prepare_setting(device="cpu", cache_dir=str(tmp_path), **recipe)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def process_pool():
+    """One process pool of 2 spawned workers for the session (each worker imports torch once), for the tests that
+    check what a pool computes; a test that kills a worker leaves the executor to start a new pool, as for users."""
+    from worstforget.core.executor import ProcessExecutor
+
+    with ProcessExecutor(workers=2) as executor:
+        yield executor
+
+
 @pytest.fixture
 def cli_runner():
     from click.testing import CliRunner

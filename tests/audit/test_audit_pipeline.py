@@ -198,8 +198,9 @@ def test_class_granularity_forgets_whole_classes(tmp_path):
 
 def test_search_with_attacks_stores_the_evaluation_in_every_file(tmp_path):
     out = tmp_path / "out"
+    # selection stays on (lira judges) with its smallest size: what is checked here is where the evaluation goes
     invoke("search", *SEARCH, *FAST, "--no-stability", "--num-random", "2", "--attacks", "loss,lira",
-           "--num-models", "4", "--cache-dir", tmp_path / "cache", "--out", out)
+           "--num-models", "4", "--select-models", "4", "--cache-dir", tmp_path / "cache", "--out", out)
     doc = json.loads((out / "evaluation.json").read_text())
     assert set(doc["sets"]) == {"worst_case", "lowest_loss", "memorization", "exposure", "random"}
     rand = doc["sets"]["random"]["methods"]["finetune"]["lira_auc"]

@@ -50,8 +50,8 @@ def watched(monkeypatch):
 
 
 @pytest.fixture()
-def setting(tmp_path):
-    return prepare_setting(dataset="synthetic", device="cpu", cache_dir=str(tmp_path), train_overrides={"epochs": 15})
+def setting(prepared):
+    return prepared(dataset="synthetic", train_overrides={"epochs": 15})
 
 
 def test_reference_outputs_are_the_models_and_every_sample_is_out_of_exactly_half(watched, synthetic, tiny_spec,

@@ -30,12 +30,14 @@ SEARCH = ["search", *FAST, "--outer-steps", "2", "--inner-steps", "2", "--num-ra
 
 @pytest.fixture(scope="module")
 def attacked_search(tmp_path_factory):
-    """A finetune search with U-LiRA (4 models per side) on the synthetic blobs, computed once per module."""
+    """A finetune search with U-LiRA (4 models per side; its selection on 4 + 4) on the synthetic blobs, computed once
+    per module."""
     root = tmp_path_factory.mktemp("attacked")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WORSTFORGET_CACHE", str(root / "cache"))
         mp.setenv("WORSTFORGET_DATA", str(root / "data"))
-        ok(*SEARCH, "--method", "finetune", "--attacks", "lira", "--num-models", "4", "--out", root / "R")
+        ok(*SEARCH, "--method", "finetune", "--attacks", "lira", "--num-models", "4", "--select-models", "4",
+           "--out", root / "R")
     return root
 
 

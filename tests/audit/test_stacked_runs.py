@@ -12,7 +12,6 @@ from worstforget.audit import units as U
 from worstforget.audit.units import Unit, UnitPlan, run_unit, run_units, unit_key
 from worstforget.core.cache import COMPUTED
 from worstforget.core.errors import ConfigError
-from worstforget.core.executor import ProcessExecutor
 from worstforget.forget_sets import forget_weights, random_forget_set
 from worstforget.methods import make_method
 from worstforget.methods.exact import Retrain
@@ -65,13 +64,13 @@ def test_stacked_retrain_equals_one_by_one_retrain(tmp_path):
             torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_a_stacked_record_is_the_same_in_any_stack_and_on_any_executor(tmp_path, monkeypatch):
+def test_a_stacked_record_is_the_same_in_any_stack_and_on_any_executor(tmp_path, monkeypatch, process_pool):
     units = retrain_units(make_setting(tmp_path / "probe"))
     together = run_units(make_setting(tmp_path / "together"), units)
     alone_setting = make_setting(tmp_path / "alone")
     alone = [run_units(alone_setting, [u])[0] for u in units]  # stacks of one
-    with ProcessExecutor(workers=2) as pool:  # two stacks of three, in worker processes
-        pooled = run_units(make_setting(tmp_path / "pool"), units, executor=pool)
+    assert process_pool.workers == 2  # two stacks of three, in worker processes
+    pooled = run_units(make_setting(tmp_path / "pool"), units, executor=process_pool)
     assert [r["RTE_stack"] for r in together] == [6.0] * 6
     assert [r["RTE_stack"] for r in alone] == [1.0] * 6
     assert [r["RTE_stack"] for r in pooled] == [3.0] * 6

@@ -32,7 +32,7 @@ from worstforget.audit.units import compare_methods
 from worstforget.cli import cli
 from worstforget.core.cache import COMPUTED
 from worstforget.core.errors import ConfigError, OptionError, WorstforgetError
-from worstforget.core.executor import Call, NotRebuildableError, ProcessExecutor, RayExecutor, make_executor, serial
+from worstforget.core.executor import Call, NotRebuildableError, RayExecutor, make_executor, serial
 from worstforget.setting.recipe import SettingRecipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,10 +50,9 @@ def ray_instance():
 
 
 @pytest.fixture(scope="module")
-def pool():
-    """One process pool of 2 spawned workers for the module (each worker imports torch once)."""
-    with ProcessExecutor(workers=2) as executor:
-        yield executor
+def pool(process_pool):
+    """The session's process pool of 2 spawned workers (each worker imports torch once)."""
+    return process_pool
 
 
 def recipe(cache: Path) -> SettingRecipe:

@@ -73,9 +73,8 @@ def test_top_m_breaks_ties_and_returns_unique_sorted_indices():
 
 
 @pytest.fixture()
-def setting(tmp_path):
-    return prepare_setting(dataset="synthetic", device="cpu", cache_dir=str(tmp_path),
-                           train_overrides={"epochs": 15})
+def setting(prepared):
+    return prepared(dataset="synthetic", train_overrides={"epochs": 15})
 
 
 def test_first_order_gradient_is_loss_plus_ridge(setting):

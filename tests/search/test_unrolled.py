@@ -24,7 +24,6 @@ from worstforget.search.config import UNROLL_BACKENDS
 from worstforget.search.problem import Problem
 from worstforget.search.solvers import SOLVERS
 from worstforget.search.solvers.unrolled import Unroll, stepper_class
-from worstforget.setting import prepare_setting
 
 BACKENDS = ("higher", "torch.func")
 EQUIVALENCE_METHODS = ("finetune", "random_label", "l1_sparse", "scrub", "neggrad_plus", "salun", "bad_teacher",
@@ -33,15 +32,14 @@ SGD_VARIANT = {"bad_teacher": {"optimizer": "sgd"}, "unsir": {"optimizer": "sgd"
 
 
 @pytest.fixture()
-def setting(tmp_path):
-    return prepare_setting(dataset="synthetic", device="cpu", cache_dir=str(tmp_path), train_overrides={"epochs": 15})
+def setting(prepared):
+    return prepared(dataset="synthetic", train_overrides={"epochs": 15})
 
 
 @pytest.fixture()
-def bn_setting(tmp_path):
+def bn_setting(prepared):
     """An MLP with BatchNorm: running statistics are state the unrolled run must carry like plain training."""
-    return prepare_setting(dataset="synthetic", model="mlp", norm="batch", device="cpu", cache_dir=str(tmp_path),
-                           train_overrides={"epochs": 5})
+    return prepared(dataset="synthetic", model="mlp", norm="batch", train_overrides={"epochs": 5})
 
 
 def forget_first(setting, n: int = 20) -> torch.Tensor:

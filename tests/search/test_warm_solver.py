@@ -20,16 +20,14 @@ from worstforget.search.problem import Problem
 from worstforget.search.solvers import SOLVERS, solver_state
 from worstforget.search.solvers import warm as warm_module
 from worstforget.search.solvers.warm import WarmState, continuation_problem
-from worstforget.setting import prepare_setting
 
 WARM = SOLVERS.get("warm")
 FIRST_ORDER = SOLVERS.get("first_order")
 
 
 @pytest.fixture()
-def setting(tmp_path):
-    return prepare_setting(dataset="synthetic", device="cpu", cache_dir=str(tmp_path),
-                           train_overrides={"epochs": 15})
+def setting(prepared):
+    return prepared(dataset="synthetic", train_overrides={"epochs": 15})
 
 
 def make_problem(setting, method="finetune", params=None, **cfg) -> Problem:
