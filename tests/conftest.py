@@ -172,6 +172,7 @@ SLOW = {
     "cli/test_cli_workflows.py": {"test_search_cli_writes_all_outputs_and_resumes"},
     "cli/test_generation_cli.py": {"test_a_tiny_generative_audit_writes_its_result_and_verdict"},
     "cli/test_generation_sd.py": {"test_the_search_runs_on_a_stable_diffusion_folder_without_retrain"},
+    "audit/test_generative_threads.py": "*",  # two tiny generative audits
     "methods/test_plugins.py": {"test_kaggle_submission_runs_in_place_with_dict_batches_through_unlearn_and_search"},
     "search/test_search.py": {"test_search_moves_is_deterministic_and_resumes"},
     "audit/test_exposure.py": {"test_exposure_selector_finds_memorised_flipped_labels"},

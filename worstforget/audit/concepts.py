@@ -22,7 +22,7 @@ from ..core.errors import ConfigError
 from ..core.hashing import stable_hash
 from ..core.io import json_bytes, to_jsonable, write_result_folder
 from ..core.progress import Progress
-from ..core.runtime import Timer
+from ..core.runtime import Timer, one_intra_op_thread
 from ..core.seeds import derive_seed, generator
 from ..core.stats import aggregate, difference_interval, fmt_agg
 from ..methods.concepts import make_concept_method
@@ -147,6 +147,7 @@ class ConceptAudit:
         return write_result_folder(out, self.files(), owned=RESULT_FILES)
 
 
+@one_intra_op_thread()
 def audit_concepts(setting, method: str, params: dict | None, cfg: ConceptSearchConfig, *, seed: int = 0,
                    options: ConceptAuditOptions = ConceptAuditOptions(), resume: bool = False,
                    progress: Progress | None = None) -> ConceptAudit:

@@ -1,6 +1,7 @@
 """Devices, the cache folder and wall-clock timing."""
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -51,3 +52,18 @@ def sync(device: torch.device | str) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def one_intra_op_thread():
+    """Run with one torch intra-op thread, then give the caller's count back (also usable as a decorator).
+
+    The concept diffusion models' CPU kernels (convolutions, group norm, attention) split their reductions by
+    thread, so their numbers would change with the thread count; at this size a second thread gains ~10%."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+

@@ -29,7 +29,7 @@ from ..core.errors import ConfigError, WorstforgetError
 from ..core.hashing import stable_hash
 from ..core.progress import NullProgress, Progress
 from ..core.registry import Registry
-from ..core.runtime import Timer
+from ..core.runtime import Timer, one_intra_op_thread
 from ..core.seeds import derive_seed, generator
 from ..methods.concepts import ConceptMethod, make_concept_method
 from .checkpoint import SearchCheckpoint
@@ -188,6 +188,7 @@ def concept_search_key(setting, method: ConceptMethod, cfg: ConceptSearchConfig,
                         "generation": setting.generation.to_dict()})
 
 
+@one_intra_op_thread()
 def search_concepts(setting, method: str | ConceptMethod, params: dict | None, cfg: ConceptSearchConfig, *,
                     seed: int = 0, resume: bool = False, state_dir: str | Path | None = None,
                     progress: Progress | None = None) -> ConceptSearchResult:

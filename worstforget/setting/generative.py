@@ -16,7 +16,7 @@ from ..core.cache import ArrayCache, ModelCache, RecordCache
 from ..core.errors import ConfigError
 from ..core.hashing import stable_hash
 from ..core.progress import Progress
-from ..core.runtime import Timer, resolve_device
+from ..core.runtime import Timer, one_intra_op_thread, resolve_device
 from ..core.seeds import derive_seed, generator
 from ..datasets.concept_folder import discover_grid, folder_of, is_concept_folder_spec, read_concept_folder
 from ..datasets.concepts import ConceptData, concept_data_from_images, load_concepts
@@ -134,6 +134,7 @@ class GenerativeSetting:
                 "generation": self.generation.to_dict()}
 
 
+@one_intra_op_thread()
 def prepare_generative_setting(*, dataset: str = "concepts-digits", model: str | None = None,
                                data_dir: str | None = None, device: str = "auto",
                                recipe: DiffusionConfig | None = None, classifier: ClassifierConfig | None = None,
