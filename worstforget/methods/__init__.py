@@ -21,7 +21,7 @@ from . import (  # noqa: F401  (imported to register the built-in methods)
     ssd,
     unsir,
 )
-from .base import Batch, Context, Phase, Stepper, UnlearningMethod, run_loop
+from .base import Batch, Context, Phase, Stepper, UnlearningMethod, run_loop, split_param
 from .plugin_load import load_plugin
 from .registry import METHODS, register_method
 
@@ -44,22 +44,11 @@ def make_method(name: str, params: dict[str, Any] | None = None) -> UnlearningMe
 
 def parse_params(name: str, pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Parse ['lr=0.01', 'epochs=5'] against the method's field types (typed, unknown keys rejected)."""
-    import ast
-
     cls = METHODS.get(name)
     types = {f.name: f.type for f in fields(cls)}
     out: dict[str, Any] = {}
     for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep:
-            raise ConfigError(f"--param expects key=value, got {pair!r}")
-        if key not in types:
-            raise ConfigError(f"{cls.name} has no hyper-parameter {key!r}; known: {', '.join(sorted(types))}")
-        try:
-            value = ast.literal_eval(raw.strip())
-        except (ValueError, SyntaxError):
-            value = raw.strip()
+        key, raw, value = split_param(pair, types, cls.name)
         expected = str(types[key])
         if expected.startswith("tuple"):
             if isinstance(value, (int, float)) and not isinstance(value, bool):

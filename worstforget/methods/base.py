@@ -244,6 +244,24 @@ MAX_STEPS = 10_000_000
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # parameters and steps are float32: beyond it is inf
 
 
+def split_param(pair: str, known, owner: str) -> tuple[str, str, Any]:
+    """One `--param key=value`: (key, the value's text, the value as a Python literal or, failing that, the text).
+    A pair without `=` or an unknown key (`known`: the method's hyper-parameter names) is refused in one line."""
+    import ast
+
+    key, sep, raw = pair.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep:
+        raise ConfigError(f"--param expects key=value, got {pair!r}")
+    if key not in known:
+        raise ConfigError(f"{owner} has no hyper-parameter {key!r}; known: {', '.join(sorted(known))}")
+    try:
+        value = ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+        value = raw.strip()
+    return key, raw, value
+
+
 def hyperparameter_problem(name: str, value: Any) -> str | None:
     """What is wrong with one hyper-parameter's value (None when it is usable): every number finite and within
     float32; learning rates positive; momentum and weight decay non-negative; `epochs` in [1, MAX_EPOCHS],

@@ -57,6 +57,26 @@ def _prepare_worker(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def _worker_setting(key: str, rebuild: Callable[[], Any]) -> Any:
+    """This worker's setting for `key`, rebuilt when the last task's was another. One setting per worker: the
+    last one's data and model are dropped first, and the key is forgotten until the rebuild succeeds (a failed
+    rebuild must not leave the old key standing for a setting that is gone)."""
+    if _WORKER.get("key") != key:
+        _WORKER.pop("setting", None)
+        _WORKER["key"] = None
+        _WORKER["setting"], _WORKER["key"] = rebuild(), key
+    return _WORKER["setting"]
+
+
+def _rebuild_failed(exc: Exception, started: float) -> Outcome:
+    """The outcome of a task whose setting could not be rebuilt (called while `exc` is being handled): the
+    user's error as it is, anything else as a failure with its traceback."""
+    if isinstance(exc, WorstforgetError):
+        return Outcome(error=_portable(exc), started=started, pid=os.getpid())
+    return Outcome(failure=f"rebuilding the setting: {_first_line(exc)}", traceback=traceback.format_exc(),
+                   started=started, pid=os.getpid())
+
+
 def run_in_worker(recipe: Rebuildable, call: Call, threads: int) -> Outcome:
     """A task in a worker process: the context of `recipe` (rebuilt on first use), then the call in its scope."""
     _prepare_worker(threads)
@@ -66,15 +86,9 @@ def run_in_worker(recipe: Rebuildable, call: Call, threads: int) -> Outcome:
         detach_reads(None)
     started = time.time()
     try:
-        if _WORKER.get("key") != recipe.key:
-            _WORKER.pop("setting", None)  # one setting per worker: drop the last one's data and model first
-            _WORKER["setting"], _WORKER["key"] = recipe.rebuild(), recipe.key
-        setting = _WORKER["setting"]
-    except WorstforgetError as exc:
-        return Outcome(error=_portable(exc), started=started, pid=os.getpid())
+        setting = _worker_setting(recipe.key, recipe.rebuild)
     except Exception as exc:
-        return Outcome(failure=f"rebuilding the setting: {_first_line(exc)}", traceback=traceback.format_exc(),
-                       started=started, pid=os.getpid())
+        return _rebuild_failed(exc, started)
     with recipe.scope():
         return _execute(setting, call, None, in_worker=True)
 
@@ -111,21 +125,15 @@ def run_detached(recipe: Portable, payload_key: str, load_payload: Callable[[], 
         key = f"{recipe.key}/{payload_key}"
         if _WORKER.get("key") != key:
             _WORKER.pop("index_key", None)
-            _WORKER.pop("setting", None)
-            _WORKER["key"] = None
-            _WORKER["setting"], _WORKER["key"] = recipe.rebuild_detached(load_payload(), folder), key
+        setting = _worker_setting(key, lambda: recipe.rebuild_detached(load_payload(), folder))
         if _WORKER.get("index_key") != index_key:
             detach_reads(folder, load_index())
             _WORKER["index_key"] = index_key
         for rel, data in extras.items():
             if not os.path.isfile(os.path.join(folder, rel)):
                 write_bytes_atomic(os.path.join(folder, rel), data)
-        setting = _WORKER["setting"]
-    except WorstforgetError as exc:
-        return Outcome(error=_portable(exc), started=started, pid=os.getpid())
     except Exception as exc:
-        return Outcome(failure=f"rebuilding the setting: {_first_line(exc)}", traceback=traceback.format_exc(),
-                       started=started, pid=os.getpid())
+        return _rebuild_failed(exc, started)
     before = list_entries(folder)
     read_unknown()
     with recipe.scope():

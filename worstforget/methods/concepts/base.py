@@ -9,7 +9,6 @@ search's outer steps.
 """
 from __future__ import annotations
 
-import ast
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -20,6 +19,7 @@ from ...core.errors import ConfigError
 from ...core.registry import Registry
 from ...core.seeds import derive_seed, generator
 from ...training.diffusion import copy_denoiser
+from ..base import split_param
 
 
 @dataclass
@@ -168,16 +168,7 @@ def parse_concept_params(name: str, pairs: list[str] | tuple[str, ...]) -> dict[
     defaults = {f.name: f.default for f in fields(cls)}
     out: dict[str, Any] = {}
     for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep:
-            raise ConfigError(f"--param expects key=value, got {pair!r}")
-        if key not in defaults:
-            raise ConfigError(f"{cls.name} has no hyper-parameter {key!r}; known: {', '.join(sorted(defaults))}")
-        try:
-            value = ast.literal_eval(raw.strip())
-        except (ValueError, SyntaxError):
-            value = raw.strip()
+        key, raw, value = split_param(pair, defaults, cls.name)
         expected = type(defaults[key])
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
