@@ -87,3 +87,18 @@ def test_entries_leave_out_locks_and_temporary_files(tmp_path):
     (root / "logs").mkdir()
     (root / "logs" / "run.log").touch()
     assert sorted(list_entries(root)) == sorted(entries)
+
+
+def test_a_failed_rebuild_does_not_leave_the_old_key_without_its_setting(monkeypatch):
+    from worstforget.core.executor import pool
+
+    monkeypatch.setattr(pool, "_WORKER", {})
+    assert pool._worker_setting("a", lambda: "setting a") == "setting a"
+
+    def broken():
+        raise RuntimeError("no data here")
+
+    with pytest.raises(RuntimeError):
+        pool._worker_setting("b", broken)
+    # a's setting was dropped for b: a's next task rebuilds it instead of finding nothing under its key
+    assert pool._worker_setting("a", lambda: "setting a, again") == "setting a, again"
