@@ -33,7 +33,7 @@ from ..core.runtime import Timer, one_intra_op_thread
 from ..core.seeds import derive_seed, generator
 from ..methods.concepts import ConceptMethod, make_concept_method
 from .checkpoint import SearchCheckpoint
-from .projection import project_capped_simplex, top_m
+from .projection import top_m, upper_step
 from .solvers.base import upper_value_and_grad
 
 CONCEPT_SOLVERS = ("warm", "first_order")
@@ -246,9 +246,7 @@ def search_concepts(setting, method: str | ConceptMethod, params: dict | None, c
                 if not (bool(torch.isfinite(grad).all()) and math.isfinite(value)):
                     raise WorstforgetError(f"the concept search's objective holds NaN or inf at outer step {t + 1}; "
                                            f"the lower level diverged: lower the method's lr (--param lr=...)")
-                scale = float(grad.std().clamp_min(1e-12)) if cfg.normalize_step else 1.0
-                step = cfg.upper_lr / scale
-                w = project_capped_simplex(w - step * grad, m)
+                w, step = upper_step(w, grad, m, lr=cfg.upper_lr, normalize=cfg.normalize_step)
             elapsed += timer.seconds
             last_grad = grad
             units = top_m(w, m, tie_break=-grad)

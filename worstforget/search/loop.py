@@ -24,7 +24,7 @@ from ..setting import Setting
 from .checkpoint import STATE_VERSION, SearchCheckpoint
 from .config import SearchConfig
 from .problem import Problem
-from .projection import project_capped_simplex, top_m
+from .projection import top_m, upper_step
 from .solvers import SOLVERS, check_solver, solver_state
 
 
@@ -139,9 +139,7 @@ def search_worst_case(setting: Setting, method: str, params: dict | None, cfg: S
                 hg = solve(problem, w_dev, step_seed, **({} if carry is None else {"state": carry}))
                 grad = hg.grad.cpu()
                 check_hypergradient(hg, grad, t, cfg, instance.name)
-                scale = grad.std().clamp_min(1e-12) if cfg.normalize_step else torch.tensor(1.0, dtype=torch.float64)
-                step = cfg.upper_lr / float(scale)
-                w = project_capped_simplex(w - step * grad, m)
+                w, step = upper_step(w, grad, m, lr=cfg.upper_lr, normalize=cfg.normalize_step)
             elapsed += timer.seconds
             last_grad = grad
             units = top_m(w, m, tie_break=-grad)  # among equal weights, prefer the lower objective

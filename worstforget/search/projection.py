@@ -112,3 +112,13 @@ def top_m(w: torch.Tensor, m: int, *, tie_break: torch.Tensor | None = None) -> 
     secondary = np.zeros_like(primary) if tie_break is None else tie_break.detach().cpu().double().numpy()
     order = np.lexsort((-secondary, -primary))  # descending by w, then by tie_break; stable otherwise
     return torch.as_tensor(np.sort(order[:m]), dtype=torch.long)
+
+
+def upper_step(w: torch.Tensor, grad: torch.Tensor, m: float, *, lr: float, normalize: bool
+               ) -> tuple[torch.Tensor, float]:
+    """One projected step of the upper level: w − (lr / σ)·grad onto {0 ≤ w ≤ 1, Σw = m}, σ the gradient's
+    standard deviation (1 with `normalize` off, the paper's raw step). Returns the new w and the step size."""
+    scale = float(grad.std().clamp_min(1e-12)) if normalize else 1.0
+    step = lr / scale
+    return project_capped_simplex(w - step * grad, m), step
+
