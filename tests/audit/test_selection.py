@@ -13,7 +13,14 @@ from click.testing import CliRunner
 
 from worstforget.audit import selection as selection_module
 from worstforget.cli import cli
-from worstforget.scoring.privacy import lira_attack_metrics, lira_online, u_lira_split_average
+from worstforget.scoring.privacy import (
+    lira_attack_metrics,
+    lira_online,
+    member_threshold,
+    tpr_at_fpr,
+    u_lira_per_example,
+    u_lira_split_average,
+)
 
 
 def _one_halving(u, r, pu, pr):
@@ -79,7 +86,8 @@ def test_search_with_selection_reports_the_chosen_set_with_fresh_models(tmp_path
     summary = json.loads((out / "summary.json").read_text())
     sel = summary["search"]["selection"]
     baselines = {"lowest_loss", "memorization", "exposure"}
-    assert set(sel["scores"]) == {"search", "stability", "objective_exposure", "objective_loss"} | baselines
+    assert set(sel["scores"]) == {"search", "stability", "objective_exposure", "objective_loss", "composed"} | baselines
+    assert len(sel["composed"]) == summary["forget_size"]
     best = max(sel["scores"],
                key=lambda k: (sel["scores"][k]["tpr_at_0.1pct_fpr"], sel["scores"][k]["tpr_at_1pct_fpr"]))
     assert sel["scores"][sel["chosen"]] == sel["scores"][best] and sel["num_models"] == 4
@@ -89,6 +97,8 @@ def test_search_with_selection_reports_the_chosen_set_with_fresh_models(tmp_path
         np.testing.assert_array_equal(res["forget_sets/worst_case"][()], chosen)
         if sel["chosen"] in baselines:  # a baseline set can be the worst case found; then it is that set
             np.testing.assert_array_equal(np.sort(res[f"forget_sets/{sel['chosen']}"][()]), np.sort(chosen))
+        if sel["chosen"] == "composed":
+            np.testing.assert_array_equal(np.sort(chosen), sel["composed"])
     ev = json.loads((out / "evaluation.json").read_text())
     assert "worst_case" in ev["sets"]  # scored by the report's own (fresh) models
     assert summary["search"]["selection_seconds"] > 0
@@ -130,3 +140,69 @@ def test_u_lira_reports_the_mean_over_halvings_with_the_first_halvings_roc():
         assert agg["low"] <= agg["value"] <= agg["high"]
     fixed = _one_halving(u, r, np.arange(8), np.arange(8))
     assert out["lira_roc"]["roc_fpr"] == fixed["roc_fpr"] and out["lira_roc"]["roc_tpr"] == fixed["roc_tpr"]
+
+
+def test_member_threshold_gives_tpr_at_fpr_exactly_ties_included():
+    rng = np.random.default_rng(8)
+    for _ in range(300):
+        neg = np.round(rng.normal(size=rng.integers(1, 3000)), 1)  # rounding makes ties on both sides
+        pos = np.round(rng.normal(1.0, 1.0, size=rng.integers(1, 60)), 1)
+        for fpr in (0.001, 0.01, 0.2):
+            assert np.mean(pos > member_threshold(neg, fpr)) == pytest.approx(tpr_at_fpr(pos, neg, fpr), abs=1e-12)
+    assert member_threshold([1.0, 2.0], 0.0) == np.inf and member_threshold([1.0, 2.0], 1.5) == -np.inf
+
+
+def test_per_example_shares_average_to_the_sets_tpr():
+    """Exactness: with no NaN, the examples' shares average to the split-averaged TPRs of the whole set."""
+    rng = np.random.default_rng(4)
+    u = rng.normal(0.5, 1.0, (10, 70)) + rng.normal(0, 1.5, 70)
+    r = rng.normal(0.0, 1.2, (10, 70))
+    shares = u_lira_per_example(u, r, splits=6, seed=9)
+    whole = u_lira_split_average(u, r, splits=6, seed=9)
+    for key in ("tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr"):
+        assert shares[key].shape == (70,) and shares[key].mean() == pytest.approx(whole[key], abs=1e-12)
+    # an example whose unlearned models sit far from its retrained ones owns the largest share
+    u[:, 5] += 50.0
+    assert int(np.argmax(u_lira_per_example(u, r, splits=6, seed=9)["tpr_at_1pct_fpr"])) == 5
+
+
+def test_compose_keeps_the_most_exposed_examples_of_the_union():
+    sets = {"a": torch.tensor([0, 1, 2, 3]), "b": torch.tensor([2, 3, 4, 5])}
+    z = np.zeros(4)
+    shares = {"a": {"tpr_at_0.1pct_fpr": np.array([0.9, 0.0, 0.5, 0.1]), "tpr_at_1pct_fpr": z, "score": z},
+              "b": {"tpr_at_0.1pct_fpr": np.array([0.3, 0.1, 0.0, 0.7]), "tpr_at_1pct_fpr": z, "score": z}}
+    # 0: .9, 1: 0, 2: mean(.5, .3) = .4, 3: mean(.1, .1) = .1, 4: 0, 5: .7  → top four {0, 5, 2, 3}
+    assert selection_module.compose(sets, shares, 4).tolist() == [0, 2, 3, 5]
+    # ties at the 0.1% share fall to the 1% share, then to the lower index
+    shares["a"]["tpr_at_1pct_fpr"] = np.array([0.0, 0.6, 0.0, 0.0])
+    assert selection_module.compose(sets, shares, 5).tolist() == [0, 1, 2, 3, 5]
+
+
+def test_the_composed_set_competes_on_its_own_models(monkeypatch):
+    """Each candidate holds one strongly and one weakly exposed example; the composition of the strong ones is
+    attacked by models of its own and wins."""
+    strong = {1: 6.0, 3: 6.0}
+    attacked = []
+
+    def fake_calls(method, params, forget, seeds):
+        attacked.append((method, tuple(forget.tolist())))
+        gaps = np.array([strong.get(i, 0.2) for i in forget.tolist()]) if method != "retrain" else 0.0
+        return [lambda s=s, gaps=gaps: [{"lsc": np.random.default_rng(s).normal(gaps, 1.0, len(forget))}]
+                for s in seeds]
+
+    class Serial:
+        def map(self, setting, calls, **_):
+            return [c() for c in calls]
+
+    monkeypatch.setattr(selection_module, "statistics_calls", fake_calls)
+    cands = {"search": torch.tensor([0, 1]), "memorization": torch.tensor([2, 3])}
+    out = selection_module.select_by_attack(None, "finetune", {}, cands, num_models=8, compose_sets=True,
+                                            executor=Serial())
+    assert out["composed"] == [1, 3] and out["chosen"] == "composed"
+    assert out["composed_from"] == {"search": 1, "memorization": 1}
+    assert ("finetune", (1, 3)) in attacked and ("retrain", (1, 3)) in attacked
+    assert out["scores"]["composed"]["tpr_at_0.1pct_fpr"] > max(out["scores"][n]["tpr_at_0.1pct_fpr"] for n in cands)
+    # off (or class-wise units): no composition, no further models
+    attacked.clear()
+    plain = selection_module.select_by_attack(None, "finetune", {}, cands, num_models=8, executor=Serial())
+    assert "composed" not in plain["scores"] and all(t[1] != (1, 3) for t in attacked)

@@ -220,12 +220,15 @@ def _select(setting: Setting, name: str, params: dict, cfg: SearchConfig, seed: 
             runs.update(zip(names, executor.map(setting, calls, progress=progress, description="candidate searches")))
     candidates = {**{k: r.indices for k, r in runs.items()}, **{b: problem.members(u) for b, u in baselines.items()}}
     record = select_by_attack(setting, name, params, candidates, num_models=options.select_models,
-                              progress=progress, executor=executor)
+                              compose_sets=not problem.by_class, progress=progress, executor=executor)
     record["search_seconds"] = timer.seconds
     record["overlap_with_search"] = {k: overlap(v, found.indices) for k, v in candidates.items()}
     pick = record["chosen"]
     if pick in runs:
         return runs[pick], record
+    if pick == "composed":  # sample-wise: the units are the training indices
+        units = torch.tensor(record["composed"], dtype=torch.long)
+        return replace(found, units=units, indices=problem.members(units)), record
     units = baselines[pick].cpu().sort().values  # a baseline set: the search's trace, the baseline's set
     return replace(found, units=units, indices=problem.members(units)), record
 

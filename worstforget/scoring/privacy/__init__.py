@@ -25,7 +25,15 @@ from .epsilon import (
     threshold_epsilon,
 )
 from .intervals import bootstrap_interval, mean_t_interval
-from .lira import lira_attack_metrics, lira_offline, lira_online, lira_scores, u_lira_halvings, u_lira_split_average
+from .lira import (
+    lira_attack_metrics,
+    lira_offline,
+    lira_online,
+    lira_scores,
+    u_lira_halvings,
+    u_lira_per_example,
+    u_lira_split_average,
+)
 from .population import ks_test, loss_threshold_attack, tug_of_war
 from .rmia import (
     RMIA_GAMMA,
@@ -41,6 +49,7 @@ from .roc import (
     balanced_accuracy,
     curve_area,
     downsample_roc,
+    member_threshold,
     roc_curve,
     tpr_at_fpr,
 )
@@ -70,6 +79,7 @@ __all__ = [
     "lira_online",
     "lira_scores",
     "u_lira_halvings",
+    "u_lira_per_example",
     "u_lira_split_average",
     "logit_scaled_confidence",
     "loss_threshold_attack",
@@ -83,6 +93,7 @@ __all__ = [
     "rmia_scores",
     "roc_curve",
     "threshold_epsilon",
+    "member_threshold",
     "tpr_at_fpr",
     "true_label_probability",
     "tug_of_war",

@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 from scipy.stats import norm
 
-from .roc import _tpr_at, balanced_accuracy, curve_area, downsample_roc, roc_curve
+from .roc import _tpr_at, balanced_accuracy, curve_area, downsample_roc, member_threshold, roc_curve
 from .scores import PrivacyInputError, as_float_array
 
 STD_EPS = 1e-30  # added to every standard deviation, as in the reference code
@@ -247,3 +247,24 @@ def u_lira_split_average(stats_u, stats_r, *, splits: int = 20, seed: int = 0) -
     mean = np.mean(rows, axis=0)
     return {"tpr_at_1pct_fpr": float(mean[0]), "tpr_at_0.1pct_fpr": float(mean[1]), "auc": float(mean[2]),
             "splits": splits}
+
+
+def u_lira_per_example(stats_u, stats_r, *, splits: int = 20, seed: int = 0) -> dict:
+    """Each forget example's share of `u_lira_split_average`: per halving, the fraction of its unlearned-target
+    scores above the set's threshold at 0.1% (1%) FPR (`roc.member_threshold`), averaged over the halvings; and
+    its mean score. Where no score is NaN, the mean over examples is the set's TPR exactly.
+
+    Returns:
+        {"tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "score"}: (n,) float64 arrays.
+    """
+    n = np.shape(stats_u)[1]
+    out = {"tpr_at_0.1pct_fpr": np.zeros(n), "tpr_at_1pct_fpr": np.zeros(n), "score": np.zeros(n)}
+    for pos, neg in u_lira_halvings(stats_u, stats_r, halvings=splits, seed=seed):
+        finite = np.isfinite(pos)  # (targets, n)
+        count = np.maximum(finite.sum(axis=0), 1)
+        b = neg.ravel()
+        b = b[np.isfinite(b)]
+        for key, fpr in (("tpr_at_0.1pct_fpr", 0.001), ("tpr_at_1pct_fpr", 0.01)):
+            out[key] += (finite & (np.nan_to_num(pos, nan=-np.inf) > member_threshold(b, fpr))).sum(axis=0) / count
+        out["score"] += np.where(finite, pos, 0.0).sum(axis=0) / count
+    return {k: v / splits for k, v in out.items()}

@@ -98,6 +98,20 @@ def tpr_at_fpr(scores_members, scores_nonmembers, fpr=0.01, *, strict: bool = Tr
     return float(out) if out.ndim == 0 else out
 
 
+def member_threshold(scores_nonmembers, fpr: float) -> float:
+    """The score v with "member if score > v" achieving `tpr_at_fpr` (strict FPR < ``fpr``) exactly: the
+    (k+1)-th largest non-member score, k the most non-members the rule may accept (−∞ when all may be). Whatever
+    the members, TPR at that FPR is the fraction of member scores above v — so a set's TPR is the mean of its
+    examples' own fractions, which is what ranks examples by their part in it (`lira.u_lira_per_example`)."""
+    neg = np.sort(as_float_array(scores_nonmembers, "scores_nonmembers", ndim=1, finite=False).ravel())[::-1]
+    if neg.size == 0 or np.isnan(neg).any():
+        raise PrivacyInputError("a threshold needs at least one non-member score and no NaN")
+    k = int(np.ceil(fpr * neg.size)) - 1  # fp < fpr·n  ⇔  fp ≤ k
+    if k < 0:  # fpr = 0: no threshold accepts anyone
+        return float("inf")
+    return float(neg[k]) if k < neg.size else float("-inf")
+
+
 def curve_area(fpr_curve: np.ndarray, tpr_curve: np.ndarray) -> float:
     """Trapezoidal area under a ROC curve (equals `auc` of the scores it came from)."""
     f = np.asarray(fpr_curve, dtype=np.float64)
