@@ -100,6 +100,45 @@ def test_evaluate_counts_errors_on_the_forget_set_as_unlearning_accuracy(synthet
     assert metrics["RA"] == 100.0
 
 
+def test_evaluate_mia_numbers_are_those_of_one_fit_after_another_at_any_thread_count(synthetic, trained):
+    """The SVC fits share the process's threads; each is still the fit `svc_mia_efficacy` gives alone."""
+    from worstforget.scoring.metrics import model_outputs, true_label_confidence
+    from worstforget.training.outputs import logit_scaled_confidence
+
+    forget = random_forget_set(synthetic.num_train, 20, 0)
+    model = trained
+    before = torch.get_num_threads()
+    try:
+        got = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            got.append(evaluate(model, synthetic, forget, mia_seed=5, mia_resamples=3))
+    finally:
+        torch.set_num_threads(before)
+    assert got[0] == got[1]
+    out = model_outputs(model, synthetic)
+    f = np.zeros(synthetic.num_train, bool)
+    f[forget.numpy()] = True
+    conf = true_label_confidence(out["train"], synthetic.y_train)
+    conf_test = true_label_confidence(out["test"], synthetic.y_test)
+    lsc = logit_scaled_confidence(out["train"].double(), synthetic.y_train).numpy()
+    lsc_test = logit_scaled_confidence(out["test"].double(), synthetic.y_test).numpy()
+    mia = [svc_mia_efficacy(conf[~f], conf_test, conf[f], seed=5 + r) for r in range(3)]
+    mia_l = [svc_mia_efficacy(lsc[~f], lsc_test, lsc[f], seed=5 + r, standardize=True) for r in range(3)]
+    assert got[0]["MIA"] == pytest.approx(np.mean(mia), abs=1e-12)
+    assert got[0]["MIA_std"] == pytest.approx(np.std(mia, ddof=1), abs=1e-12)
+    assert got[0]["MIA_logit"] == pytest.approx(np.mean(mia_l), abs=1e-12)
+
+
+def test_thread_map_keeps_the_order_of_a_loop():
+    from worstforget.core.runtime import thread_map
+
+    items = list(range(23))
+    assert thread_map(lambda x: x * x, items, workers=4) == [x * x for x in items]
+    assert thread_map(lambda x: -x, items, workers=1) == [-x for x in items]
+    assert thread_map(str, [], workers=3) == []
+
+
 # ----------------------------------------------------------------------------- forget sets
 
 

@@ -67,3 +67,16 @@ def one_intra_op_thread():
     finally:
         torch.set_num_threads(before)
 
+
+
+def thread_map(fn, items: list, workers: int | None = None) -> list:
+    """`[fn(x) for x in items]` on up to `workers` threads (default: torch's intra-op count, the cores this
+    process may use), in order. For calls that release the GIL (libsvm's fit and predict): the results are those
+    of the loop, whatever the count, as each call is independent."""
+    workers = min(len(items), workers or torch.get_num_threads())
+    if workers <= 1:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
