@@ -35,7 +35,8 @@ def setting_for(args: argparse.Namespace, cache: str):
 
     overrides = {"epochs": 2} if args.tiny else None
     return prepare_setting(dataset=args.dataset, cache_dir=cache, train_overrides=overrides,
-                           train_subset=SUBSETS.get(args.dataset), **({"model": args.model} if args.model else {}))
+                           train_subset=SUBSETS.get(args.dataset), mia_resamples=args.mia_resamples,
+                           **({"model": args.model} if args.model else {}))
 
 
 def run_mode(args: argparse.Namespace, mode: str, cache: str) -> dict:
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="digits", help="fashion_mnist runs on a 10,000-sample subset")
     parser.add_argument("--model", default=None, help="model (default: the dataset's, e.g. the CNN on fashion_mnist)")
+    parser.add_argument("--mia-resamples", type=int, default=3,
+                        help="draws of MIA-Efficacy's SVC attacker per evaluation (the audit's default: 3)")
     parser.add_argument("--sets", type=int, default=9, help="random forget sets (default: the audit's 9 kinds)")
     parser.add_argument("--seeds", type=int, default=2, help="Retrain seeds per set")
     parser.add_argument("--forget-ratio", type=float, default=0.1)
@@ -99,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     text = (f"### Retrain units, one by one vs stacked: {args.dataset}\n\n`{command}`\n\n"
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {stk['threads']}; "
             f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after. {seq['units']} units "
-            f"({args.sets} random sets × {args.seeds} seeds) of the {args.model or 'default'} model; "
+            f"({args.sets} random sets × {args.seeds} seeds) of the {args.model or 'default'} model, "
+            f"{args.mia_resamples} MIA-Efficacy draw(s) per evaluation; "
             f"one training of the original {train:.2f} s.\n\n"
             "| mode | s | s per unit | × training | one by one / stacked |\n| --- | ---: | ---: | ---: | ---: |\n"
             f"| one by one | {seq['seconds']:.2f} | {seq['seconds'] / seq['units']:.2f} | "
