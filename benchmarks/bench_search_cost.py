@@ -1,6 +1,6 @@
 """Cost and quality of the worst-case search, per solver, against training the original model once.
 
-    python benchmarks/bench_search_cost.py [--dataset digits] [--model mlp] [--method finetune]
+    python benchmarks/bench_search_cost.py [--dataset digits] [--model mlp] [--train-subset N] [--method finetune]
         [--variants first_order,warm,unrolled] [--outer-steps 20] [--repeats 3] [--threads 2]
         [--attacks] [--num-models 16] [--stability] [--cache-dir DIR] [--out results/search_cost.md]
 
@@ -78,6 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--model", default=None, help="default: the dataset's (use mlp on fashion_mnist)")
+    parser.add_argument("--train-subset", type=int, default=None, help="a seeded subset of the training split")
     parser.add_argument("--method", default="finetune")
     parser.add_argument("--variants", default="first_order,warm,unrolled",
                         help="comma-separated SOLVER[:FIELD=VALUE;...]; the first is the Jaccard reference")
@@ -101,7 +102,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         setting = prepare_setting(dataset=args.dataset, model=args.model, device="cpu",
-                                  cache_dir=args.cache_dir or tmp)
+                                  cache_dir=args.cache_dir or tmp, train_subset=args.train_subset)
         ref_models = {cfg.reference_models for _, cfg in variants if cfg.objective == "exposure"}
         ref_cache = ArrayCache(setting.records.root)
         ref_cached = all(ref_cache.path(REFERENCE_KIND, reference_key(setting.spec, setting.data, num_models=n,
