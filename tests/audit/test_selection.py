@@ -18,6 +18,7 @@ from worstforget.scoring.privacy import (
     lira_online,
     member_threshold,
     tpr_at_fpr,
+    u_lira_halvings,
     u_lira_per_example,
     u_lira_split_average,
 )
@@ -161,6 +162,11 @@ def test_per_example_shares_average_to_the_sets_tpr():
     whole = u_lira_split_average(u, r, splits=6, seed=9)
     for key in ("tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr"):
         assert shares[key].shape == (70,) and shares[key].mean() == pytest.approx(whole[key], abs=1e-12)
+    # halvings computed once and handed to both give the same numbers
+    halved = u_lira_halvings(u, r, halvings=6, seed=9)
+    assert u_lira_split_average(u, r, halvings=halved) == whole
+    again = u_lira_per_example(u, r, halvings=halved)
+    assert all(np.array_equal(again[k], shares[k]) for k in shares)
     # an example whose unlearned models sit far from its retrained ones owns the largest share
     u[:, 5] += 50.0
     assert int(np.argmax(u_lira_per_example(u, r, splits=6, seed=9)["tpr_at_1pct_fpr"])) == 5

@@ -27,7 +27,7 @@ import torch
 from ..core.executor import Executor, serial
 from ..core.progress import Progress
 from ..core.runtime import Timer
-from ..scoring.privacy import u_lira_per_example, u_lira_split_average
+from ..scoring.privacy import u_lira_halvings, u_lira_per_example, u_lira_split_average
 from ..setting import Setting
 from .attack_eval import RETRAIN_SEED_OFFSET, stack, statistics_calls
 
@@ -55,9 +55,8 @@ def _attack(setting, method: str, params: dict, sets: dict[str, torch.Tensor], s
     return stats, timer.seconds
 
 
-def _share_key(share: dict, j) -> tuple[float, float, float]:
-    return (float(np.mean(share["tpr_at_0.1pct_fpr"][j])), float(np.mean(share["tpr_at_1pct_fpr"][j])),
-            float(np.mean(share["score"][j])))
+def _share_key(share: dict, j: int) -> tuple[float, float, float]:
+    return float(share["tpr_at_0.1pct_fpr"][j]), float(share["tpr_at_1pct_fpr"][j]), float(share["score"][j])
 
 
 def compose(sets: dict[str, torch.Tensor], shares: dict[str, dict], size: int) -> torch.Tensor:
@@ -94,12 +93,14 @@ def select_by_attack(setting: Setting, method: str, params: dict, candidates: di
         distinct.setdefault(_key(forget), name)
     sets = {name: candidates[name] for name in distinct.values()}
     stats, seconds = _attack(setting, method, params, sets, seeds, progress, executor)
-    scored = {name: u_lira_split_average(*stats[name], splits=SPLITS) for name in sets}
+    # the halvings' scores serve both the set's average and, when composing, its examples' shares
+    halved = {name: u_lira_halvings(*stats[name], halvings=SPLITS) for name in sets}
+    scored = {name: u_lira_split_average(*stats[name], halvings=halved[name]) for name in sets}
     scores = {name: scored[distinct[_key(forget)]] for name, forget in candidates.items()}
     record = {"num_models": num_models}
     sizes = {len(f) for f in candidates.values()}
     if compose_sets and len(sizes) == 1:
-        shares = {name: u_lira_per_example(*stats[name], splits=SPLITS) for name in sets}
+        shares = {name: u_lira_per_example(*stats[name], halvings=halved[name]) for name in sets}
         composed = compose(sets, shares, sizes.pop())
         held = set(composed.tolist())
         record["composed"] = composed.tolist()

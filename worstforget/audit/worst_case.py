@@ -226,10 +226,9 @@ def _select(setting: Setting, name: str, params: dict, cfg: SearchConfig, seed: 
     pick = record["chosen"]
     if pick in runs:
         return runs[pick], record
-    if pick == "composed":  # sample-wise: the units are the training indices
-        units = torch.tensor(record["composed"], dtype=torch.long)
-        return replace(found, units=units, indices=problem.members(units)), record
-    units = baselines[pick].cpu().sort().values  # a baseline set: the search's trace, the baseline's set
+    # a baseline or the composed set (sample-wise: its units are training indices): the search's trace, that set
+    units = (torch.tensor(record["composed"], dtype=torch.long) if pick == "composed"
+             else baselines[pick].cpu().sort().values)
     return replace(found, units=units, indices=problem.members(units)), record
 
 

@@ -68,7 +68,6 @@ def one_intra_op_thread():
         torch.set_num_threads(before)
 
 
-
 def thread_map(fn, items: list, workers: int | None = None) -> list:
     """`[fn(x) for x in items]` on up to `workers` threads (default: torch's intra-op count, the cores this
     process may use), in order. For calls that release the GIL (libsvm's fit and predict): the results are those

@@ -230,41 +230,46 @@ def u_lira_halvings(stats_u, stats_r, *, halvings: int = 20, seed: int = 0, onli
     return out
 
 
-def u_lira_split_average(stats_u, stats_r, *, splits: int = 20, seed: int = 0) -> dict:
+def u_lira_split_average(stats_u, stats_r, *, splits: int = 20, seed: int = 0,
+                         halvings: list[tuple[np.ndarray, np.ndarray]] | None = None) -> dict:
     """Online U-LiRA averaged over `splits` halvings of the models into shadows and targets (`u_lira_halvings`).
 
     One halving of few models moves TPR at low FPR by tens of points; the average keeps the models' draw as the
-    only noise, which is what a choice between forget sets needs.
+    only noise, which is what a choice between forget sets needs. `halvings`: those `u_lira_halvings` already
+    gave for these statistics (computed here otherwise).
 
     Returns:
         {"tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "auc"}: means over the halvings, plus "splits".
     """
     rows = []
-    for pos, neg in u_lira_halvings(stats_u, stats_r, halvings=splits, seed=seed):
+    for pos, neg in halvings or u_lira_halvings(stats_u, stats_r, halvings=splits, seed=seed):
         a, b = pos.ravel(), neg.ravel()
         m = lira_attack_metrics(a[np.isfinite(a)], b[np.isfinite(b)], max_points=2)
         rows.append((m["tpr_at_1pct_fpr"], m["tpr_at_0.1pct_fpr"], m["auc"]))
     mean = np.mean(rows, axis=0)
     return {"tpr_at_1pct_fpr": float(mean[0]), "tpr_at_0.1pct_fpr": float(mean[1]), "auc": float(mean[2]),
-            "splits": splits}
+            "splits": len(rows)}
 
 
-def u_lira_per_example(stats_u, stats_r, *, splits: int = 20, seed: int = 0) -> dict:
+def u_lira_per_example(stats_u, stats_r, *, splits: int = 20, seed: int = 0,
+                       halvings: list[tuple[np.ndarray, np.ndarray]] | None = None) -> dict:
     """Each forget example's share of `u_lira_split_average`: per halving, the fraction of its unlearned-target
     scores above the set's threshold at 0.1% (1%) FPR (`roc.member_threshold`), averaged over the halvings; and
-    its mean score. Where no score is NaN, the mean over examples is the set's TPR exactly.
+    its mean score. Where no score is NaN, the mean over examples is the set's TPR exactly. `halvings`: as in
+    `u_lira_split_average`.
 
     Returns:
         {"tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "score"}: (n,) float64 arrays.
     """
+    halvings = halvings or u_lira_halvings(stats_u, stats_r, halvings=splits, seed=seed)
     n = np.shape(stats_u)[1]
     out = {"tpr_at_0.1pct_fpr": np.zeros(n), "tpr_at_1pct_fpr": np.zeros(n), "score": np.zeros(n)}
-    for pos, neg in u_lira_halvings(stats_u, stats_r, halvings=splits, seed=seed):
+    for pos, neg in halvings:
         finite = np.isfinite(pos)  # (targets, n)
         count = np.maximum(finite.sum(axis=0), 1)
         b = neg.ravel()
         b = b[np.isfinite(b)]
         for key, fpr in (("tpr_at_0.1pct_fpr", 0.001), ("tpr_at_1pct_fpr", 0.01)):
-            out[key] += (finite & (np.nan_to_num(pos, nan=-np.inf) > member_threshold(b, fpr))).sum(axis=0) / count
+            out[key] += (finite & (pos > member_threshold(b, fpr))).sum(axis=0) / count
         out["score"] += np.where(finite, pos, 0.0).sum(axis=0) / count
-    return {k: v / splits for k, v in out.items()}
+    return {k: v / len(halvings) for k, v in out.items()}
