@@ -212,3 +212,32 @@ def test_the_composed_set_competes_on_its_own_models(monkeypatch):
     attacked.clear()
     plain = selection_module.select_by_attack(None, "finetune", {}, cands, num_models=8, executor=Serial())
     assert "composed" not in plain["scores"] and all(t[1] != (1, 3) for t in attacked)
+
+
+def test_the_composed_set_is_scored_on_seeds_that_did_not_choose_it(monkeypatch):
+    """Every example is equally exposed; a model's score for an example is noise fixed by (seed, example), as
+    models of one seed on nearly the same forget set are nearly the same model. The composition picks the
+    examples that looked exposed in the selection's draw; scored on those seeds again it would look the most
+    exposed set by chance alone, so it must be scored on seeds of its own."""
+    seeds_of = {}
+
+    def fake_calls(method, params, forget, seeds):
+        seeds_of.setdefault(tuple(forget.tolist()), []).append(list(seeds))
+        shift = 0.0 if method == "retrain" else 1.0
+        return [lambda s=s, idx=forget.tolist(): [{"lsc": np.array(
+            [shift + np.random.default_rng([s, i]).normal() for i in idx])}] for s in seeds]
+
+    class Serial:
+        def map(self, setting, calls, **_):
+            return [c() for c in calls]
+
+    monkeypatch.setattr(selection_module, "statistics_calls", fake_calls)
+    cands = {f"c{k}": torch.arange(10 * k, 10 * k + 10) for k in range(4)}
+    out = selection_module.select_by_attack(None, "finetune", {}, cands, num_models=8, compose_sets=True,
+                                            executor=Serial())
+    composed = tuple(out["composed"])
+    assert composed not in [tuple(c.tolist()) for c in cands.values()]
+    shares_seeds = {s for k, c in cands.items() for block in seeds_of[tuple(c.tolist())] for s in block}
+    assert not shares_seeds & {s for block in seeds_of[composed] for s in block}
+    best = max(out["scores"][n]["tpr_at_1pct_fpr"] for n in cands)
+    assert out["scores"]["composed"]["tpr_at_1pct_fpr"] <= best and out["chosen"] != "composed"

@@ -16,8 +16,11 @@ it; the selection's own scores are kept beside them.
 Composition (sample-wise sets): a set's TPR at a low FPR is the mean of its examples' shares (the fraction of an
 example's unlearned-target scores above the set's threshold), so the union of the candidates holds a set at least
 as exposed as each of them: the `size` examples with the largest shares. It becomes one more candidate, attacked
-by its own models like the others — it wins only if those find it more exposed, so composing cannot flatter it
-beyond the draw of one more candidate.
+by models of its own whose seeds are disjoint from those that measured the shares (`COMPOSE_SEED`). With the same
+seeds its models would nearly repeat the candidates' (same initialisation and batch order, a forget set that
+differs in a few examples), so the examples that looked exposed by chance in that draw would look exposed again
+and the composed set's score would carry its own selection. On fresh seeds it is an independent estimate, and the
+set wins only if the attack finds its examples exposed again.
 """
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ from ..setting import Setting
 from .attack_eval import RETRAIN_SEED_OFFSET, stack, statistics_calls
 
 SELECT_SEED = 50_000  # unlearned models of the selection: 50000…; retrained: 150000… (never the report's)
+COMPOSE_SEED = 60_000  # the composed set's own models: 60000… and 160000… (neither the shares' nor the report's)
+SELECT_MODELS_MAX = COMPOSE_SEED - SELECT_SEED  # more selection models would run into the composed set's seeds
 SPLITS = 20
 
 
@@ -108,7 +113,8 @@ def select_by_attack(setting: Setting, method: str, params: dict, candidates: di
         if _key(composed) in distinct:  # the composition is one of the candidates: nothing new to attack
             scores["composed"] = scored[distinct[_key(composed)]]
         else:
-            more, extra = _attack(setting, method, params, {"composed": composed}, seeds, progress, executor)
+            fresh = [COMPOSE_SEED + s for s in range(num_models)]
+            more, extra = _attack(setting, method, params, {"composed": composed}, fresh, progress, executor)
             scores["composed"] = u_lira_split_average(*more["composed"], splits=SPLITS)
             seconds += extra
     return {"chosen": _rank(scores), **record, "seconds": seconds, "scores": scores}

@@ -24,6 +24,7 @@ from ..search.problem import Problem
 from ..search.solvers import SOLVERS, check_solver
 from ..setting import Setting
 from .result import SearchAudit
+from .selection import SELECT_MODELS_MAX, SELECT_SEED, select_by_attack
 from .units import method_label, run_on_kinds
 
 SELECT_MODELS = 16  # unlearned and retrained models per candidate when selection is on by default
@@ -53,6 +54,10 @@ class AuditOptions:
         if self.select_models and self.select_models < 4:
             raise ConfigError(f"--select-models must be 0 (no selection) or at least 4 (U-LiRA needs 2 shadows "
                               f"and 2 targets a side), got {self.select_models}")
+        if self.select_models > SELECT_MODELS_MAX or self.num_models > SELECT_SEED:
+            # the seed blocks of the report (0…), the selection (50000…) and the composed set (60000…) must not meet
+            raise ConfigError(f"--select-models must be at most {SELECT_MODELS_MAX} and --num-models at most "
+                              f"{SELECT_SEED}, got {self.select_models} and {self.num_models}")
         self.eval_methods = [METHODS.canonical(m) for m in self.eval_methods]
         self.eval_params = {METHODS.canonical(m): p for m, p in self.eval_params.items()}
         for m in self.eval_methods:
@@ -205,8 +210,6 @@ def _select(setting: Setting, name: str, params: dict, cfg: SearchConfig, seed: 
     """Attack-validated selection (audit/selection.py) among the search and its stability twin, a search with each
     other PORTFOLIO objective, and the baseline sets. Returns the search's result carrying the chosen set (its
     trace stays the search's) and the selection's record."""
-    from .selection import select_by_attack
-
     refs = {**{f"random_{r}": u for r, u in enumerate(randoms)}, **baselines}
     runs = {"search": found, **({"stability": again} if again is not None else {})}
     names = [f"objective_{o}" for o in PORTFOLIO if o != cfg.objective]
