@@ -40,6 +40,7 @@ from worstforget.core.cache import ArrayCache, ModelCache
 from worstforget.core.errors import WorstforgetError
 from worstforget.forget_sets import forget_size, random_forget_set
 from worstforget.search import SearchConfig, jaccard, search_worst_case
+from worstforget.search.objectives import uses_references
 from worstforget.setting import prepare_setting
 from worstforget.training.original import original_model
 from worstforget.training.reference import CACHE_KIND as REFERENCE_KIND
@@ -103,7 +104,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         setting = prepare_setting(dataset=args.dataset, model=args.model, device="cpu",
                                   cache_dir=args.cache_dir or tmp, train_subset=args.train_subset)
-        ref_models = {cfg.reference_models for _, cfg in variants if cfg.objective == "exposure"}
+        ref_models = {cfg.reference_models for _, cfg in variants if uses_references(cfg.objective)}
         ref_cache = ArrayCache(setting.records.root)
         ref_cached = all(ref_cache.path(REFERENCE_KIND, reference_key(setting.spec, setting.data, num_models=n,
                                                                       seed=0)).is_file() for n in ref_models)
@@ -148,11 +149,14 @@ def main() -> None:
         sys.exit(f"the reference variant {reference} found no set ({failed[reference]})")
     say(f"$ python benchmarks/bench_search_cost.py {shlex.join(sys.argv[1:])}")
     say()
+    refs_line = ("the objective reads no reference models." if not ref_models
+                 else "the objective's reference models from the cache." if ref_cached
+                 else f"the objective's reference models {ref_seconds:.2f} s once "
+                      f"({ref_seconds / train:.2f}× training, shared by every search).")
     say(f"{args.dataset} ({setting.data.num_train} train, model {setting.spec.name}), method {args.method}, "
         f"{args.outer_steps} outer steps, forget set {size} samples, {args.threads} threads; training the original "
         f"{train:.2f} s (median of {args.repeats}, interleaved with the searches); "
-        + (f"the objective's reference models {ref_seconds:.2f} s once ({ref_seconds / train:.2f}× training, "
-           "shared by every search)." if not ref_cached else "the objective's reference models from the cache."))
+        + refs_line)
     say()
     ua_models = args.num_models if args.attacks else UA_SEEDS
     head = ["set", "search s", "× training", f"Retrain UA ({ua_models} models)", f"Jaccard vs {reference}"]
