@@ -38,7 +38,8 @@ import torch
 from worstforget.audit.attack_eval import evaluate_sets, model_statistics
 from worstforget.core.cache import ArrayCache, ModelCache
 from worstforget.core.errors import WorstforgetError
-from worstforget.forget_sets import forget_size, random_forget_set
+from worstforget.forget_sets import forget_size, forget_weights, random_forget_set
+from worstforget.methods import make_method
 from worstforget.search import SearchConfig, jaccard, search_worst_case
 from worstforget.search.objectives import uses_references
 from worstforget.setting import prepare_setting
@@ -110,12 +111,18 @@ def main() -> None:
                                                                       seed=0)).is_file() for n in ref_models)
         ref_seconds, _ = timed(lambda: [setting.references(n) for n in sorted(ref_models)])
         setting.records.enabled = False  # every search runs from scratch, without checkpoints
-        times: dict[str, list[float]] = {"train": [], **{label: [] for label, _ in variants}}
+        times: dict[str, list[float]] = {"train": [], "method": [], **{label: [] for label, _ in variants}}
+        size = forget_size(setting.data.num_train, variants[0][1].forget_ratio)
+        random_weights = forget_weights(setting.data, random_forget_set(setting.data.num_train, size, RANDOM_SET_SEED))
         found: dict[str, torch.Tensor] = {}
         failed: dict[str, str] = {}  # variants that stopped (a diverged lower level): the message, not a set
         for _ in range(args.repeats):
             seconds, _ = timed(lambda: original_model(setting.spec, setting.data, cache=ModelCache(enabled=False)))
             times["train"].append(seconds)
+            # the floor of a search whose lower level spans the method's run: that run, once
+            method = make_method(args.method, {})
+            seconds, _ = timed(lambda: method.apply(setting.original, setting.data, random_weights, seed=0))
+            times["method"].append(seconds)
             for label, cfg in variants:
                 if label in failed:
                     continue
@@ -131,7 +138,6 @@ def main() -> None:
         again = {label: search_worst_case(setting, args.method, {}, cfg, seed=args.seed + 1).indices
                  for label, cfg in variants if args.stability and label in found}
         setting.records.enabled = True
-        size = forget_size(setting.data.num_train, variants[0][1].forget_ratio)
         sets = {**found, "random set": random_forget_set(setting.data.num_train, size, RANDOM_SET_SEED)}
         scores = {}
         if args.attacks:
@@ -144,6 +150,7 @@ def main() -> None:
                   for k, v in sets.items()}
 
     train = statistics.median(times["train"])
+    run = statistics.median(times["method"])
     reference = variants[0][0]
     if reference not in sets:
         sys.exit(f"the reference variant {reference} found no set ({failed[reference]})")
@@ -156,7 +163,8 @@ def main() -> None:
     say(f"{args.dataset} ({setting.data.num_train} train, model {setting.spec.name}), method {args.method}, "
         f"{args.outer_steps} outer steps, forget set {size} samples, {args.threads} threads; training the original "
         f"{train:.2f} s (median of {args.repeats}, interleaved with the searches); "
-        + refs_line)
+        + refs_line + f" One run of {args.method} on a random set of that size {run:.2f} s ({run / train:.3f}× "
+        "training): a search whose lower level spans the method's run costs at least that.")
     say()
     ua_models = args.num_models if args.attacks else UA_SEEDS
     head = ["set", "search s", "× training", f"Retrain UA ({ua_models} models)", f"Jaccard vs {reference}"]
