@@ -29,3 +29,19 @@ def test_a_class_wise_search_result_reads_and_renders():
     assert len(audit.search["final_weights"]) == 10  # one weight per class
     text = render_markdown([load_result(folder)])
     assert "class" in text and "Search" in text
+
+
+def test_the_matrix_criterion_compares_the_searched_set_with_the_best_baseline_and_three_times_random():
+    tables = runpy.run_path(str(REPO / "experiments" / "tables.py"))
+
+    def sets(**means):
+        return {k: {"methods": {"ft": {"lira_tpr_at_0.1pct_fpr": {"mean": v}}}} for k, v in means.items()}
+
+    judge = tables["_criterion"]
+    c = judge(sets(worst_case=0.5, random=0.1, memorization=0.49, exposure=0.2), "ft")
+    assert (c["verdict"], c["best"], c["baseline"]["mean"]) == ("pass", "memorization", 0.49)
+    assert judge(sets(worst_case=0.48, random=0.1, memorization=0.49), "ft")["verdict"] == "FAIL"
+    assert judge(sets(worst_case=0.375, random=0.125, memorization=0.25), "ft")["verdict"] == "pass"  # 3× exactly
+    assert judge(sets(worst_case=0.37, random=0.125, memorization=0.25), "ft")["verdict"].startswith("n/a")
+    # no set reaches 3× random: the criterion does not apply, whatever the order
+    assert judge(sets(worst_case=0.2, random=0.1, lowest_loss=0.25), "ft")["verdict"].startswith("n/a")
