@@ -115,11 +115,15 @@ def test_select_models_below_four_is_refused_in_one_line(tmp_path):
 
 
 def test_selection_is_on_by_default_exactly_when_a_per_example_attack_judges():
-    from worstforget.audit.worst_case import SELECT_MODELS, AuditOptions
+    from worstforget.audit.worst_case import AuditOptions
 
     assert AuditOptions().validate().select_models == 0
     assert AuditOptions(attacks=["loss", "ks"]).validate().select_models == 0
-    assert AuditOptions(attacks=["lira"]).validate().select_models == SELECT_MODELS == 16
+    # as many models as the attack that judges the sets (at least U-LiRA's 2 + 2 a side)
+    assert AuditOptions(attacks=["lira"]).validate().select_models == 16
+    assert AuditOptions(attacks=["lira"], num_models=64).validate().select_models == 64
+    assert AuditOptions(attacks=["rmia"], num_models=2).validate().select_models == 4
+    assert AuditOptions(attacks=["lira"], num_models=64, select_models=8).validate().select_models == 8
     assert AuditOptions(attacks=["rmia"], select_models=0).validate().select_models == 0
 
 

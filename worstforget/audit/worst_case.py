@@ -27,7 +27,7 @@ from .result import SearchAudit
 from .selection import SELECT_MODELS_MAX, SELECT_SEED, select_by_attack
 from .units import method_label, run_on_kinds
 
-SELECT_MODELS = 16  # unlearned and retrained models per candidate when selection is on by default
+SELECT_MODELS_MIN = 4  # U-LiRA's halvings need 2 shadows and 2 targets a side
 
 
 @dataclass
@@ -40,8 +40,9 @@ class AuditOptions:
     baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))  # one-shot sets (forget_sets)
     attacks: list[str] = field(default_factory=list)  # per-example attacks on every set (`evaluate`'s)
     num_models: int = 16  # unlearned and retrained models per set for the attacks
-    # attack-validated selection among candidate sets with this many models a side (0: off); None: on, with
-    # SELECT_MODELS, when a per-example attack judges the sets (lira, rmia), so the search consults that attack
+    # attack-validated selection among candidate sets with this many models a side (0: off); None: on when a
+    # per-example attack judges the sets (lira, rmia), with as many models as that attack (`num_models`): its
+    # ranking of sets changes with the model count (results/worst_case_matrix), so the choice uses the judge's
     select_models: int | None = None
 
     def validate(self) -> "AuditOptions":
@@ -50,8 +51,9 @@ class AuditOptions:
         if self.attacks and self.num_models < 2:
             raise ConfigError("--num-models must be at least 2 for attacks")
         if self.select_models is None:
-            self.select_models = SELECT_MODELS if {"lira", "rmia"} & set(self.attacks) else 0
-        if self.select_models and self.select_models < 4:
+            judged = {"lira", "rmia"} & set(self.attacks)
+            self.select_models = min(max(SELECT_MODELS_MIN, self.num_models), SELECT_MODELS_MAX) if judged else 0
+        if self.select_models and self.select_models < SELECT_MODELS_MIN:
             raise ConfigError(f"--select-models must be 0 (no selection) or at least 4 (U-LiRA needs 2 shadows "
                               f"and 2 targets a side), got {self.select_models}")
         if self.select_models > SELECT_MODELS_MAX or self.num_models > SELECT_SEED:

@@ -146,8 +146,8 @@ def with_search_config(fn):
 @click.option("--select-models", type=click.IntRange(min=0), default=None,
               help="Attack-validated selection: attack the search, its stability twin, the searches by the other "
                    "objectives and the baseline sets with U-LiRA on this many unlearned and retrained models (≥ 4; "
-                   "0 = off) and keep the most exposed; --attacks then scores it with fresh models [default: 16 "
-                   "with --attacks lira or rmia, else 0].")
+                   "0 = off) and keep the most exposed; --attacks then scores it with fresh models [default: "
+                   "--num-models with --attacks lira or rmia, else 0].")
 @_params_option
 @click.option("--resume", is_flag=True, help="Continue an interrupted search from its last outer step.")
 @click.option("--retrain-seeds", type=click.IntRange(min=1), default=1, show_default=True,
