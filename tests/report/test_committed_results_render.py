@@ -41,6 +41,8 @@ def test_the_matrix_criterion_compares_the_searched_set_with_the_best_baseline_a
     c = judge(sets(worst_case=0.5, random=0.1, memorization=0.49, exposure=0.2), "ft")
     assert (c["verdict"], c["best"], c["baseline"]["mean"]) == ("pass", "memorization", 0.49)
     assert judge(sets(worst_case=0.48, random=0.1, memorization=0.49), "ft")["verdict"] == "FAIL"
+    # a kept baseline set scores exactly what it scores as a baseline: that passes
+    assert judge(sets(worst_case=0.49, random=0.1, memorization=0.49), "ft")["verdict"] == "pass"
     assert judge(sets(worst_case=0.375, random=0.125, memorization=0.25), "ft")["verdict"] == "pass"  # 3× exactly
     assert judge(sets(worst_case=0.37, random=0.125, memorization=0.25), "ft")["verdict"].startswith("n/a")
     # no set reaches 3× random: the criterion does not apply, whatever the order
