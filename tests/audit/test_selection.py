@@ -114,6 +114,14 @@ def test_select_models_below_four_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_select_models_that_would_reach_the_composed_sets_seeds_are_refused_in_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["--quiet", "search", "--dataset", "synthetic", "--attacks", "lira",
+                                      "--select-models", "10001", "--cache-dir", str(tmp_path),
+                                      "--out", str(tmp_path / "o")])
+    assert result.exit_code != 0 and "--select-models must be at most 10000" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o").exists()
+
+
 def test_selection_is_on_by_default_exactly_when_a_per_example_attack_judges():
     from worstforget.audit.worst_case import AuditOptions
 
