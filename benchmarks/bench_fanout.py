@@ -108,10 +108,11 @@ def table(times: dict[str, list[float]], startup: list[float], command: str, wor
     for name, runs in times.items():
         median = statistics.median(runs)
         lines.append(f"| {name} | {', '.join(f'{t:.1f}' for t in runs)} | {median:.1f} | {serial / median:.2f}× |")
-    lines += ["", f"Ray start-up (local instance + one trivial task, fresh process): median "
-                  f"{statistics.median(startup):.1f} s over {len(startup)} ({', '.join(f'{t:.1f}' for t in startup)}); "
-                  "it is inside the ray runs above.", ""]
-    return "\n".join(lines)
+    if startup:  # only when a Ray executor ran
+        lines += ["", f"Ray start-up (local instance + one trivial task, fresh process): median "
+                      f"{statistics.median(startup):.1f} s over {len(startup)} "
+                      f"({', '.join(f'{t:.1f}' for t in startup)}); it is inside the ray runs above."]
+    return "\n".join([*lines, ""])
 
 
 def main() -> None:
@@ -156,7 +157,7 @@ def main() -> None:
                 print(f"repeat {r + 1}/{repeats} {name}: {times[name][-1]:.1f} s", file=sys.stderr)
             if {"ray", "ray-driver"} & set(executors):
                 startup.append(ray_startup(opts.workers, env))
-    text = table(times, startup or [float("nan")], command, opts.workers, opts.tiny, default_threads(env))
+    text = table(times, startup, command, opts.workers, opts.tiny, default_threads(env))
     Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
     Path(opts.out).write_text(text)
     print(text)

@@ -116,7 +116,7 @@ def prepared(tmp_path, _original_models):
 
 @pytest.fixture(scope="session")
 def process_pool():
-    """One process pool of 2 spawned workers for the session (each worker imports torch once), for the tests that
+    """One process pool of 2 workers for the session (forks of a server that imported torch once), for the tests that
     check what a pool computes; a test that kills a worker leaves the executor to start a new pool, as for users."""
     from worstforget.core.executor import ProcessExecutor
 

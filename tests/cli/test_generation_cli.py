@@ -2,6 +2,7 @@
 before any work; a missing diffusers names the extra to install."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -21,7 +22,7 @@ def tiny_defaults(monkeypatch):
     tiny = TINY_GENERATION()  # built before the patch (it reads the module's class)
     monkeypatch.setattr(generative, "DiffusionConfig", TINY_RECIPE)
     monkeypatch.setattr(generative, "ClassifierConfig", lambda: ClassifierConfig(epochs=1))
-    monkeypatch.setattr(generative, "GenerationConfig", lambda: tiny)
+    monkeypatch.setattr(generative, "GenerationConfig", lambda **given: dataclasses.replace(tiny, **given))
 
 
 def test_a_tiny_generative_audit_writes_its_result_and_verdict(tiny_defaults, tmp_path):
@@ -61,10 +62,11 @@ def test_bad_generative_input_is_one_error_line(args, needle, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_a_generation_only_flag_is_refused_for_classification():
-    result = invoke("search", "--retrain-seeds", "2")
+@pytest.mark.parametrize("flag", ["--retrain-seeds", "--sample-steps", "--images-per-concept"])
+def test_a_generation_only_flag_is_refused_for_classification(flag, tmp_path):
+    result = invoke("search", flag, "3", "--out", str(tmp_path / "x"))
     assert_clean_error(result)
-    assert "--retrain-seeds applies to --task generation only" in result.output
+    assert f"{flag} applies to --task generation only" in result.output and not (tmp_path / "x").exists()
 
 
 def test_a_missing_diffusers_names_the_extra(monkeypatch, tmp_path):

@@ -63,10 +63,12 @@ def test_the_search_runs_on_a_stable_diffusion_folder_without_retrain(folders, t
     out = tmp_path / "out"
     result = invoke("search", "--task", "generation", "--model", f"sd:{pipeline}", "--dataset",
                     f"concept-folder:{canvas}", "--method", "esd", "--param", "steps=2", "--outer-steps", "2",
-                    "--num-random", "1", "--num-seeds", "1", "--device", "cpu", "--cache-dir", tmp_path / "cache",
-                    "--out", out)
+                    "--num-random", "1", "--num-seeds", "1", "--sample-steps", "3", "--images-per-concept", "2",
+                    "--device", "cpu", "--cache-dir", tmp_path / "cache", "--out", out)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
+    generation = summary["setting"]["generation"]
+    assert generation["steps"] == 3 and generation["images_per_concept"] == 2
     assert summary["model"] == "stable-diffusion" and "cannot be retrained" in summary["retrain_note"]
     assert summary["forget_size"] == 1 and summary["num_concepts"] == 6
     for kind in ("worst_case", "random"):

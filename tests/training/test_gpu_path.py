@@ -421,8 +421,20 @@ def test_gpu_check_keeps_the_table_when_phases_fail(tmp_path, capsys, monkeypatc
             raise RuntimeError("CUDA out of memory (simulated)")
         return real_fit_ensemble(spec, *args, **kwargs)
 
+    def sd_fails(*args, **kwargs):  # the Stable Diffusion phase dies too (and the check costs seconds less)
+        raise RuntimeError("no UNet today")
+
+    real_search = module.search_worst_case
+
+    def only_first_order(setting, method, params, cfg, **kwargs):  # the other solvers' phases die
+        if cfg.solver != "first_order":
+            raise RuntimeError(f"no {cfg.solver} today")
+        return real_search(setting, method, params, cfg, **kwargs)
+
     monkeypatch.setattr(module, "EpochClock", BrokenClock)
     monkeypatch.setattr(module, "evaluate", failing_evaluate)
+    monkeypatch.setattr(module, "stable_diffusion_phase", sd_fails)
+    monkeypatch.setattr(module, "search_worst_case", only_first_order)
     monkeypatch.setattr(module, "fit_ensemble", resnet_cannot_stack)
     out = tmp_path / "gpu.md"
     assert module.main(["--tiny", "--out", str(out), "--no-compile"]) == 0
@@ -430,6 +442,11 @@ def test_gpu_check_keeps_the_table_when_phases_fail(tmp_path, capsys, monkeypatc
     assert rows["original training, fast recipe (s)"] == ("failed", "RuntimeError: simulated failure")
     assert rows["seconds per epoch (fast recipe)"][0] == "failed"
     assert rows["evaluation of one model (s)"] == ("failed", "ValueError: no attacker today")
+    for label in ("Stable Diffusion v1 UNet: one ESD-x step (s)", "Stable Diffusion v1 UNet: 50-step guided sampling, "
+                  "batch 4 (s)"):
+        assert rows[label] == ("failed", "RuntimeError: no UNet today"), label
+    for label in ("search, unrolled (higher) (s)", "search, warm (s)"):
+        assert rows[label][0] == "failed" and rows[label][1].startswith("RuntimeError: no "), label
     for label in ("search, first_order (s)", "unlearning: finetune, 1 epoch (s)"):  # later phases still ran
         assert _number(rows[label][0]) > 0, label
     ensemble = rows["ensemble of 2 models, 1 epoch (s)"]

@@ -2,8 +2,9 @@
 
 It shares `search`'s flags where they mean the same thing (--method, --dataset, --forget-ratio, --solver,
 --outer-steps, --upper-lr, --raw-step, --gamma, --objective, --num-random, --num-seeds, --seed, --stability,
---param, --resume, --out, --json, --device, --data-dir, --cache-dir, --no-cache); a flag of the classifier
-audit that has no meaning here is refused in one line rather than silently ignored.
+--param, --resume, --out, --json, --device, --data-dir, --cache-dir, --no-cache) and has its own (--retrain-seeds,
+--sample-steps, --images-per-concept); a flag of the classifier audit that has no meaning here is refused in one
+line rather than silently ignored.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ CLASSIFIER_ONLY = ("warm_fraction", "warm_restart", "warm_refresh", "unroll_back
                    "epochs", "lr", "batch_size", "schedule", "recipe", "compile_model", "amp", "channels_last",
                    "train_seed", "mia_resamples", "executor", "workers", "retries", "ray_address", "cpus_per_task",
                    "gpus_per_task")
-GENERATION_ONLY = ("retrain_seeds",)
+GENERATION_ONLY = ("retrain_seeds", "sample_steps", "images_per_concept")
 
 
 def flag(name: str) -> str:
@@ -52,7 +53,7 @@ def check_task_flags(task: str) -> None:
 
 def run_generation_search(app, *, method: str, cfg, num_random: int, num_seeds: int, retrain_seeds: int,
                           search_seed: int, stability: bool, params: tuple[str, ...], resume: bool, data,
-                          output) -> None:
+                          output, sample_steps: int = 20, images_per_concept: int = 6) -> None:
     import json
 
     from ..core.cache import check_cache_folder
@@ -83,7 +84,7 @@ def run_generation_search(app, *, method: str, cfg, num_random: int, num_seeds: 
     from ..audit.concepts import ConceptAuditOptions, audit_concepts, format_verdict
     from ..methods.concepts import CONCEPT_METHODS, make_concept_method, parse_concept_params
     from ..search.concepts import ConceptSearchConfig
-    from ..setting.generative import prepare_generative_setting
+    from ..setting.generative import GenerationConfig, prepare_generative_setting
 
     name = CONCEPT_METHODS.canonical(method if given("method") else "esd")
     hyper = parse_concept_params(name, params)
@@ -96,6 +97,9 @@ def run_generation_search(app, *, method: str, cfg, num_random: int, num_seeds: 
     options = ConceptAuditOptions(num_random=num_random if given("num_random") else ConceptAuditOptions.num_random,
                                   seeds=num_seeds, retrain_seeds=retrain_seeds, stability=stability
                                   if given("stability") else False).validate()
+    sampling = {key: value for key, value, option in (("steps", sample_steps, "sample_steps"),
+                                                      ("images_per_concept", images_per_concept,
+                                                       "images_per_concept")) if given(option)}
     out_dir = output.folder(Path("worstforget-out") / f"search-{dataset.replace('_', '-')}-{name}")
     if not data.no_cache:
         try:  # before any training: a cache folder that cannot be written fails late
@@ -104,8 +108,9 @@ def run_generation_search(app, *, method: str, cfg, num_random: int, num_seeds: 
             raise WorstforgetError(exc.worded(lambda n: "--" + n.replace("_", "-"))) from None
     with RichProgress(app.err) as progress:
         setting = prepare_generative_setting(dataset=dataset, model=data.model, data_dir=data.data_dir,
-                                             device=data.device,
-                                             cache=not data.no_cache, cache_dir=data.cache_dir, progress=progress)
+                                             device=data.device, cache=not data.no_cache, cache_dir=data.cache_dir,
+                                             generation=GenerationConfig(**sampling),
+                                             progress=progress)
         audit = audit_concepts(setting, name, hyper, search_cfg, seed=search_seed, options=options, resume=resume,
                                progress=progress)
     audit.write(out_dir)

@@ -152,6 +152,10 @@ def with_search_config(fn):
 @click.option("--resume", is_flag=True, help="Continue an interrupted search from its last outer step.")
 @click.option("--retrain-seeds", type=click.IntRange(min=1), default=1, show_default=True,
               help="--task generation: Retrain seeds per concept set (each a full training of the diffusion model).")
+@click.option("--sample-steps", type=click.IntRange(min=1), default=20, show_default=True,
+              help="--task generation: DDIM steps of every generation the metrics judge and the methods learn from.")
+@click.option("--images-per-concept", type=click.IntRange(min=2), default=6, show_default=True,
+              help="--task generation: generations per concept that UA, RA and FD judge.")
 @with_output("Output folder [default: ./worstforget-out/search-DATASET-METHOD].",
              json_help="Print summary.json instead of tables.")
 @with_executor
@@ -159,8 +163,9 @@ def with_search_config(fn):
 def search_command(app, task: str, method: str, cfg, num_random: int, baselines: str, eval_methods: str,
                    params_file: str | None, num_seeds: int, search_seed: int, stability: bool, attacks: list[str],
                    num_models: int, select_models: int | None,
-                   params: tuple[str, ...], resume: bool, retrain_seeds: int, data: SettingOptions,
-                   output: OutputOptions, runner: ExecutorOptions) -> None:
+                   params: tuple[str, ...], resume: bool, retrain_seeds: int, sample_steps: int,
+                   images_per_concept: int, data: SettingOptions, output: OutputOptions,
+                   runner: ExecutorOptions) -> None:
     """Search the worst-case forget set for METHOD and report it against random sets of the same size."""
     import json
 
@@ -169,7 +174,8 @@ def search_command(app, task: str, method: str, cfg, num_random: int, baselines:
     if task == "generation":
         return run_generation_search(app, method=method, cfg=cfg, num_random=num_random, num_seeds=num_seeds,
                                      retrain_seeds=retrain_seeds, search_seed=search_seed, stability=stability,
-                                     params=params, resume=resume, data=data, output=output)
+                                     params=params, resume=resume, data=data, output=output,
+                                     sample_steps=sample_steps, images_per_concept=images_per_concept)
     check_task_flags(task)
 
     from ..audit.worst_case import AuditOptions, audit_worst_case

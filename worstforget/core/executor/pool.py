@@ -151,8 +151,22 @@ def run_detached(recipe: Portable, payload_key: str, load_payload: Callable[[], 
 
 
 def _die_with_the_driver() -> None:
-    """On Linux, ask the kernel to end this worker when the driver process dies (even by SIGKILL), so no
-    orphan keeps computing a unit nobody will read. Elsewhere the pool's own pipe ends it after its task."""
+    """On Linux, ask the kernel to end this worker when its parent dies (even by SIGKILL), so no orphan keeps
+    computing a unit nobody will read. Elsewhere the pool's own pipe ends it after its task.
+
+    A worker forked by the fork server has the server for its parent, and the server ends when the driver's
+    end of their pipe closes; the worker inherits a copy of that end (for starting processes of its own through
+    the server), which would keep the server, and so the worker, alive after the driver: it is closed here."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    alive = getattr(server, "_forkserver_alive_fd", None)
+    if alive is not None:
+        try:
+            os.close(alive)
+        except OSError:
+            pass
+        server._forkserver_alive_fd = None
     if sys.platform.startswith("linux"):
         import ctypes
         import signal
@@ -163,9 +177,13 @@ def _die_with_the_driver() -> None:
             pass
 
 
-def _process_worker_init(threads: int) -> None:
+def _process_worker_init(threads: int, environ: dict[str, str] | None = None) -> None:
     """A process-pool worker prints nothing: its output goes to /dev/null (results and logs come back), and
-    it ends with the driver."""
+    it ends with the driver. `environ` is the driver's environment when the pool started: a worker forked by
+    the fork server would otherwise see the one the server started with."""
+    if environ is not None and dict(os.environ) != environ:
+        os.environ.clear()
+        os.environ.update(environ)
     _die_with_the_driver()
     devnull = os.open(os.devnull, os.O_WRONLY)
     for fd in (1, 2):
@@ -186,7 +204,7 @@ class PoolExecutor(Executor):
 
     def _run(self, setting: Any, calls: list[Call], tracker: _Tracker, progress: Progress | None) -> list:
         recipe, threads = self._recipe(recipe_of(setting)), self._threads()
-        self._start()
+        self._start(recipe)
         root = self._detach(recipe, setting)  # the driver's cache folder when workers do not see it, else None
         width = self.parallelism
         pending, attempts = deque(range(len(calls))), [0] * len(calls)
@@ -278,7 +296,7 @@ class PoolExecutor(Executor):
         return None
 
     # backend hooks
-    def _start(self) -> None:
+    def _start(self, recipe: Rebuildable | None = None) -> None:
         raise NotImplementedError
 
     def _submit(self, recipe: Rebuildable, call: Call, threads: int, extras: dict) -> Any:
@@ -296,8 +314,23 @@ class PoolExecutor(Executor):
         raise NotImplementedError
 
 
+def _pool_context(preload: list[str]):
+    """Where the platform has it, the fork server: it imports torch and `preload` once, and every worker of
+    every pool this process starts is a fork of it, instead of a fresh interpreter importing them again (seconds
+    per worker). Its workers die with it, and it with the driver. Elsewhere, spawn."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    # only the first pool's list counts (the server starts once); the package comes first, since it sets
+    # MKL_CBWR before torch is imported
+    context.set_forkserver_preload(["worstforget", "torch", __name__, *preload])
+    return context
+
+
 class ProcessExecutor(PoolExecutor):
-    """The standard library's process pool (spawn), `workers` processes on this machine."""
+    """The standard library's process pool (fork server, else spawn), `workers` processes on this machine."""
 
     name = "process"
 
@@ -313,16 +346,18 @@ class ProcessExecutor(PoolExecutor):
     def _threads(self) -> int:
         return max(1, (os.cpu_count() or 1) // self.workers)
 
-    def _start(self) -> None:
+    def _start(self, recipe: Rebuildable | None = None) -> None:
         if self._pool is None:
-            import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_process_worker_init, initargs=(self._threads(),))
+            # the module that defines the recipe imports what rebuilding its setting needs
+            preload = [type(recipe).__module__] if recipe is not None else []
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=_pool_context(preload),
+                                             initializer=_process_worker_init,
+                                             initargs=(self._threads(), dict(os.environ)))
 
     def _submit(self, recipe: Rebuildable, call: Call, threads: int, extras: dict) -> Any:
-        self._start()
+        self._start(recipe)
         return self._pool.submit(run_in_worker, recipe, call, threads)
 
     def _wait(self, handles: list) -> list:

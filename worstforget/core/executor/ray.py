@@ -83,7 +83,7 @@ class RayExecutor(PoolExecutor):
             LOGGER.warning("Ray tasks run on the CPU without GPUs per task (this process uses %s)", recipe.device)
         return recipe.on_device("cuda" if self.gpus_per_task else "cpu")
 
-    def _start(self) -> None:
+    def _start(self, recipe: Rebuildable | None = None) -> None:
         ray = self.ray
         if not ray.is_initialized():
             start = time.perf_counter()
