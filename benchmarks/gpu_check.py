@@ -94,7 +94,7 @@ class Scale:
 GPU_SCALE = Scale((3, 32, 32), 50_000, 10_000, calibrate_images=20_480, sync_images=2_048, search_inner_steps=20,
                   unrolled_images=2_048, unrolled_inner_steps=3, unrolled_batch=128, ensemble_images=2_048,
                   compile_images=20_480)
-TINY_SCALE = Scale((3, 8, 8), 160, 32, calibrate_images=64, sync_images=32, search_inner_steps=2,
+TINY_SCALE = Scale((3, 8, 8), 96, 32, calibrate_images=32, sync_images=32, search_inner_steps=2,
                    unrolled_images=32, unrolled_inner_steps=2, unrolled_batch=16, ensemble_images=32,
                    compile_images=64)
 
