@@ -80,7 +80,7 @@ def test_selection_keeps_the_most_exposed_candidate_and_attacks_duplicates_once(
 def test_search_with_selection_reports_the_chosen_set_with_fresh_models(tmp_path):
     out = tmp_path / "out"
     args = ["--quiet", "search", "--method", "ft", "--dataset", "synthetic", "--epochs", "4", "--outer-steps", "3",
-            "--num-random", "2", "--seeds", "2", "--mia-resamples", "1", "--select-models", "4",
+            "--num-random", "1", "--seeds", "1", "--mia-resamples", "1", "--select-models", "4",
             "--attacks", "lira", "--num-models", "4", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output

@@ -318,7 +318,7 @@ def start_pool_audit(tmp_path: Path) -> tuple[subprocess.Popen, list[int]]:
     while time.time() < deadline and driver.poll() is None:
         workers = pool_workers(driver.pid)
         if len(workers) == 2:
-            time.sleep(3)  # let them take units
+            time.sleep(1)  # let them take units
             return driver, workers
         time.sleep(0.2)
     driver.kill()
