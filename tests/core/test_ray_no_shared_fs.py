@@ -30,7 +30,7 @@ from worstforget.setting.recipe import SettingRecipe
 TIMING = ("RTE", "RTE_fraction", "RTE_stack", "RTE_stack_seconds")
 
 # A challenge-style plug-in that exists only in a folder of the driver's. It notes every start in $WF_TEST_STARTS
-# (set on the worker nodes only), sleeps SLEEP seconds (so that a node can be removed while it runs), then
+# (set on the worker nodes only) and there sleeps SLEEP seconds (so that a node can be removed while it runs), then
 # fine-tunes one epoch on the retain set.
 PLUGIN = '''
 import os, time, uuid
@@ -44,7 +44,7 @@ def {name}(net, retain_loader, forget_loader, val_loader):
     starts = os.environ.get("WF_TEST_STARTS")
     if starts:
         open(os.path.join(starts, "%d-%s" % (os.getpid(), uuid.uuid4().hex)), "w").close()
-    time.sleep(SLEEP)
+        time.sleep(SLEEP)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
     net.train()
     for x, y in retain_loader:
