@@ -53,7 +53,7 @@ def check_task_flags(task: str) -> None:
 
 def run_generation_search(app, *, method: str, cfg, num_random: int, num_seeds: int, retrain_seeds: int,
                           search_seed: int, stability: bool, params: tuple[str, ...], resume: bool, data,
-                          output, sample_steps: int = 20, images_per_concept: int = 6) -> None:
+                          output, sample_steps: int, images_per_concept: int) -> None:
     import json
 
     from ..core.cache import check_cache_folder
@@ -97,9 +97,11 @@ def run_generation_search(app, *, method: str, cfg, num_random: int, num_seeds: 
     options = ConceptAuditOptions(num_random=num_random if given("num_random") else ConceptAuditOptions.num_random,
                                   seeds=num_seeds, retrain_seeds=retrain_seeds, stability=stability
                                   if given("stability") else False).validate()
-    sampling = {key: value for key, value, option in (("steps", sample_steps, "sample_steps"),
-                                                      ("images_per_concept", images_per_concept,
-                                                       "images_per_concept")) if given(option)}
+    sampling = {}  # only what the user set: GenerationConfig's own defaults stand otherwise
+    if given("sample_steps"):
+        sampling["steps"] = sample_steps
+    if given("images_per_concept"):
+        sampling["images_per_concept"] = images_per_concept
     out_dir = output.folder(Path("worstforget-out") / f"search-{dataset.replace('_', '-')}-{name}")
     if not data.no_cache:
         try:  # before any training: a cache folder that cannot be written fails late

@@ -352,8 +352,8 @@ class ProcessExecutor(PoolExecutor):
 
             # the module that defines the recipe imports what rebuilding its setting needs (a caller's __main__
             # is left to each worker, as spawn leaves it)
-            module = type(recipe).__module__ if recipe is not None else "__main__"
-            preload = [module] if module != "__main__" else []
+            module = type(recipe).__module__ if recipe is not None else None
+            preload = [module] if module not in (None, "__main__") else []
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=_pool_context(preload),
                                              initializer=_process_worker_init,
                                              initargs=(self._threads(), dict(os.environ)))
