@@ -8,6 +8,7 @@ there); nothing here is typed by hand.
 """
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -23,6 +24,12 @@ GAP_COLUMNS = ("UA", "MIA", "MIA_logit", "RA", "TA", "acc_gap", "avg_gap", "avg_
 # the attacks table
 ATTACK_COLUMNS = tuple(k for name in ATTACKS.in_order() for k in ATTACKS.get(name).columns)
 ATTACK_KEYS = (*(k for name in ATTACKS.in_order() for k in ATTACKS.get(name).summary), "rte_fraction")
+
+
+@functools.lru_cache(maxsize=None)
+def read_audit(path: Path) -> SearchAudit:
+    """A result folder, read once however many tables show it (`all` shows most folders twice)."""
+    return SearchAudit.read(path)
 
 
 def comparison_sets(summary: dict) -> dict:
@@ -47,7 +54,7 @@ def methods_table(path: Path) -> None:
 
 
 def worst_case_table(path: Path) -> None:
-    audit = SearchAudit.read(path)
+    audit = read_audit(path)
     s = audit.summary()
     trace = s["search"]
     overlaps = ", ".join(f"{k} {v:.0%}" for k, v in (s.get("baseline_overlap") or {}).items())
@@ -101,7 +108,7 @@ def hardest_table(folder: Path, key: str = "lira_tpr_at_0.1pct_fpr") -> None:
     print("| run | searched set | best baseline | random sets | searched / random | search ≥ best baseline |\n"
           "|---|---:|---:|---:|---:|---|")
     for path in sorted(p.parent for p in folder.glob("*/result.h5")):
-        audit = SearchAudit.read(path)
+        audit = read_audit(path)
         if audit.evaluation is None:
             continue
         sets = audit.evaluation.summary()["sets"]
@@ -146,7 +153,7 @@ def matrix_table(folder: Path) -> None:
               "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|")
         rescored = []
         for path in sorted(p.parent for p in data.glob("*/seed*/result.h5")):
-            audit = SearchAudit.read(path)
+            audit = read_audit(path)
             if audit.evaluation is None:
                 continue
             s, sets = audit.summary(), audit.evaluation.summary()["sets"]

@@ -17,13 +17,15 @@ from pathlib import Path
 
 import pytest
 
-# tiny but complete: original, reference models, search, baselines, Retrain and the method, attacks, selection.
+# tiny but complete: original, reference models, search, a baseline, Retrain and the method, attacks, selection.
 # Digits (10 classes: the classifier's small-sided products MKL split across threads) on 400 samples, whose batch
-# shapes are the ones that must agree; 3 epochs, 2 outer steps and one seed suffice: without the package's
-# MKL_CBWR setting the two runs then differ in 15 numbers (the search objective and selection AUCs among them).
-AUDIT = ["search", "--dataset", "digits", "--train-subset", "400", "--epochs", "3", "--outer-steps", "2",
-         "--reference-models", "2", "--num-random", "1", "--seeds", "1", "--no-stability", "--attacks",
-         "lira,epsilon,loss,ks,tow", "--num-models", "4", "--select-models", "4", "--mia-resamples", "2"]
+# shapes are the ones that must agree; 2 epochs, 2 outer steps, one baseline and one seed suffice: without the
+# package's MKL_CBWR setting the two runs then differ in 8 numbers (the search objective, selection AUCs and the
+# memorization set's U-LiRA AUC among them).
+AUDIT = ["search", "--dataset", "digits", "--train-subset", "400", "--epochs", "2", "--outer-steps", "2",
+         "--reference-models", "2", "--baselines", "memorization", "--num-random", "1", "--seeds", "1",
+         "--no-stability", "--attacks", "lira,epsilon,loss,ks,tow", "--num-models", "4", "--select-models", "4",
+         "--mia-resamples", "1"]
 TIMING = ("seconds", "rte", "cost_ratio", "cost_reference", "time", "environment", "code_version", "started",
           "command_line", "cache", "out")
 
