@@ -230,6 +230,31 @@ def test_a_soft_link_loop_in_result_h5_is_one_line(result_copy):
     _report_refused(result_copy, "soft link", "/metrics/loop")
 
 
+def test_groups_nested_too_deep_in_result_h5_are_refused(result_copy):
+    from worstforget.audit.codecs import MAX_H5_DEPTH
+
+    def nest(f):
+        f.create_group("/".join(["deep"] * (MAX_H5_DEPTH + 1)))
+    _edit_h5(result_copy, nest)
+    _report_refused(result_copy, f"nests groups deeper than {MAX_H5_DEPTH} levels", "/deep/deep")
+
+
+def test_a_hard_link_cycle_in_result_h5_ends_in_one_line(result_copy):
+    # a group holding a hard link to its parent: the walk visits each object once, and the reader, finding a
+    # group where a metric's array belongs, refuses the file in one line
+    def cycle(f):
+        f["metrics/random/retrain/parent"] = f["metrics/random"]
+    _edit_h5(result_copy, cycle)
+    _report_refused(result_copy, "result.h5 is incomplete or damaged")
+
+
+def test_an_empty_space_dataset_in_result_h5_is_refused(result_copy):
+    def empty(f):
+        f["metrics/random/retrain"].create_dataset("void", shape=None, dtype="f8")
+    _edit_h5(result_copy, empty)
+    _report_refused(result_copy, "empty-space dataset", "/metrics/random/retrain/void")
+
+
 def test_string_data_in_result_h5_is_one_line(result_copy):
     def strings(f):
         g = f["metrics/random/retrain"]

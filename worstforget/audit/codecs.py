@@ -144,41 +144,52 @@ H5_EXPANSION = 64
 def check_h5_tree(h5, folder: Path, name: str, fix: str) -> None:
     """Refuse, in one line, an HDF5 file whose structure is not one worstforget writes: soft or external
     links (never written; an external link would read another file), more than MAX_H5_OBJECTS objects or
-    MAX_H5_DEPTH levels (a hard-link cycle), datasets of anything but numbers, or datasets whose declared
-    size is far beyond what the file on disk can hold."""
-    import h5py
+    groups nested deeper than MAX_H5_DEPTH levels, datasets of anything but numbers, or datasets whose declared
+    size is far beyond what the file on disk can hold.
 
-    budget = max(MIN_H5_BUDGET, H5_EXPANSION * (folder / name).stat().st_size)
-    declared = 0
-    count = 0
-    todo = [(h5, "", 0)]
-    while todo:
-        group, path, depth = todo.pop()
-        if depth > MAX_H5_DEPTH:
-            raise _fail(folder, f"{name} nests groups deeper than {MAX_H5_DEPTH} levels at /{path}", fix)
-        for key in group:
-            count += 1
-            if count > MAX_H5_OBJECTS:
-                raise _fail(folder, f"{name} holds more than {MAX_H5_OBJECTS} objects", fix)
-            where = f"{path}/{key}" if path else key
-            link = group.get(key, getlink=True)
-            if not isinstance(link, h5py.HardLink):
-                kind = "an external link to another file" if isinstance(link, h5py.ExternalLink) else "a soft link"
-                raise _fail(folder, f"{name} holds {kind} at /{where}, which worstforget never writes", fix)
-            node = group[key]
-            if isinstance(node, h5py.Group):
-                todo.append((node, where, depth + 1))
-                continue
-            if not isinstance(node, h5py.Dataset):
-                raise _fail(folder, f"{name} holds an object of unknown type at /{where}", fix)
-            if node.dtype.kind not in "biuf" or node.dtype.names is not None or node.dtype.subdtype is not None:
-                raise _fail(folder, f"{name} holds non-numeric data ({node.dtype}) at /{where}", fix)
-            if node.shape is None:
-                raise _fail(folder, f"{name} holds an empty-space dataset at /{where}", fix)
-            declared += int(np.prod(node.shape, dtype=object)) * node.dtype.itemsize
-            if declared > budget:
-                raise _fail(folder, f"{name} declares {declared / 2**20:,.0f} MiB of arrays (at /{where}) in a "
-                                    f"{(folder / name).stat().st_size / 2**20:,.1f} MiB file", fix)
+    HDF5's own visits walk the file (each object once, so a hard-link cycle ends): the links first, from their
+    headers, which refuses a link before anything is opened through it; then the objects. A visit stops when
+    its callback returns something: here, the problem (raising inside HDF5's iteration is not safe)."""
+    from h5py import h5d, h5l, h5o, h5s
+
+    size = (folder / name).stat().st_size
+    budget = max(MIN_H5_BUDGET, H5_EXPANSION * size)
+    count = declared = 0
+
+    def link(path: bytes, info) -> str | None:
+        nonlocal count
+        count += 1
+        if count > MAX_H5_OBJECTS:
+            return f"{name} holds more than {MAX_H5_OBJECTS} objects"
+        if info.type != h5l.TYPE_HARD:
+            kind = "an external link to another file" if info.type == h5l.TYPE_EXTERNAL else "a soft link"
+            return f"{name} holds {kind} at /{path.decode(errors='replace')}, which worstforget never writes"
+        return None
+
+    def node(path: bytes, info) -> str | None:
+        nonlocal declared
+        where = path.decode(errors="replace")
+        if info.type == h5o.TYPE_GROUP:
+            if path.count(b"/") + 1 > MAX_H5_DEPTH:
+                return f"{name} nests groups deeper than {MAX_H5_DEPTH} levels at /{where}"
+            return None
+        if info.type != h5o.TYPE_DATASET:
+            return f"{name} holds an object of unknown type at /{where}"
+        dataset = h5d.open(h5.id, path)
+        dtype = dataset.dtype
+        if dtype.kind not in "biuf" or dtype.names is not None or dtype.subdtype is not None:
+            return f"{name} holds non-numeric data ({dtype}) at /{where}"
+        if dataset.get_space().get_simple_extent_type() == h5s.NULL:
+            return f"{name} holds an empty-space dataset at /{where}"
+        declared += int(np.prod(dataset.shape, dtype=object)) * dtype.itemsize
+        if declared > budget:
+            return (f"{name} declares {declared / 2**20:,.0f} MiB of arrays (at /{where}) in a "
+                    f"{size / 2**20:,.1f} MiB file")
+        return None
+
+    problem = h5.id.links.visit(link, info=True) or h5o.visit(h5.id, node, info=True)
+    if problem:
+        raise _fail(folder, problem, fix)
 
 
 def _check_shapes(folder: Path, search: dict, forget_sets: dict, num_train: Any, fix: str,
