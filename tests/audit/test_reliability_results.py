@@ -255,6 +255,16 @@ def test_an_empty_space_dataset_in_result_h5_is_refused(result_copy):
     _report_refused(result_copy, "empty-space dataset", "/metrics/random/retrain/void")
 
 
+def test_one_array_hard_linked_under_many_names_counts_once_per_name(result_copy):
+    # 80 MB declared, linked under 4 names: a reader by path would read 320 MB from a file of a few hundred KB
+    def links(f):
+        big = f["metrics/random/retrain"].create_dataset("big", shape=(10**7,), dtype="f8", chunks=(1 << 16,))
+        for i in range(3):
+            f[f"metrics/random/retrain/big{i}"] = big
+    _edit_h5(result_copy, links)
+    _report_refused(result_copy, "result.h5 declares", "MiB of arrays")
+
+
 def test_string_data_in_result_h5_is_one_line(result_copy):
     def strings(f):
         g = f["metrics/random/retrain"]

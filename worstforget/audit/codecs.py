@@ -181,7 +181,8 @@ def check_h5_tree(h5, folder: Path, name: str, fix: str) -> None:
             return f"{name} holds non-numeric data ({dtype}) at /{where}"
         if dataset.get_space().get_simple_extent_type() == h5s.NULL:
             return f"{name} holds an empty-space dataset at /{where}"
-        declared += int(np.prod(dataset.shape, dtype=object)) * dtype.itemsize
+        # once per hard link to it (its reference count): a reader reading by path reads it that many times
+        declared += int(np.prod(dataset.shape, dtype=object)) * dtype.itemsize * info.rc
         if declared > budget:
             return (f"{name} declares {declared / 2**20:,.0f} MiB of arrays (at /{where}) in a "
                     f"{size / 2**20:,.1f} MiB file")
