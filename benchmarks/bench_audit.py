@@ -1,5 +1,5 @@
 """What the default audit costs, phase by phase, as multiples of one training of the original — with
-Retrain run one by one (as before stacking) and stacked (audit/units.py).
+Retrain and the method run one by one (as before stacking) and stacked (audit/units.py).
 
     python benchmarks/bench_audit.py                       # digits and Fashion-MNIST (10,000 samples)
     python benchmarks/bench_audit.py --datasets digits --attacks lira --num-models 16
@@ -15,13 +15,13 @@ around the calls that are not tasks:
 * reference models — the K models on random halves, once per setting (memorization and exposure baselines);
 * baselines — the one-shot sets, reference models excluded;
 * search, stability search — the two search tasks;
-* Retrain <kind>, <method> <kind> — the units of each set kind (a stack spans kinds: stacked Retrain is
-  one row, its first stack including the one timed Retrain run alone that gives Retrain's RTE);
+* Retrain <kind>, <method> <kind> — the units of each set kind (a stack spans kinds: a stacked method is one
+  row, its first stack including the one run alone, where one is timed, that gives its RTE);
 * attacks — `--attacks`: N unlearned and N retrained models per set and the scores;
 * audit — the whole call.
 
-`sequential` forces every Retrain through `Retrain.apply` one run at a time (the attacks' retrained models
-too); `stacked` is the library's default. Writes a Markdown table per dataset to --out (default
+`sequential` forces every run through the method's `apply` one at a time (the attacks' models too); `stacked`
+is the library's default. Writes a Markdown table per dataset to --out (default
 results/audit_cost.md) with the command that made it. Timings are wall-clock: run it on a quiet machine
 (the table records the load average before and after) and read the ratios.
 """
@@ -59,9 +59,9 @@ def run_one(dataset: str, mode: str, cache: str, args: argparse.Namespace) -> di
     from worstforget.search import SearchConfig
     from worstforget.setting import prepare_setting
 
-    if mode == "sequential":  # every Retrain one run at a time, as before stacking
-        units.stackable_retrain = lambda *a, **k: None
-        attack_eval.stackable_retrain = lambda *a, **k: None
+    if mode == "sequential":  # every run one at a time, as before stacking
+        units.stackable_method = lambda *a, **k: None
+        attack_eval.stackable_method = lambda *a, **k: None
     phases: dict[str, float] = {}
 
     def timed(name: str, fn):
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{dataset} {mode}: audit {runs[mode]['phases']['audit']:.1f} s", file=sys.stderr, flush=True)
         sections.append(table(dataset, runs))
     threads = runs["stacked"]["threads"]
-    text = (f"# The default audit's cost by phase, sequential vs stacked Retrain\n\n`{command}`\n\n"
+    text = (f"# The default audit's cost by phase, sequential vs stacked runs\n\n`{command}`\n\n"
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {threads}; "
             f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after. Each mode: a fresh process "
             "and cache (everything computed). × training = seconds / the run's own training of the original.\n\n"

@@ -1,15 +1,19 @@
-"""Retrain units of an audit, one by one vs stacked (audit/units.py `run_units`), as a ratio in one run.
+"""Units of an audit (Retrain by default, or `--method`), one by one vs stacked (audit/units.py `run_units`), or
+with `--attack-models N` an attack's N unlearned models per set (audit/attack_eval.py), as a ratio in one run.
 
     python benchmarks/bench_stacked_retrain.py                                  # digits: 9 sets × 2 seeds
     python benchmarks/bench_stacked_retrain.py --dataset fashion_mnist --sets 3 # 10,000-sample subset, 3 × 2 units
+    python benchmarks/bench_stacked_retrain.py --method finetune                # finetune's units
+    python benchmarks/bench_stacked_retrain.py --method finetune --attack-models 16 --sets 2  # 2 sets × 16 models
     python benchmarks/bench_stacked_retrain.py --tiny                           # synthetic, 2 epochs: a smoke test
 
 The original is trained (and cached) first, outside the timings. Then each mode runs in a fresh process on a
-copy of that cache, so every Retrain unit — training, evaluation, record — is computed: `sequential` runs
-them one at a time through `Retrain.apply` (as before stacking), `stacked` is the library's default (stacks
-of at most `stack_capacity` models). The sets are random sets of the default forget ratio, as many as the
-default audit's 9 set kinds × 2 seeds unless `--sets` says fewer. Appends a Markdown table to --out
-(default results/audit_cost.md is left alone: a temporary file, printed). Wall-clock: run it on a quiet
+copy of that cache, so every unit — training, evaluation, record — or attack model — training, per-model
+statistics — is computed: `sequential` runs them one at a time through the method's `apply` (as before
+stacking), `stacked` is the library's default (stacks of at most `stack_capacity` models, plus, for a method
+other than Retrain, the one run alone that times its RTE). The sets are random sets of the default forget ratio,
+as many as the default audit's 9 set kinds × 2 seeds unless `--sets` says fewer. Appends a Markdown table to
+--out (default results/audit_cost.md is left alone: a temporary file, printed). Wall-clock: run it on a quiet
 machine (the table records the load average before and after).
 """
 from __future__ import annotations
@@ -40,21 +44,28 @@ def setting_for(args: argparse.Namespace, cache: str):
 
 
 def run_mode(args: argparse.Namespace, mode: str, cache: str) -> dict:
-    """The Retrain units in this process: their wall time, and how many trained."""
+    """The units (or attack models) in this process: their wall time, and how many trained."""
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from worstforget.audit import units
+    from worstforget.audit import attack_eval, units
     from worstforget.core.executor import serial
 
     if mode == "sequential":
-        units.stackable_retrain = lambda *a, **k: None
+        units.stackable_method = lambda *a, **k: None
+        attack_eval.stackable_method = lambda *a, **k: None
     setting = setting_for(args, cache)
     sets = units.random_sets(setting, args.forget_ratio, args.sets, set_seed=123)
-    plan = [units.Unit("retrain", {}, f, seed=s, where=f"random set {i + 1}") for i, f in enumerate(sets)
-            for s in range(args.seeds)]
     start = time.perf_counter()
+    if args.attack_models:
+        per_model = [p for f in sets for p in attack_eval.model_statistics(setting, args.method, {}, f,
+                                                                           list(range(args.attack_models)))]
+        seconds = time.perf_counter() - start
+        return {"seconds": seconds, "units": len(per_model), "train_seconds": setting.train_seconds,
+                "threads": torch.get_num_threads()}
+    plan = [units.Unit(args.method, {}, f, seed=s, where=f"random set {i + 1}") for i, f in enumerate(sets)
+            for s in range(args.seeds)]
     records = units.run_units(setting, plan, executor=serial())
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "units": len(records), "train_seconds": setting.train_seconds,
@@ -68,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mia-resamples", type=int, default=3,
                         help="draws of MIA-Efficacy's SVC attacker per evaluation (the audit's default: 3)")
     parser.add_argument("--sets", type=int, default=9, help="random forget sets (default: the audit's 9 kinds)")
-    parser.add_argument("--seeds", type=int, default=2, help="Retrain seeds per set")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per set (units)")
+    parser.add_argument("--method", default="retrain", help="the units' method (default: Retrain)")
+    parser.add_argument("--attack-models", type=int, default=0,
+                        help="time an attack's N unlearned models per set instead of the units")
     parser.add_argument("--forget-ratio", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", default=None, help="append the table to this Markdown file")
@@ -99,13 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     seq, stk = runs["sequential"], runs["stacked"]
     train = stk["train_seconds"] or float("nan")
     command = "python benchmarks/bench_stacked_retrain.py " + " ".join(forward)
-    text = (f"### Retrain units, one by one vs stacked: {args.dataset}\n\n`{command}`\n\n"
+    what = (f"{args.method} attack models ({args.sets} random sets × {args.attack_models} models)"
+            if args.attack_models else f"{args.method} units ({args.sets} random sets × {args.seeds} seeds)")
+    evaluation = ("per-model statistics" if args.attack_models
+                  else f"{args.mia_resamples} MIA-Efficacy draw(s) per evaluation")
+    text = (f"### {what}, one by one vs stacked: {args.dataset}\n\n`{command}`\n\n"
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {stk['threads']}; "
-            f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after. {seq['units']} units "
-            f"({args.sets} random sets × {args.seeds} seeds) of the {args.model or 'default'} model, "
-            f"{args.mia_resamples} MIA-Efficacy draw(s) per evaluation; "
+            f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after. {seq['units']} runs of the "
+            f"{args.model or 'default'} model, {evaluation}; "
             f"one training of the original {train:.2f} s.\n\n"
-            "| mode | s | s per unit | × training | one by one / stacked |\n| --- | ---: | ---: | ---: | ---: |\n"
+            "| mode | s | s per run | × training | one by one / stacked |\n| --- | ---: | ---: | ---: | ---: |\n"
             f"| one by one | {seq['seconds']:.2f} | {seq['seconds'] / seq['units']:.2f} | "
             f"{seq['seconds'] / train:.2f} | |\n"
             f"| stacked | {stk['seconds']:.2f} | {stk['seconds'] / stk['units']:.2f} | {stk['seconds'] / train:.2f} | "

@@ -1,10 +1,12 @@
-"""Stacked Retrain runs (audit/units.py): the Retrain units of an audit train as vmapped ensembles and give
-the records one-by-one Retrain gives (same seeds: equal up to float rounding), whatever the chunking; each
-record is cached under the unit key of the one-by-one path; RTE is one Retrain run alone."""
+"""Stacked runs (audit/units.py, audit/attack_eval.py): the Retrain units of an audit, and those of a stackable
+method, train as vmapped stacks and give the records one-by-one runs give (same seeds: equal up to float
+rounding), whatever the chunking and the executor; each record is cached under the unit key of the one-by-one
+path; RTE is one run alone. An attack's N unlearned models of a set train as stacks too."""
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,20 +115,20 @@ def test_retrain_rte_is_one_run_alone_measured_once_and_methods_divide_by_it(tmp
     from dataclasses import replace
 
     known = make_setting(tmp_path / "cache")
-    before = COMPUTED["retrain-time"]
+    before = COMPUTED["run-time"]
     # the original's recipe, timed when it was trained: Retrain's one-run time is that time over its steps
     scaled = run_units(known, retrain_units(known, num_sets=1))
     n, bs, m = known.data.num_train, known.spec.train.batch_size, len(retrain_units(known, num_sets=1)[0].forget_set)
-    assert COMPUTED["retrain-time"] == before
+    assert COMPUTED["run-time"] == before
     assert scaled[0]["RTE"] == pytest.approx(known.train_seconds * math.ceil((n - m) / bs) / math.ceil(n / bs))
     setting = replace(known, train_seconds=None)  # a checkpoint: no training time, one Retrain is timed
     records = run_units(setting, retrain_units(setting, num_sets=2, first_set=2))
-    assert COMPUTED["retrain-time"] - before == 1  # one Retrain timed alone, for every stacked record
+    assert COMPUTED["run-time"] - before == 1  # one Retrain timed alone, for every stacked record
     assert len({r["RTE"] for r in records}) == 1 and records[0]["RTE"] > 0
     assert len({r["RTE_stack_seconds"] for r in records}) == 1 and records[0]["RTE_stack_seconds"] > 0
     # another audit of the setting, other sets of the same size: the timing is reused
     more = run_units(setting, retrain_units(setting, num_sets=1, first_set=5))
-    assert COMPUTED["retrain-time"] - before == 1 and more[0]["RTE"] == records[0]["RTE"]
+    assert COMPUTED["run-time"] - before == 1 and more[0]["RTE"] == records[0]["RTE"]
     # a method's RTE_fraction is its time over that one-run time (result.run_arrays)
     kinds = U.run_on_kinds(setting, [("finetune", {"epochs": 1})], {"random": [random_forget_set(
         setting.data.num_train, 20, 0)]}, seeds=[0])
@@ -147,9 +149,14 @@ def test_units_that_cannot_be_stacked_run_one_by_one(tmp_path, monkeypatch):
     plan = UnitPlan(setting, units)
     assert [c.fn for c in plan.calls] == [U.unit_task, U.unit_task]
     assert all("RTE_stack" not in r for r in run_units(setting, units))
-    # methods other than Retrain are never stacked
+    # nor are a stackable method's units on such an architecture
     plan = UnitPlan(setting, [Unit("finetune", {}, units[0].forget_set, 0)])
     assert [c.fn for c in plan.calls] == [U.unit_task]
+    monkeypatch.undo()
+    # where stacks can train: a stackable method's units stack, those of a method drawing random labels do not
+    pairs = [(m, s) for m in ("finetune", "random_label") for s in (0, 1)]
+    plan = UnitPlan(setting, [Unit(m, {}, units[0].forget_set, s) for m, s in pairs])
+    assert [c.fn for c in plan.calls] == [U.stack_task, U.unit_task, U.unit_task]
 
 
 def test_chunk_sizes_and_capacity():
@@ -192,6 +199,67 @@ def test_a_model_trains_bit_for_bit_alike_alone_and_in_any_stack(synthetic):
         together = trained(rows)
         for name in alone:
             assert torch.equal(alone[name], together[name]), (rows, name)
+
+
+def method_units(setting, method="finetune", params=None, num_sets=3, seeds=(0, 1)):
+    return [Unit(method, dict(params or {"epochs": 2}), u.forget_set, u.seed, u.where)
+            for u in retrain_units(setting, num_sets=num_sets, seeds=seeds)]
+
+
+def test_a_stacked_method_unit_is_its_one_by_one_unit_in_any_stack_and_on_any_executor(tmp_path, process_pool):
+    setting = make_setting(tmp_path / "together")
+    units = method_units(setting)
+    before = COMPUTED["run-time"]
+    together = run_units(setting, units)
+    assert COMPUTED["run-time"] - before == 1  # one finetune run timed alone: every record's RTE
+    assert [r["RTE_stack"] for r in together] == [6.0] * 6 and len({r["RTE"] for r in together}) == 1
+    alone_setting = make_setting(tmp_path / "alone")
+    alone = [run_units(alone_setting, [u])[0] for u in units]  # stacks of one
+    pooled = run_units(make_setting(tmp_path / "pool"), units, executor=process_pool)
+    assert [r["RTE_stack"] for r in pooled] == [3.0] * 6
+    for a, b, c in zip(together, alone, pooled):
+        assert without_timing(a) == without_timing(b) == without_timing(c)  # bit for bit
+    # against the method's own loop, one unit at a time: the same predictions, MIA within one flipped sample
+    sequential = make_setting(tmp_path / "sequential")
+    for unit, record in zip(units, together):
+        one = run_unit(sequential, unit.method, unit.params, unit.forget_set, seed=unit.seed)
+        assert {k: one[k] for k in ("UA", "RA", "TA")} == {k: record[k] for k in ("UA", "RA", "TA")}
+        assert abs(one["MIA"] - record["MIA"]) <= 100 / 20 + 1e-9 and "RTE_stack" not in one
+
+
+def test_a_unit_that_diverges_in_a_stack_fails_as_it_fails_alone(tmp_path):
+    setting = make_setting(tmp_path / "cache")
+    units = method_units(setting, "gradient_ascent", {"lr": 1e30, "epochs": 3}, num_sets=1)
+    with pytest.raises(Exception) as stacked:
+        run_units(setting, units)
+    with pytest.raises(Exception) as alone:
+        run_unit(make_setting(tmp_path / "alone"), units[0].method, units[0].params, units[0].forget_set, seed=0)
+    assert "diverged" in str(alone.value) and str(alone.value) in str(stacked.value)
+
+
+def test_an_attacks_unlearned_models_train_as_one_stack_per_set(tmp_path):
+    from worstforget.audit import attack_eval as A
+
+    setting = make_setting(tmp_path / "stacked")
+    forget = random_forget_set(setting.data.num_train, 20, 0)
+    params = {"epochs": 2}
+    calls = A.statistics_calls("finetune", params, forget, [0, 1, 2, 3])
+    assert [c.fn for c in calls] == [A.stacked_statistics_task]
+    assert [c.fn for c in A.statistics_calls("random_label", {}, forget, [0, 1])] == [A.model_statistics_task] * 2
+    before = COMPUTED["run-time"]
+    stacked = A.model_statistics(setting, "finetune", params, forget, [0, 1, 2, 3])
+    assert COMPUTED["run-time"] - before == 1
+    assert len({float(p["seconds"]) for p in stacked}) == 1  # one run alone: the models' RTE
+    alone = make_setting(tmp_path / "alone")
+    for seed, arrays in enumerate(stacked):
+        one = A.model_statistics_task(alone, "finetune", params, forget, seed)[0]
+        np.testing.assert_allclose(arrays["lsc"], one["lsc"], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(arrays["loss"], one["loss"], rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(arrays["acc"], one["acc"])
+    # cached per model: a larger N trains only the new seeds, and the first four read back unchanged
+    more = A.model_statistics(setting, "finetune", params, forget, [0, 1, 2, 3, 4, 5])
+    for a, b in zip(stacked, more):
+        assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow

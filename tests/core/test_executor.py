@@ -506,8 +506,8 @@ def test_the_run_log_has_one_line_per_unit_with_computed_or_cached(tmp_path, cap
     assert len(lines) == 4
     assert ["computed 1 unit (" in m for m in lines] == [True, True, False, False]
     assert all(re.search(r"on random set 1 of 1 \(\d+ samples\), seed 0: started .*, \d+\.\d\d s, "
-                         r"(computed (1 retrain-time, computed )?1 unit|cached) \(serial pid \d+, attempt 1\)", m)
-               for m in lines)  # Retrain's first task also times one Retrain alone (its RTE)
+                         r"(computed (1 run-time, computed )?1 unit|cached) \(serial pid \d+, attempt 1\)", m)
+               for m in lines)  # a stack's first task also times one run alone (its RTE)
 
 
 # --- tuning ---------------------------------------------------------------------------------------------

@@ -144,7 +144,7 @@ def test_an_unexpected_error_shows_one_line_and_logs_its_traceback(tmp_path, iso
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     script = ("import sys; from worstforget.audit import units\n"
               "def broken(*a, **k): raise ZeroDivisionError('a bug deep inside')\n"
-              "units.run_unit = broken\n"
+              "units.evaluate = broken\n"  # every unit, stacked or not, is evaluated
               "from worstforget.cli import main; sys.argv = ['worstforget'] + sys.argv[1:]; main()\n")
     # no --quiet: warnings are echoed, and the ERROR record with its traceback must not be
     proc = subprocess.run([sys.executable, "-c", script, "unlearn", "--method", "finetune", *FAST, "--json"],

@@ -1,11 +1,12 @@
 """Attack evaluation: N unlearned and N retrained models per forget set, their per-example statistics,
 the registered attacks on them, and the pipeline over named forget sets (worst case, random, heuristic).
 
-Models are executor tasks (core/executor.py): each unlearned model is one task, Retrain's N models one
-task per set (trained together as vmapped ensembles of at most `stack_capacity` models); every model's
-statistics are cached on disk, under a lock, so drivers and workers sharing the cache folder compute each
-once. A retrained model's `seconds` is the wall time of one Retrain run alone (`units.retrain_seconds`),
-not its share of an ensemble's, so RTE fractions compare a method with Retrain as it would run."""
+Models are executor tasks (core/executor.py): the N models of a set are one task when their method can train
+as a stack (Retrain, and the methods that declare `stackable`: vmapped stacks of at most `stack_capacity`
+models), else one task per model; every model's statistics are cached on disk, under a lock, so drivers and
+workers sharing the cache folder compute each once. A stacked model's `seconds` is the wall time of one run of
+its method alone (`units.run_seconds`), not its share of a stack's, so RTE fractions compare a method with
+Retrain as each would run."""
 from __future__ import annotations
 
 import logging
@@ -22,15 +23,14 @@ from ..core.progress import NullProgress, Progress
 from ..core.runtime import Timer
 from ..forget_sets import forget_mask, forget_weights, forgotten_classes
 from ..methods import make_method
-from ..methods.exact import Retrain
+from ..methods.stacked import stackable
 from ..scoring.attacks import ATTACKS, Stats
 from ..setting import Setting
-from ..training.accel import current_accel
-from ..training.ensemble import chunk_sizes, fit_stacked, stack_capacity
+from ..training.ensemble import chunk_sizes, stack_capacity
 from ..training.loop import predict_logits
 from ..training.outputs import logit_scaled_confidence
 from .result import AttackEvaluation
-from .units import Unit, UnitPlan, method_label, retrain_seconds, stackable_retrain
+from .units import Unit, UnitPlan, method_label, run_seconds, stack_recipe, stackable_method, train_stack
 
 LOGGER = logging.getLogger("worstforget")
 
@@ -65,19 +65,22 @@ def _key(setting: Setting, method: str, params: dict, forget_set: torch.Tensor, 
 
 def model_statistics(setting: Setting, method: str, params: dict, forget_set: torch.Tensor, seeds: list[int], *,
                      progress: Progress | None = None, executor: Executor | None = None) -> list[dict[str, np.ndarray]]:
-    """Per-model arrays for `method` run with each seed (cached per model). Retrain models missing from
-    the cache are trained together as one vmapped ensemble when the architecture allows it."""
+    """Per-model arrays for `method` run with each seed (cached per model). Models missing from the cache train
+    together as vmapped stacks when the method and the architecture allow it."""
     calls = statistics_calls(method, params, forget_set, seeds)
     return _flatten((executor or serial()).map(setting, calls, progress=progress, description=f"{method} models"))
 
 
 def statistics_calls(method: str, params: dict, forget_set: torch.Tensor, seeds: list[int]) -> list[Call]:
-    """The tasks behind `model_statistics`: one per unlearned model; Retrain's models as one task (one ensemble).
-    Each task returns a list of per-model arrays, in the order of its seeds."""
+    """The tasks behind `model_statistics`: one for all the seeds when the method can train as a stack (Retrain
+    or a method declaring `stackable`; the task runs them one by one where the architecture cannot stack), else
+    one per model. Each task returns a list of per-model arrays, in the order of its seeds."""
     forget_set, where = forget_set.cpu(), f"a set of {len(forget_set)} samples"
-    if make_method(method, params).name == "retrain":
-        return [Call(retrain_statistics_task, (forget_set, list(seeds)),
-                     label=f"{len(seeds)} retrained models (seeds {seeds[0]}..{seeds[-1]}) on {where}")]
+    instance = make_method(method, params)
+    if instance.name == "retrain" or stackable(instance):
+        kind = "retrained" if instance.name == "retrain" else f"{method_label(method, params)}"
+        return [Call(stacked_statistics_task, (method, dict(params), forget_set, list(seeds)),
+                     label=f"{len(seeds)} {kind} models (seeds {seeds[0]}..{seeds[-1]}) on {where}")]
     return [Call(model_statistics_task, (method, dict(params), forget_set, s),
                  label=f"{method_label(method, params)} model on {where}, seed {s}") for s in seeds]
 
@@ -119,23 +122,23 @@ def model_statistics_task(setting: Setting, method: str, params: dict, forget_se
     return [_cached_or(cache, key, compute)]
 
 
-def retrain_statistics_task(setting: Setting, forget_set: torch.Tensor, seeds: list[int], *,
-                            progress: Progress | None = None) -> list[dict[str, np.ndarray]]:
-    """Retrained models' per-model arrays for `seeds` (cached per model); the missing ones trained together as
-    one vmapped ensemble, or one after another where the architecture cannot be stacked."""
+def stacked_statistics_task(setting: Setting, method: str, params: dict, forget_set: torch.Tensor, seeds: list[int],
+                            *, progress: Progress | None = None) -> list[dict[str, np.ndarray]]:
+    """Per-model arrays of `method` for `seeds` (cached per model); the missing ones trained together as vmapped
+    stacks, or one after another where the architecture cannot be stacked."""
     cache = _statistics_cache(setting)
-    instance = make_method("retrain", {}).resolved(setting.spec.train.batch_size)
+    instance = make_method(method, params).resolved(setting.spec.train.batch_size)
     keys = [_key(setting, instance.name, instance.hyperparameters(), forget_set, s) for s in seeds]
     found = {s: cache.get("model-stats", k) for s, k in zip(seeds, keys)}
     if all(v is not None for v in found.values()):
         return [found[s] for s in seeds]
-    with cache.lock("model-stats", stable_hash(keys)):  # one lock for the ensemble: it trains its models together
+    with cache.lock("model-stats", stable_hash(keys)):  # one lock for the stack: it trains its models together
         found = {s: (found[s] if found[s] is not None else cache.get("model-stats", k)) for s, k in zip(seeds, keys)}
         missing = [s for s in seeds if found[s] is None]
         w = forget_weights(setting.data, forget_set)
-        trained = _retrain_ensemble(setting, forget_set, w, missing, progress or NullProgress()) if missing else {}
+        trained = _stacked(setting, method, params, forget_set, missing, progress or NullProgress()) if missing else {}
         for s in missing:
-            if s not in trained:
+            if s not in trained:  # not stackable here, or left the finite range in its stack: alone
                 with Timer() as timer:
                     model = instance.apply(setting.original, setting.data, w, seed=s, spec=setting.spec)
                 trained[s] = {**per_model_arrays(model, setting, forget_set), "seconds": np.array(timer.seconds)}
@@ -150,24 +153,20 @@ def _store(cache: ArrayCache, key: str, arrays: dict, seconds: float) -> None:
     LOGGER.info("computed model-stats %s in %.2fs", key, seconds)
 
 
-def _retrain_ensemble(setting: Setting, forget_set, w, seeds, progress) -> dict:
-    """Retrained models for `seeds` as stacks of at most `stack_capacity` models; {} where the architecture
-    cannot be stacked (then they train one by one)."""
-    instance = stackable_retrain(setting, "retrain", {})
+def _stacked(setting: Setting, method: str, params: dict, forget_set: torch.Tensor, seeds: list[int],
+             progress: Progress) -> dict:
+    """Models of `method` for `seeds` trained as stacks of at most `stack_capacity` models, as per-model arrays;
+    {} where the method or the architecture cannot be stacked (then they train one by one)."""
+    instance = stackable_method(setting, method, params)
     if instance is None:
         return {}
-    spec, data = setting.spec, setting.data
-    cfg = instance.recipe(spec)
-    seconds = np.array(retrain_seconds(setting, instance, forget_set, progress=progress))  # one Retrain alone
+    seconds = np.array(run_seconds(setting, instance, forget_set, progress=progress))  # one run alone
     out, start = {}, 0
-    for size in chunk_sizes(len(seeds), stack_capacity(spec, data, cfg)):
+    for size in chunk_sizes(len(seeds), stack_capacity(setting.spec, setting.data, stack_recipe(setting, instance))):
         part, start = seeds[start:start + size], start + size
-        pairs = [Retrain.seeds(s) for s in part]  # as Retrain.apply draws them: model i is retrain with seed i
-        stack = fit_stacked(spec, data, seeds=[order for _, order in pairs], init_seeds=[init for init, _ in pairs],
-                            sample_weights=(1 - w).expand(len(part), -1), cfg=cfg, progress=progress,
-                            description=f"retrain ×{len(part)}", accel=current_accel())
+        models, _ = train_stack(setting, instance, [(forget_set, s) for s in part], progress)
         out.update({s: {**per_model_arrays(m, setting, forget_set), "seconds": seconds}
-                    for s, m in zip(part, stack.models())})
+                    for s, m in zip(part, models) if m is not None})
     return out
 
 

@@ -3,22 +3,22 @@
 A unit — unlearn one forget set with one method and seed, then evaluate it — is a pure function of
 (original model key, method and hyper-parameters, forget set, seed, evaluation settings); its record is
 cached on disk under a hash of those, so audits can be split across processes or machines that share
-the cache folder. `run_units` runs a list of units: the Retrain units of one recipe and retain size that
-are not cached yet train together, as vmapped ensembles of at most `stack_capacity` models
-(training/ensemble.py), one executor task per stack, each record still cached under its own unit key;
-every other unit is a task of its own. `run_on_sets` (and `run_on_kinds` for several kinds of sets at
-once) runs Retrain and every method on every set with every seed and returns the per-run arrays the
-typed results aggregate; `compare_methods` and `unlearn_on_set` are the `compare` and `unlearn` commands.
+the cache folder. `run_units` runs a list of units: the units of one stackable recipe (Retrain, or a method
+that declares `stackable`) and one forget-set size that are not cached yet train together, as vmapped stacks of
+at most `stack_capacity` models (training/ensemble.py for Retrain, methods/stacked.py for the methods), one
+executor task per stack, each record still cached under its own unit key; every other unit is a task of its own.
+`run_on_sets` (and `run_on_kinds` for several kinds of sets at once) runs Retrain and every method on every set
+with every seed and returns the per-run arrays the typed results aggregate; `compare_methods` and
+`unlearn_on_set` are the `compare` and `unlearn` commands.
 
-Stacked Retrain. A model trained in a stack is bit for bit the model trained in any other stack or
-alone in one (the ensemble's rows never mix), so records do not depend on how units were chunked —
-the executor, its workers, free memory or which units were cached. They match `Retrain.apply` (the
-sequential loop) up to float rounding: the same initialisation, batch order, augmentation, schedule
-and validation selection. Timing: a stack's wall time is not one Retrain's, so a stacked record's RTE
-is the wall time of one Retrain run alone (`Retrain.apply` on a retain set of the same size, the loop
-every method's RTE is measured with), measured once per setting, recipe and retain size and cached;
-`RTE_stack` (models trained together) and `RTE_stack_seconds` (their wall time) say what the audit
-spent.
+Stacked units. A model trained in a stack is bit for bit the model trained in any other stack (the stack's rows
+never mix), so records do not depend on how units were chunked — the executor, its workers, free memory or
+which units were cached. They match the method's own `apply` (the sequential loop) up to float rounding: the
+same initialisation, batches, augmentation, schedule (and, for Retrain, validation selection). Timing: a stack's
+wall time is not one run's, so a stacked record's RTE is the wall time of one run alone (`run_seconds`: the
+method's `apply` on a set of the same size, the loop every unstacked unit's RTE is measured with), measured once
+per setting, method and size and cached; `RTE_stack` (models trained together) and `RTE_stack_seconds` (their
+wall time) say what the audit spent.
 """
 from __future__ import annotations
 
@@ -37,11 +37,14 @@ from ..core.progress import Progress
 from ..core.runtime import Timer, sync
 from ..forget_sets import forget_mask, forget_size, forget_weights, forgotten_classes, random_forget_set
 from ..methods import UnlearningMethod, make_method
+from ..methods.base import STREAMS
 from ..methods.exact import Retrain
+from ..methods.stacked import run_stacked, stackable
 from ..scoring.metrics import evaluate
 from ..setting import Setting
 from ..training.accel import current_accel
 from ..training.ensemble import check_stackable, chunk_sizes, fit_stacked, stack_capacity
+from ..training.loop import TrainConfig
 from .result import Comparison, SetKind, run_arrays
 
 RECORD_VERSION = 3  # 2: method reports (retrained fraction...) in the record; 3: MIA_logit, saturated share
@@ -130,11 +133,12 @@ def cached_unit(setting: Setting, instance: UnlearningMethod, forget_set: torch.
     return setting.records.get("unit", unit_key(setting, instance, forget_set, seed))
 
 
-def stackable_retrain(setting: Setting, method: str, params: dict) -> Retrain | None:
-    """The resolved Retrain instance when `method` is the built-in Retrain and its model can train in a stack
-    (no dropout; see training/ensemble.py), else None (the unit then runs on its own)."""
+def stackable_method(setting: Setting, method: str, params: dict) -> UnlearningMethod | None:
+    """The resolved method instance when runs of `method` can train as one stack — the built-in Retrain
+    (training/ensemble.py) or a method that declares it (methods/stacked.py) — on an architecture a stack can
+    train (no dropout); else None (its units then run one by one)."""
     instance = make_method(method, params).resolved(setting.spec.train.batch_size)
-    if not isinstance(instance, Retrain):  # a plug-in may override the name
+    if not (type(instance) is Retrain or stackable(instance)):  # a plug-in may override the name
         return None
     try:
         check_stackable(setting.spec, setting.data)
@@ -143,33 +147,60 @@ def stackable_retrain(setting: Setting, method: str, params: dict) -> Retrain | 
     return instance
 
 
+def stack_recipe(setting: Setting, instance: UnlearningMethod) -> TrainConfig:
+    """The recipe a stack's memory is sized by: Retrain's own; for a method, batches of its size from each stream
+    one step may read (`stack_capacity` counts one batch's activations per model)."""
+    if isinstance(instance, Retrain):
+        return instance.recipe(setting.spec)
+    return setting.spec.train.with_updates(batch_size=instance.batch_size * len(STREAMS))
+
+
+def train_stack(setting: Setting, instance: UnlearningMethod, runs: list[tuple[torch.Tensor, int]],
+                progress: Progress | None = None) -> tuple[list[torch.nn.Module | None], float]:
+    """Run `instance` (from `stackable_method`) on each (forget set, seed) of `runs` as one stack: the eval-mode
+    models (None for a run that did not stay finite: run it alone for its own error) and the stack's wall time."""
+    data = setting.data
+    weights = torch.stack([forget_weights(data, f) for f, _ in runs])
+    with Timer() as timer:
+        if isinstance(instance, Retrain):
+            pairs = [Retrain.seeds(s) for _, s in runs]  # (init, order) per run, as Retrain.apply draws them
+            stack = fit_stacked(setting.spec, data, seeds=[order for _, order in pairs],
+                                init_seeds=[init for init, _ in pairs], sample_weights=1.0 - weights,
+                                cfg=instance.recipe(setting.spec), progress=progress,
+                                description=f"retrain ×{len(runs)}", accel=current_accel())
+            finite = [True] * len(runs)  # fit_stacked selects on validation; `check_finite` reads the result
+        else:
+            stack, finite = run_stacked(instance, setting.original, data, weights, [s for _, s in runs],
+                                        spec=setting.spec, progress=progress)
+        sync(data.device)
+    return [m if ok else None for m, ok in zip(stack.models(), finite)], timer.seconds
+
+
 class UnitPlan:
     """The executor tasks behind a list of units, and the units' records from the tasks' results.
 
-    Retrain units (`stackable_retrain`) are grouped by recipe and retain size; the group's units not cached
-    yet are split into stacks (`chunk_sizes`: within the driver's `stack_capacity`, and at least one per
-    worker while units last) and its cached units are shared out among those stacks, so every unit still
-    has a task that says whether it computed or read it. Each stack is one `retrain_stack_task`, which
-    trains only the units missing from the cache when it runs. Every other unit is one `unit_task`.
-    Stacks come first."""
+    Units of a stackable method (`stackable_method`) are grouped by method and forget-set size; the group's units
+    not cached yet are split into stacks (`chunk_sizes`: within the driver's `stack_capacity`, and at least one
+    per worker while units last) and its cached units are shared out among those stacks, so every unit still
+    has a task that says whether it computed or read it. Each stack is one `stack_task`, which trains only the
+    units missing from the cache when it runs. Every other unit is one `unit_task`. Stacks come first."""
 
     def __init__(self, setting: Setting, units: list[Unit], *, parallelism: int = 1):
         self.units = list(units)
         self.calls: list[Call] = []
         self.returns: list[list[int]] = []  # per call: the units whose records it returns, in its order
-        groups: dict[tuple, tuple[Retrain, list[int], list[int]]] = {}  # → (Retrain, missing, cached)
+        groups: dict[tuple, tuple[UnlearningMethod, list[int], list[int]]] = {}  # → (method, missing, cached)
         single: list[int] = []
         for i, unit in enumerate(self.units):
-            instance = stackable_retrain(setting, unit.method, unit.params)
+            instance = stackable_method(setting, unit.method, unit.params)
             if instance is None:
                 single.append(i)
                 continue
-            group = (json.dumps(method_identity(instance), sort_keys=True, default=str),
-                     setting.data.num_train - len(unit.forget_set))
+            group = (json.dumps(method_identity(instance), sort_keys=True, default=str), len(unit.forget_set))
             _, missing, cached = groups.setdefault(group, (instance, [], []))
             (missing if cached_unit(setting, instance, unit.forget_set, unit.seed) is None else cached).append(i)
         for instance, missing, cached in groups.values():
-            capacity = stack_capacity(setting.spec, setting.data, instance.recipe(setting.spec))
+            capacity = stack_capacity(setting.spec, setting.data, stack_recipe(setting, instance))
             stacks, start = [], 0
             for size in chunk_sizes(len(missing), capacity, parallelism) or [0]:
                 stacks.append(missing[start:start + size])
@@ -203,7 +234,7 @@ def run_units(setting: Setting, units: list[Unit], *, progress: Progress | None 
 
 
 def stack_call(units: list[Unit]) -> Call:
-    """The task training the Retrain units of one stack (one recipe, one retain size)."""
+    """The task training the units of one stack (one stackable method, one forget-set size)."""
     first, last = units[0], units[-1]
     label = method_label(first.method, first.params)
     if len(units) == 1:
@@ -212,17 +243,18 @@ def stack_call(units: list[Unit]) -> Call:
         seeds = ", ".join(str(s) for s in sorted({u.seed for u in units}))
         label += (f" ×{len(units)} stacked, on {first.where} … {last.where} ({len(first.forget_set)} samples), "
                   f"seeds {seeds}")
-    return Call(retrain_stack_task, (dict(first.params), [(u.forget_set.cpu(), u.seed) for u in units]), label=label)
+    return Call(stack_task, (first.method, dict(first.params), [(u.forget_set.cpu(), u.seed) for u in units]),
+                label=label)
 
 
-def retrain_stack_task(setting: Setting, params: dict, runs: list[tuple[torch.Tensor, int]], *,
-                       progress: Progress | None = None) -> list[dict]:
-    """Records of Retrain (with `params`) on each (forget set, seed) of `runs`, whose retain sets have one
-    size. Cached ones are read; the others train as stacks of at most this machine's `stack_capacity`
-    models under one lock, are evaluated one by one and cached under their own unit keys."""
-    instance = stackable_retrain(setting, "retrain", params)
+def stack_task(setting: Setting, method: str, params: dict, runs: list[tuple[torch.Tensor, int]], *,
+               progress: Progress | None = None) -> list[dict]:
+    """Records of `method` (with `params`) on each (forget set, seed) of `runs`, whose forget sets have one size.
+    Cached ones are read; the others train as stacks of at most this machine's `stack_capacity` models under one
+    lock, are evaluated one by one and cached under their own unit keys."""
+    instance = stackable_method(setting, method, params)
     if instance is None:  # not expected from a plan: run them one by one
-        return [run_unit(setting, "retrain", params, f, seed=s, progress=progress) for f, s in runs]
+        return [run_unit(setting, method, params, f, seed=s, progress=progress) for f, s in runs]
     keys = [unit_key(setting, instance, f, s) for f, s in runs]
     records = [cached_unit(setting, instance, f, s) for f, s in runs]
     missing = [i for i, r in enumerate(records) if r is None]
@@ -236,61 +268,48 @@ def retrain_stack_task(setting: Setting, params: dict, runs: list[tuple[torch.Te
         missing = [i for i, r in enumerate(records) if r is None]
         if not missing:
             return records  # type: ignore[return-value]
-        alone = retrain_seconds(setting, instance, runs[missing[0]][0], progress=progress)
-        cfg = instance.recipe(setting.spec)
+        alone = run_seconds(setting, instance, runs[missing[0]][0], progress=progress)
         start = 0
-        for size in chunk_sizes(len(missing), stack_capacity(setting.spec, setting.data, cfg)):
+        for size in chunk_sizes(len(missing), stack_capacity(setting.spec, setting.data,
+                                                             stack_recipe(setting, instance))):
             part, start = missing[start:start + size], start + size
-            metrics, seconds = _train_stack(setting, instance, [runs[i] for i in part], progress)
-            for i, found in zip(part, metrics):
-                record = {**found, "RTE": alone, "RTE_stack": float(len(part)), "RTE_stack_seconds": seconds}
+            models, seconds = train_stack(setting, instance, [runs[i] for i in part], progress)
+            for i, model in zip(part, models):
+                forget, seed = runs[i]
+                if model is None:  # left the finite range in the stack: alone, it fails with the loop's own error
+                    records[i] = run_unit(setting, method, params, forget, seed=seed, progress=progress)
+                    continue
+                check_finite(model, instance.name, seed)
+                metrics = evaluate(model, setting.data, forget, mia_seed=setting.mia_seed,
+                                   mia_resamples=setting.mia_resamples)
+                record = {**metrics, "RTE": alone, "RTE_stack": float(len(part)), "RTE_stack_seconds": seconds}
                 records[i] = setting.records.get_or_compute("unit", keys[i], lambda r=record: r)
     return records  # type: ignore[return-value]
 
 
-def _train_stack(setting: Setting, instance: Retrain, runs: list[tuple[torch.Tensor, int]],
-                 progress: Progress | None) -> tuple[list[dict], float]:
-    """Train Retrain on each (forget set, seed) of `runs` as one stack; each model's metrics, and the stack's
-    training wall time."""
+RUN_TIME_VERSION = 1
+
+
+def run_seconds(setting: Setting, instance: UnlearningMethod, forget_set: torch.Tensor, *,
+                progress: Progress | None = None) -> float:
+    """Wall time of one run of `instance` on its own on a forget set of `forget_set`'s size: the RTE of stacked
+    units. Retrain with the original's recipe, its training time known: that time scaled to the retain set's
+    steps. Otherwise one `apply` (seed 0) timed once per setting, method, forget-set size and device type, and
+    cached (the model is discarded)."""
     data = setting.data
-    seeds = [Retrain.seeds(s) for _, s in runs]  # (init, order) per run, as Retrain.apply draws them
-    weights = torch.stack([1.0 - forget_weights(data, f) for f, _ in runs])
-    with Timer() as timer:
-        stack = fit_stacked(setting.spec, data, seeds=[order for _, order in seeds],
-                            init_seeds=[init for init, _ in seeds], sample_weights=weights,
-                            cfg=instance.recipe(setting.spec), progress=progress,
-                            description=f"retrain ×{len(runs)}", accel=current_accel())
-        sync(data.device)
-    out = []
-    for (forget, seed), model in zip(runs, stack.models()):
-        check_finite(model, instance.name, seed)
-        metrics = evaluate(model, data, forget, mia_seed=setting.mia_seed, mia_resamples=setting.mia_resamples)
-        out.append(metrics)
-    return out, timer.seconds
-
-
-RETRAIN_TIME_VERSION = 1
-
-
-def retrain_seconds(setting: Setting, instance: Retrain, forget_set: torch.Tensor, *,
-                    progress: Progress | None = None) -> float:
-    """Wall time of one Retrain run on its own on a retain set of `forget_set`'s size: the RTE of stacked Retrain
-    units. With the original's recipe and its training time known, that time scaled to the retain set's steps;
-    otherwise (a checkpoint, another recipe) one `Retrain.apply` (seed 0) timed once per setting, recipe, retain
-    size and device type, and cached (the model is discarded)."""
-    data = setting.data
-    cfg = instance.recipe(setting.spec)
-    if setting.train_seconds and cfg == setting.spec.train:
+    if isinstance(instance, Retrain) and setting.train_seconds and instance.recipe(setting.spec) == setting.spec.train:
         # the original was trained by this recipe and loop and timed once, on the whole split: Retrain runs the
         # same steps on the retain samples, so its time is that one scaled by the steps (no extra training)
         def steps(n: int) -> int:
-            return math.ceil(n / cfg.batch_size)
+            return math.ceil(n / setting.spec.train.batch_size)
         return setting.train_seconds * steps(data.num_train - len(forget_set)) / steps(data.num_train)
-    key = stable_hash({"v": RETRAIN_TIME_VERSION, "original": setting.original_key, "spec": setting.spec.to_dict(),
-                       "method": method_identity(instance), "retain": data.num_train - len(forget_set),
-                       "device": data.device.type})
+    key = stable_hash({"v": RUN_TIME_VERSION, "original": setting.original_key, "spec": setting.spec.to_dict(),
+                       "method": method_identity(instance), "forget": len(forget_set), "device": data.device.type})
 
     def compute() -> dict:
+        # the first optimiser a process builds imports torch._dynamo (about a second on a CPU): not the method's
+        # time, and every record of the stack shares this one
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
         with Timer() as timer:
             instance.apply(setting.original, data, forget_weights(data, forget_set), seed=0, spec=setting.spec,
                            progress=progress)
@@ -301,7 +320,7 @@ def retrain_seconds(setting: Setting, instance: Retrain, forget_set: torch.Tenso
         ok = isinstance(record, dict) and isinstance(record.get("seconds"), (int, float)) and record["seconds"] >= 0
         return None if ok else "lacks a non-negative 'seconds'"
 
-    return float(setting.records.get_or_compute("retrain-time", key, compute, validate=problem)["seconds"])
+    return float(setting.records.get_or_compute("run-time", key, compute, validate=problem)["seconds"])
 
 
 # --- Retrain and methods over kinds of forget sets -------------------------------------------------------
@@ -363,4 +382,5 @@ def unlearn_on_set(setting: Setting, method: str, params: dict, forget_set: torc
 
 __all__ = ["RECORD_VERSION", "run_unit", "run_units", "run_on_sets", "run_on_kinds", "compare_methods",
            "unlearn_on_set", "random_sets", "unit_key", "check_finite", "unit_task", "unit_call", "method_label",
-           "Unit", "UnitPlan", "retrain_stack_task", "retrain_seconds", "stackable_retrain", "cached_unit"]
+           "Unit", "UnitPlan", "stack_task", "run_seconds", "stackable_method", "stack_recipe", "train_stack",
+           "cached_unit"]

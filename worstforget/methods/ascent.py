@@ -14,6 +14,8 @@ from .registry import register_method
 class GradientAscent(UnlearningMethod):
     """GA: maximise the cross-entropy of the forget set (minimise its negative)."""
 
+    stackable = True
+
     epochs: int = 5
     lr: float = 1e-3
 
@@ -29,6 +31,8 @@ class GradientAscent(UnlearningMethod):
 @dataclass(kw_only=True)
 class NegGradPlus(UnlearningMethod):
     """NegGrad+: β·CE(retain) − (1−β)·CE(forget), retain-led, forget batches cycling beside."""
+
+    stackable = True
 
     beta: float = 0.95  # weight of the retain term
 

@@ -145,6 +145,9 @@ class UnlearningMethod:
     # Capabilities, declared by each method; pipelines read these and never probe with hasattr.
     differentiable: ClassVar[bool] = True  # its SGD steps can be unrolled by the search
     iterative: ClassVar[bool] = True  # runs the shared loop (the first-order search cuts it to K sign steps)
+    # its losses read only the model, the batches and the run's schedule (no random draw, no per-run state), so
+    # several runs can train as one vmapped stack (methods/stacked.py)
+    stackable: ClassVar[bool] = False
     partitioned: ClassVar[bool] = False  # audits its own partitioned original (`partitioned_original`)
     report_keys: ClassVar[tuple[str, ...]] = ()  # numbers in `last_report` after `apply`, kept in the unit record
 

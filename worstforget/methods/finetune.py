@@ -22,6 +22,8 @@ def retain_ce(model: nn.Module, batches, ctx: Context) -> torch.Tensor:
 class Finetune(UnlearningMethod):
     """FT: fine-tune the trained model on the retain set (catastrophic forgetting of the rest)."""
 
+    stackable = True
+
     def phases(self, epoch: int, ctx: Context) -> list[Phase]:
         return [Phase(("retain",), retain_ce)]
 
@@ -30,6 +32,8 @@ class Finetune(UnlearningMethod):
 @dataclass(kw_only=True)
 class L1Sparse(UnlearningMethod):
     """ℓ1-sparse: FT plus α_t‖θ‖₁ with α_t decaying linearly to 0 over the run (Jia et al. 2023)."""
+
+    stackable = True
 
     alpha: float = 5e-4  # initial ℓ1 coefficient
 

@@ -14,7 +14,7 @@ tiny kernels; here M models are stacked along a leading dimension and trained in
   `torch.optim.SGD` (dampening 0, no Nesterov): d = g + wd·p; buf = momentum·buf + d; p = p − lr·buf,
   and a zero buffer on the first step is exactly torch's `buf = d` initialisation. It runs as torch's
   fused SGD kernel over the per-model rows (one call per distinct learning rate) where the device has
-  it, else as in-place stacked tensor operations (see `_SGD`).
+  it, else as in-place stacked tensor operations (see `StackedSGD`).
 
 Model i is trained as `train.fit(spec.build(data, seed=init_seeds[i]), data, cfg, seed=seeds[i],
 sample_weights=sample_weights[i])` would train it: the same initialisation, its own permutation of its
@@ -68,8 +68,8 @@ from .optim import lr_factor
 if TYPE_CHECKING:
     from .original import ModelSpec
 
-__all__ = ["StackedModels", "fit_ensemble", "fit_stacked", "predict_logits_ensemble", "stack_capacity",
-           "model_bytes", "chunk_sizes", "check_stackable", "memory_budget"]
+__all__ = ["StackedModels", "StackedSGD", "check_supported", "fit_ensemble", "fit_stacked", "predict_logits_ensemble",
+           "stack_capacity", "model_bytes", "chunk_sizes", "check_stackable", "memory_budget"]
 
 MAX_STACK = 64  # models per stack at most: past a few dozen a stack gains nothing per model, and a chunk is one task
 PARAM_COPIES = 8  # stacked leaves, gradients, momentum, best-epoch copy, built and unstacked modules, slack
@@ -78,7 +78,7 @@ MEMORY_SHARE = {"cuda": 0.5, "cpu": 0.25}  # of the free (CUDA) or available (CP
 VALIDATION_BATCH = 2048  # StackedModels.predict_logits' batch: its no-grad pass holds a layer's input and output
 
 
-def _check_supported(model: nn.Module, sizes: Sequence[int]) -> None:
+def check_supported(model: nn.Module, sizes: Sequence[int]) -> None:
     """Refuse layers whose training behaviour a vmapped, padded run cannot reproduce per model."""
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and len(set(sizes)) > 1:
@@ -96,7 +96,7 @@ def check_stackable(spec: ModelSpec, data: Dataset) -> None:
     key = (json.dumps(spec.to_dict(), sort_keys=True, default=str), tuple(data.input_shape), data.num_classes)
     if key not in _STACKABLE:
         try:
-            _check_supported(spec.build(data, seed=0), [1])
+            check_supported(spec.build(data, seed=0), [1])
             _STACKABLE[key] = None
         except ConfigError as exc:
             _STACKABLE[key] = str(exc)
@@ -407,7 +407,7 @@ def fit_stacked(spec: ModelSpec, data: Dataset, *, seeds: Sequence[int], sample_
         weights.append(w)
         norms.append(norm)
     models = [spec.build(data, seed=s).to(device).train() for s in init_seeds]
-    _check_supported(models[0], [len(a) for a in actives])
+    check_supported(models[0], [len(a) for a in actives])
     params, buffers = stack_module_state(models)  # {name: (M, *shape)}, leaves requiring grad
     stack = StackedModels(copy.deepcopy(models[0]).train(), params, buffers)
     names = list(params)
@@ -416,7 +416,7 @@ def fit_stacked(spec: ModelSpec, data: Dataset, *, seeds: Sequence[int], sample_
               for k, v in params.items()}
     plist = [leaves[k] for k in names]
     momentum_bufs = [torch.zeros_like(p) for p in plist]  # zero start == torch's buf = d on step one
-    sgd = _SGD(plist, momentum_bufs, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    sgd = StackedSGD(plist, momentum_bufs, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
 
     def module_layout() -> dict[str, torch.Tensor]:  # views of the leaves in nn.Module layout
         return {k: v.transpose(1, 2) if k in transposed else v for k, v in leaves.items()}
@@ -528,7 +528,7 @@ def _epoch_plan(actives: list[torch.Tensor], weights: list[torch.Tensor | None],
     return _EpochPlan(index.view(m, max_steps, bsz), weight.view(m, max_steps, bsz), denom, size)
 
 
-class _SGD:
+class StackedSGD:
     """torch.optim.SGD (dampening 0) on stacked (M, *shape) tensors with per-model lrs.
 
     Per step and model i: d = g + wd·p; buf = momentum·buf + d; p = p − lr_i·buf (Nesterov: p − lr_i·(d +
@@ -541,8 +541,8 @@ class _SGD:
     out (`fit_stacked` orders the models so that such runs are few). The stacked tensors
     are several MB and do not stay in cache, so one pass instead of four matters more than the
     arithmetic. Row by row, each model's update is bit for bit the same whichever models share its
-    stack (tests/test_stacked_runs.py). Fallback (no fused kernel for the device or torch version, or a non-contiguous
-    gradient): the same update written as in-place stacked tensor operations.
+    stack (tests/audit/test_stacked_runs.py). Fallback (no fused kernel for the device or torch version, or a
+    non-contiguous gradient): the same update written as in-place stacked tensor operations.
     """
 
     def __init__(self, params: list[torch.Tensor], bufs: list[torch.Tensor], *, momentum: float,

@@ -1,0 +1,160 @@
+"""Several runs of one iterative method from the trained model, as one stack (vmapped, in lock-step).
+
+An audit runs each method on many (forget set, seed) pairs — every set × seed of its units, and the N unlearned
+models per set an attack needs. Runs of one method on sets of one size take the same steps with the same
+learning rates, so they can train as one ensemble: the parameters of M copies of the trained model stacked
+along a leading dimension (training/ensemble.py), each step's per-model loss computed by the method's own
+phase loss under `vmap`, one backward pass for all, and torch.optim.SGD's update on the stacked tensors.
+
+Run i is `method.apply(original, data, weights[i], seed=seeds[i])`: the same batches (its own samplers and
+augmentation stream, drawn in `run_loop`'s order), the same loss, schedule and optimiser arithmetic; it agrees
+with the loop up to float rounding (batched kernels sum in another order), and a run's result does not depend
+on which runs share its stack. Stackable are the methods that declare it (`UnlearningMethod.stackable`): their
+losses are functions of the model, the batches and the run's shared schedule alone (no random draw from the
+run's generator, no per-run state), they keep `prepare`, `trainable` and `finish` as the base class has them,
+and they step with SGD.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from ..core.errors import ConfigError
+from ..core.progress import NullProgress, Progress
+from ..core.seeds import generator
+from ..datasets import Dataset, augment_batch
+from ..training.accel import current_accel
+from ..training.ensemble import StackedModels, StackedSGD, check_supported
+from .base import STREAMS, Batch, StreamSampler, UnlearningMethod, check_weights
+
+
+def stackable(method: UnlearningMethod) -> bool:
+    """Whether runs of `method` (an instance, with its hyper-parameters) can train as one stack."""
+    kind = type(method)
+    return (kind.stackable and kind.iterative and method.optimizer == "sgd"
+            and kind.prepare is UnlearningMethod.prepare and kind.trainable is UnlearningMethod.trainable
+            and kind.finish is UnlearningMethod.finish and kind.lr_scale is UnlearningMethod.lr_scale)
+
+
+class _Row:
+    """One run's model inside the vmapped loss: called like the module, its parameters those of the run."""
+
+    def __init__(self, template: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]):
+        self.template, self.params, self.buffers = template, params, buffers
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.template, (self.params, self.buffers), (x,))
+
+    def parameters(self):
+        return iter(self.params.values())
+
+    def named_parameters(self):
+        return iter(self.params.items())
+
+
+def run_stacked(method: UnlearningMethod, original: nn.Module, data: Dataset, weights: torch.Tensor,
+                seeds: Sequence[int], *, spec=None,
+                progress: Progress | None = None) -> tuple[StackedModels, list[bool]]:
+    """Run `method` (resolved: its batch size set) with forget weights `weights[i]` and seed `seeds[i]` for every
+    i, as one stack. Returns the stacked eval-mode models and, per run, whether it stayed finite (a run that did
+    not is to be run alone, where `run_loop` raises its divergence error with the step and learning rate)."""
+    if not stackable(method):
+        raise ConfigError(f"{method.name} runs cannot train as a stack; run them one by one")
+    seeds = [int(s) for s in seeds]
+    m = len(seeds)
+    if m == 0 or weights.shape[0] != m:
+        raise ConfigError(f"a stacked run needs one weight vector per seed (got {weights.shape[0]} for {m} seeds)")
+    if m == 1:
+        # vmap over one row takes other kernels than over several, which round differently: a lone run trains
+        # beside a copy of itself, so its result is the same in any stack
+        stack, finite = run_stacked(method, original, data, weights.expand(2, -1), seeds * 2, spec=spec,
+                                    progress=progress)
+        return stack.reordered([0]), finite[:1]
+    ws = [check_weights(weights[i], data).detach() for i in range(m)]
+    # one context for all: its teacher copy and its schedule (epoch, step, total_steps), the runs moving in
+    # lock-step; stackable losses read nothing else of it
+    ctx = method.context(original, data, ws[0], seed=seeds[0], spec=spec)
+    bs = method.batch_size or 128
+    order_gs = [generator(s, "unlearn-order") for s in seeds]
+    aug_gs = [generator(s, "unlearn-augment") for s in seeds] if method.augment else None
+    samplers = [{k: StreamSampler(k, w, bs, g) for k in STREAMS} for w, g in zip(ws, order_gs)]
+    for k in STREAMS:
+        if len({len(s[k]) for s in samplers}) > 1:
+            raise ConfigError(f"stacked runs need forget sets of one size and 0/1 weights (the {k} streams hold "
+                              f"{sorted({len(s[k]) for s in samplers})} samples)")
+
+    template = copy.deepcopy(original).to(data.device).train()
+    check_supported(template, [len(samplers[0]["all"])])
+    # linear weights train as (M, in, out) leaves, handed to the module transposed: their gradients then come out
+    # contiguous, which the optimiser's fused per-row kernel needs (one pass over the tensors instead of four)
+    transposed = {f"{name}.weight" for name, mod in template.named_modules() if isinstance(mod, nn.Linear)}
+    params = {k: (v.detach().t() if k in transposed else v.detach()).unsqueeze(0).repeat(m, *([1] * v.dim()))
+              .contiguous().requires_grad_() for k, v in template.named_parameters()}
+    buffers = {k: v.detach().unsqueeze(0).repeat(m, *([1] * v.dim())) for k, v in template.named_buffers()}
+    leaves = list(params.values())
+    sgd = StackedSGD(leaves, [torch.zeros_like(p) for p in leaves], momentum=method.momentum,
+                     weight_decay=method.weight_decay)
+    plan = [method.phases(e, ctx) for e in range(method.epochs)]
+    first = samplers[0]
+
+    def runnable(phase) -> bool:
+        return all(len(first[s]) > 0 for s in phase.streams)
+
+    ctx.total_steps = max(1, sum(first[p.streams[0]].steps_per_pass() for ph in plan for p in ph if runnable(p)))
+    autocast = current_accel().autocast(data.device)
+    finite = torch.ones(m, dtype=torch.bool, device=data.device)
+    task = (progress or NullProgress()).task(f"unlearn {method.name} ×{m}", len(plan))
+    try:
+        for epoch, phases in enumerate(plan):
+            ctx.epoch = epoch
+            for phase in phases:
+                if not runnable(phase):
+                    continue
+
+                def row_loss(p, b, batch_fields, phase=phase):
+                    batches = {s: Batch(*fields) for s, fields in zip(phase.streams, batch_fields)}
+                    layout = {k: v.t() if k in transposed else v for k, v in p.items()}  # the module's layout
+                    return phase.loss(_Row(template, layout, b), batches, ctx).float()
+
+                vmapped = vmap(row_loss, in_dims=(0, 0, 0), randomness="error")
+                for _ in range(first[phase.streams[0]].steps_per_pass()):
+                    fields = [_stacked_batch([s[k] for s in samplers], data, ws, aug_gs) for k in phase.streams]
+                    lr = method.lr * method.lr_scale(ctx)
+                    with autocast:
+                        losses = vmapped(params, buffers, fields)  # (M,)
+                    finite &= torch.isfinite(losses.detach())
+                    # contiguous gradients take the optimiser's fused per-row kernel (one pass instead of four)
+                    grads = [g.contiguous() for g in torch.autograd.grad(losses.sum(), leaves)]
+                    sgd.step(grads, [lr] * m, [True] * m)
+                    ctx.step += 1
+            task.advance(1)
+    finally:
+        task.close()
+    for p in leaves:
+        finite &= torch.isfinite(p.detach().flatten(1)).all(1)
+    final = {k: v.detach().transpose(1, 2).contiguous() if k in transposed else v.detach() for k, v in params.items()}
+    return StackedModels(template.eval(), final, buffers), [bool(f) for f in finite]
+
+
+def _stacked_batch(samplers: list[StreamSampler], data: Dataset, ws: list[torch.Tensor],
+                   aug_gs: list[torch.Generator] | None) -> tuple[torch.Tensor, ...]:
+    """Every run's next minibatch of one stream, stacked: (idx, x, y, w, norm), each with a leading run dimension.
+    Each run draws from its own sampler and augmentation stream, as `run_loop` would."""
+    idx, xs = [], []
+    for i, sampler in enumerate(samplers):
+        rows = sampler.next()
+        x = data.x_train[rows]
+        if aug_gs is not None:
+            x = augment_batch(x, data.augment, aug_gs[i])
+        idx.append(rows)
+        xs.append(x)
+    index = torch.stack(idx)
+    return (index, torch.stack(xs), data.y_train[index], torch.stack([w[r] for w, r in zip(ws, idx)]),
+            torch.stack([s.norm for s in samplers]))
+
+
+__all__ = ["run_stacked", "stackable"]
