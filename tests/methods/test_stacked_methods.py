@@ -17,7 +17,7 @@ from worstforget.methods.stacked import run_stacked, stackable
 from worstforget.training.loop import TrainConfig
 from worstforget.training.original import ModelSpec
 
-STACKABLE = ("finetune", "l1_sparse", "gradient_ascent", "neggrad_plus")
+STACKABLE = ("finetune", "l1_sparse", "gradient_ascent", "neggrad_plus", "random_label", "scrub")
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +77,9 @@ def test_a_run_is_the_same_bits_in_any_stack_and_at_any_thread_count(synthetic, 
 
 def test_only_methods_whose_losses_allow_it_stack():
     assert all(stackable(make_method(n, {})) for n in STACKABLE)
-    # random labels are drawn from the run's generator; SalUn masks, EU-k re-initialises, SCRUB alternates
-    for name in ("random_label", "salun", "eu_k", "cf_k", "retrain", "noop", "scrub", "bad_teacher"):
+    # SalUn masks and EU-k re-initialises the model before the loop, CF-k freezes part of it, bad teaching
+    # builds a teacher per run and steps with Adam; Retrain and the no-op are no loop
+    for name in ("salun", "eu_k", "cf_k", "retrain", "noop", "bad_teacher", "boundary_expand", "unsir"):
         assert not stackable(make_method(name, {})), name
     assert not stackable(make_method("finetune", {"optimizer": "adam"}))  # the stack steps with SGD only
 
@@ -89,7 +90,7 @@ def test_runs_on_sets_of_different_sizes_are_refused(synthetic, trained):
     with pytest.raises(ConfigError, match="forget sets of one size"):
         run_stacked(method, trained, synthetic, weights, [0, 1])
     with pytest.raises(ConfigError, match="cannot train as a stack"):
-        run_stacked(make_method("random_label", {}).resolved(32), trained, synthetic, weights[:1], [0])
+        run_stacked(make_method("salun", {}).resolved(32), trained, synthetic, weights[:1], [0])
 
 
 def test_a_run_that_leaves_the_finite_range_is_reported_not_returned(synthetic, trained):

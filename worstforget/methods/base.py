@@ -36,6 +36,7 @@ class Batch:
     y: torch.Tensor  # (B,)
     w: torch.Tensor  # (B,) forget weights (differentiable when the search unrolls)
     norm: torch.Tensor  # mean stream weight: Σ v ℓ / (B · norm) is the subset mean for 0/1 weights
+    drawn: dict[str, torch.Tensor] = field(default_factory=dict)  # the phase's `draw` for this step (lead stream)
 
     @property
     def retain_weight(self) -> torch.Tensor:
@@ -54,6 +55,10 @@ class Phase:
 
     streams: tuple[str, ...]
     loss: Callable[[nn.Module, dict[str, Batch], "Context"], torch.Tensor]
+    # a step's random inputs (random labels), drawn from the run's generator `ctx.rng` before the loss and handed
+    # to it in the lead stream's `Batch.drawn`: a loss that draws nothing itself can run for a stack of runs,
+    # each drawing from its own generator (methods/stacked.py)
+    draw: Callable[[dict[str, Batch], "Context"], dict[str, torch.Tensor]] | None = None
 
 
 @dataclass
@@ -393,6 +398,8 @@ def run_loop(method: UnlearningMethod, stepper: Any, ctx: Context, *, progress: 
                         break
                     batches = {s: _next_batch(samplers[s], data, w, aug_g if method.augment else None)
                                for s in phase.streams}
+                    if phase.draw is not None:
+                        batches[phase.streams[0]].drawn = phase.draw(batches, ctx)
                     stepper.set_lr(method.lr * method.lr_scale(ctx))
                     with autocast:
                         loss = phase.loss(stepper.model, batches, ctx).float()

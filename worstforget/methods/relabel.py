@@ -18,16 +18,21 @@ def random_other_labels(y: torch.Tensor, num_classes: int, g: torch.Generator) -
     return (y + shift) % num_classes
 
 
+def draw_fake_labels(batches: dict[str, Batch], ctx: Context) -> dict[str, torch.Tensor]:
+    """The step's random wrong labels ỹ ≠ y, one per sample of the batch, from the run's generator."""
+    b = batches["all"]
+    return {"fake": random_other_labels(b.y, ctx.data.num_classes, ctx.rng)}
+
+
 def relabel_loss(model: nn.Module, batches: dict[str, Batch], ctx: Context) -> torch.Tensor:
-    """Σ (1−w)·CE(y) + w·CE(ỹ) over a batch of the whole training set, ỹ ≠ y random.
+    """Σ (1−w)·CE(y) + w·CE(ỹ) over a batch of the whole training set, ỹ ≠ y random (`draw_fake_labels`).
 
     With 0/1 weights this is training on D_r ∪ {(x, ỹ): x ∈ D_f}, shuffled together.
     """
     b = batches["all"]
     logits = model(b.x)
-    fake = random_other_labels(b.y, ctx.data.num_classes, ctx.rng)
     per_sample = (1 - b.w) * F.cross_entropy(logits, b.y, reduction="none") + \
-        b.w * F.cross_entropy(logits, fake, reduction="none")
+        b.w * F.cross_entropy(logits, b.drawn["fake"], reduction="none")
     return per_sample.mean()
 
 
@@ -36,8 +41,10 @@ def relabel_loss(model: nn.Module, batches: dict[str, Batch], ctx: Context) -> t
 class RandomLabel(UnlearningMethod):
     """RL: train on the retain set together with the forget set under random wrong labels."""
 
+    stackable = True
+
     def phases(self, epoch: int, ctx: Context) -> list[Phase]:
-        return [Phase(("all",), relabel_loss)]
+        return [Phase(("all",), relabel_loss, draw=draw_fake_labels)]
 
 
 @register_method("salun")
@@ -52,7 +59,7 @@ class SalUn(UnlearningMethod):
         return model
 
     def phases(self, epoch: int, ctx: Context) -> list[Phase]:
-        return [Phase(("all",), relabel_loss)]
+        return [Phase(("all",), relabel_loss, draw=draw_fake_labels)]
 
 
 def saliency_mask(model: nn.Module, ctx: Context, keep: float, batch_size: int) -> dict[str, torch.Tensor]:

@@ -26,6 +26,8 @@ class Scrub(UnlearningMethod):
     retain set (the original alternation); later epochs run min passes only.
     """
 
+    stackable = True
+
     lr: float = 5e-4
     temperature: float = 4.0
     gamma: float = 0.99  # weight of the retain cross-entropy in the min step

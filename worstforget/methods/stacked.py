@@ -10,13 +10,14 @@ Run i is `method.apply(original, data, weights[i], seed=seeds[i])`: the same bat
 augmentation stream, drawn in `run_loop`'s order), the same loss, schedule and optimiser arithmetic; it agrees
 with the loop up to float rounding (batched kernels sum in another order), and a run's result does not depend
 on which runs share its stack. Stackable are the methods that declare it (`UnlearningMethod.stackable`): their
-losses are functions of the model, the batches and the run's shared schedule alone (no random draw from the
-run's generator, no per-run state), they keep `prepare`, `trainable` and `finish` as the base class has them,
-and they step with SGD.
+losses are functions of the model, the batches and the run's shared schedule alone (random inputs come from the
+phase's `draw`, which each run calls with its own generator; no per-run state), they keep `prepare`, `trainable`
+and `finish` as the base class has them, and they step with SGD.
 """
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Sequence
 
 import torch
@@ -29,7 +30,7 @@ from ..core.seeds import generator
 from ..datasets import Dataset, augment_batch
 from ..training.accel import current_accel
 from ..training.ensemble import StackedModels, StackedSGD, check_supported
-from .base import STREAMS, Batch, StreamSampler, UnlearningMethod, check_weights
+from .base import STREAMS, Batch, Context, StreamSampler, UnlearningMethod, check_weights
 
 
 def stackable(method: UnlearningMethod) -> bool:
@@ -37,7 +38,7 @@ def stackable(method: UnlearningMethod) -> bool:
     kind = type(method)
     return (kind.stackable and kind.iterative and method.optimizer == "sgd"
             and kind.prepare is UnlearningMethod.prepare and kind.trainable is UnlearningMethod.trainable
-            and kind.finish is UnlearningMethod.finish and kind.lr_scale is UnlearningMethod.lr_scale)
+            and kind.finish is UnlearningMethod.finish)
 
 
 class _Row:
@@ -78,6 +79,8 @@ def run_stacked(method: UnlearningMethod, original: nn.Module, data: Dataset, we
     # one context for all: its teacher copy and its schedule (epoch, step, total_steps), the runs moving in
     # lock-step; stackable losses read nothing else of it
     ctx = method.context(original, data, ws[0], seed=seeds[0], spec=spec)
+    # each run's own context for a phase's `draw` (its random inputs from its own generator, as `apply` draws them)
+    own = [replace(ctx, weights=w, seed=s, rng=generator(s, f"unlearn-{method.name}")) for w, s in zip(ws, seeds)]
     bs = method.batch_size or 128
     order_gs = [generator(s, "unlearn-order") for s in seeds]
     aug_gs = [generator(s, "unlearn-augment") for s in seeds] if method.augment else None
@@ -123,11 +126,13 @@ def run_stacked(method: UnlearningMethod, original: nn.Module, data: Dataset, we
                 vmapped = vmap(row_loss, in_dims=(0, 0, 0), randomness="error")
                 for _ in range(first[phase.streams[0]].steps_per_pass()):
                     fields = [_stacked_batch([s[k] for s in samplers], data, ws, aug_gs) for k in phase.streams]
+                    if phase.draw is not None:
+                        fields[0] = (*fields[0], _draw(phase, fields, own, ctx))
                     lr = method.lr * method.lr_scale(ctx)
                     with autocast:
                         losses = vmapped(params, buffers, fields)  # (M,)
                     finite &= torch.isfinite(losses.detach())
-                    # contiguous gradients take the optimiser's fused per-row kernel (one pass instead of four)
+                    # contiguous gradients take the optimiser's fused per-row kernel (a conv weight's may not be)
                     grads = [g.contiguous() for g in torch.autograd.grad(losses.sum(), leaves)]
                     sgd.step(grads, [lr] * m, [True] * m)
                     ctx.step += 1
@@ -138,6 +143,17 @@ def run_stacked(method: UnlearningMethod, original: nn.Module, data: Dataset, we
         finite &= torch.isfinite(p.detach().flatten(1)).all(1)
     final = {k: v.detach().transpose(1, 2).contiguous() if k in transposed else v.detach() for k, v in params.items()}
     return StackedModels(template.eval(), final, buffers), [bool(f) for f in finite]
+
+
+def _draw(phase, fields: list[tuple[torch.Tensor, ...]], own: list[Context], ctx: Context) -> dict[str, torch.Tensor]:
+    """The phase's random inputs of this step, each run's drawn from its own generator in the order of its runs
+    (what `run_loop` draws for it alone), stacked along the run dimension."""
+    drawn = []
+    for i, run in enumerate(own):
+        run.epoch, run.step, run.total_steps = ctx.epoch, ctx.step, ctx.total_steps
+        batches = {s: Batch(*(t[i] for t in f)) for s, f in zip(phase.streams, fields)}
+        drawn.append(phase.draw(batches, run))
+    return {k: torch.stack([d[k] for d in drawn]) for k in drawn[0]}
 
 
 def _stacked_batch(samplers: list[StreamSampler], data: Dataset, ws: list[torch.Tensor],
