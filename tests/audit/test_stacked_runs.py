@@ -153,8 +153,8 @@ def test_units_that_cannot_be_stacked_run_one_by_one(tmp_path, monkeypatch):
     plan = UnitPlan(setting, [Unit("finetune", {}, units[0].forget_set, 0)])
     assert [c.fn for c in plan.calls] == [U.unit_task]
     monkeypatch.undo()
-    # where stacks can train: a stackable method's units stack, those of a method that masks its model do not
-    pairs = [(m, s) for m in ("finetune", "salun") for s in (0, 1)]
+    # where stacks can train: a stackable method's units stack, those of a method stepping with Adam do not
+    pairs = [(m, s) for m in ("finetune", "bad_teacher") for s in (0, 1)]
     plan = UnitPlan(setting, [Unit(m, {}, units[0].forget_set, s) for m, s in pairs])
     assert [c.fn for c in plan.calls] == [U.stack_task, U.unit_task, U.unit_task]
 
@@ -245,7 +245,7 @@ def test_an_attacks_unlearned_models_train_as_one_stack_per_set(tmp_path):
     params = {"epochs": 2}
     calls = A.statistics_calls("finetune", params, forget, [0, 1, 2, 3])
     assert [c.fn for c in calls] == [A.stacked_statistics_task]
-    assert [c.fn for c in A.statistics_calls("salun", {}, forget, [0, 1])] == [A.model_statistics_task] * 2
+    assert [c.fn for c in A.statistics_calls("bad_teacher", {}, forget, [0, 1])] == [A.model_statistics_task] * 2
     before = COMPUTED["run-time"]
     stacked = A.model_statistics(setting, "finetune", params, forget, [0, 1, 2, 3])
     assert COMPUTED["run-time"] - before == 1

@@ -17,7 +17,8 @@ from worstforget.methods.stacked import run_stacked, stackable
 from worstforget.training.loop import TrainConfig
 from worstforget.training.original import ModelSpec
 
-STACKABLE = ("finetune", "l1_sparse", "gradient_ascent", "neggrad_plus", "random_label", "scrub")
+STACKABLE = ("finetune", "l1_sparse", "gradient_ascent", "neggrad_plus", "random_label", "scrub", "salun", "eu_k",
+             "cf_k", "boundary_expand")
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +78,9 @@ def test_a_run_is_the_same_bits_in_any_stack_and_at_any_thread_count(synthetic, 
 
 def test_only_methods_whose_losses_allow_it_stack():
     assert all(stackable(make_method(n, {})) for n in STACKABLE)
-    # SalUn masks and EU-k re-initialises the model before the loop, CF-k freezes part of it, bad teaching
-    # builds a teacher per run and steps with Adam; Retrain and the no-op are no loop
-    for name in ("salun", "eu_k", "cf_k", "retrain", "noop", "bad_teacher", "boundary_expand", "unsir"):
+    # bad teaching steps with Adam; Boundary Shrinking's loss reads labels each run computed; UNSIR learns a
+    # noise per run; Retrain and the no-op are no loop
+    for name in ("retrain", "noop", "bad_teacher", "boundary_shrink", "unsir", "rum", "fisher", "ssd"):
         assert not stackable(make_method(name, {})), name
     assert not stackable(make_method("finetune", {"optimizer": "adam"}))  # the stack steps with SGD only
 
@@ -90,7 +91,7 @@ def test_runs_on_sets_of_different_sizes_are_refused(synthetic, trained):
     with pytest.raises(ConfigError, match="forget sets of one size"):
         run_stacked(method, trained, synthetic, weights, [0, 1])
     with pytest.raises(ConfigError, match="cannot train as a stack"):
-        run_stacked(make_method("salun", {}).resolved(32), trained, synthetic, weights[:1], [0])
+        run_stacked(make_method("bad_teacher", {}).resolved(32), trained, synthetic, weights[:1], [0])
 
 
 def test_a_run_that_leaves_the_finite_range_is_reported_not_returned(synthetic, trained):

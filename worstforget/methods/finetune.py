@@ -64,6 +64,8 @@ def _freeze_all_but(model: nn.Module, keep: list[nn.Module]) -> None:
 class ExactUnlearningK(UnlearningMethod):
     """EU-k: re-initialise the last k layers once, freeze the rest, train them on the retain set."""
 
+    stackable = True
+
     k: int = 1
 
     def prepare(self, model: nn.Module, ctx: Context) -> nn.Module:
@@ -83,6 +85,8 @@ class ExactUnlearningK(UnlearningMethod):
 @dataclass(kw_only=True)
 class CatastrophicForgettingK(UnlearningMethod):
     """CF-k: freeze all but the last k layers and fine-tune those on the retain set."""
+
+    stackable = True
 
     k: int = 1
 

@@ -52,6 +52,8 @@ class RandomLabel(UnlearningMethod):
 class SalUn(UnlearningMethod):
     """SalUn: RL restricted to the parameters most salient for the forget set given (top fraction)."""
 
+    stackable = True
+
     sparsity: float = 0.5  # fraction of parameters allowed to change
 
     def prepare(self, model: nn.Module, ctx: Context) -> nn.Module:
@@ -119,13 +121,15 @@ class BoundaryShrink(UnlearningMethod):
 class BoundaryExpand(UnlearningMethod):
     """BE: add a shadow class, train the forget set into it, then remove the shadow neuron."""
 
+    stackable = True
+
     differentiable = False
 
     def prepare(self, model: nn.Module, ctx: Context) -> nn.Module:
         old: nn.Linear = model.classifier
         with torch.random.fork_rng(devices=[]):  # the shadow neuron's init comes from the run's seed
             torch.manual_seed(ctx.seed)
-            wide = nn.Linear(old.in_features, old.out_features + 1).to(old.weight.device)
+            wide = nn.Linear(old.in_features, old.out_features + 1).to(old.weight)
         with torch.no_grad():
             wide.weight[:-1].copy_(old.weight)
             wide.bias[:-1].copy_(old.bias)
@@ -142,7 +146,7 @@ class BoundaryExpand(UnlearningMethod):
 
     def finish(self, model: nn.Module, ctx: Context) -> nn.Module:
         wide: nn.Linear = model.classifier
-        narrow = nn.Linear(wide.in_features, wide.out_features - 1).to(wide.weight.device)
+        narrow = nn.Linear(wide.in_features, wide.out_features - 1).to(wide.weight)
         with torch.no_grad():
             narrow.weight.copy_(wide.weight[:-1])
             narrow.bias.copy_(wide.bias[:-1])

@@ -9,10 +9,12 @@ phase loss under `vmap`, one backward pass for all, and torch.optim.SGD's update
 Run i is `method.apply(original, data, weights[i], seed=seeds[i])`: the same batches (its own samplers and
 augmentation stream, drawn in `run_loop`'s order), the same loss, schedule and optimiser arithmetic; it agrees
 with the loop up to float rounding (batched kernels sum in another order), and a run's result does not depend
-on which runs share its stack. Stackable are the methods that declare it (`UnlearningMethod.stackable`): their
-losses are functions of the model, the batches and the run's shared schedule alone (random inputs come from the
-phase's `draw`, which each run calls with its own generator; no per-run state), they keep `prepare`, `trainable`
-and `finish` as the base class has them, and they step with SGD.
+on which runs share its stack. Stackable are the methods that declare it (`UnlearningMethod.stackable`) and step
+with SGD: their losses are functions of the model, the batches and the run's shared schedule alone (random
+inputs come from the phase's `draw`, which each run calls with its own generator; no per-run state read by the
+loss). `prepare` and `finish` run run by run, on each run's own context, and must leave every run with one
+architecture; what a run keeps fixed — layers outside its `trainable`, entries outside its `grad_mask` — stays
+bit for bit where `prepare` left it, as in `apply`.
 """
 from __future__ import annotations
 
@@ -36,9 +38,7 @@ from .base import STREAMS, Batch, Context, StreamSampler, UnlearningMethod, chec
 def stackable(method: UnlearningMethod) -> bool:
     """Whether runs of `method` (an instance, with its hyper-parameters) can train as one stack."""
     kind = type(method)
-    return (kind.stackable and kind.iterative and method.optimizer == "sgd"
-            and kind.prepare is UnlearningMethod.prepare and kind.trainable is UnlearningMethod.trainable
-            and kind.finish is UnlearningMethod.finish)
+    return kind.stackable and kind.iterative and method.optimizer == "sgd"
 
 
 class _Row:
@@ -76,11 +76,13 @@ def run_stacked(method: UnlearningMethod, original: nn.Module, data: Dataset, we
                                     progress=progress)
         return stack.reordered([0]), finite[:1]
     ws = [check_weights(weights[i], data).detach() for i in range(m)]
-    # one context for all: its teacher copy and its schedule (epoch, step, total_steps), the runs moving in
+    # one context for the loop: its teacher copy and its schedule (epoch, step, total_steps), the runs moving in
     # lock-step; stackable losses read nothing else of it
     ctx = method.context(original, data, ws[0], seed=seeds[0], spec=spec)
-    # each run's own context for a phase's `draw` (its random inputs from its own generator, as `apply` draws them)
-    own = [replace(ctx, weights=w, seed=s, rng=generator(s, f"unlearn-{method.name}")) for w, s in zip(ws, seeds)]
+    # each run's own context, for `prepare` (its mask, its re-initialised layers), `finish` and a phase's `draw`
+    # (its random inputs from its own generator), as `apply` gives them
+    own = [replace(ctx, weights=w, seed=s, rng=generator(s, f"unlearn-{method.name}"), extra={})
+           for w, s in zip(ws, seeds)]
     bs = method.batch_size or 128
     order_gs = [generator(s, "unlearn-order") for s in seeds]
     aug_gs = [generator(s, "unlearn-augment") for s in seeds] if method.augment else None
@@ -90,14 +92,21 @@ def run_stacked(method: UnlearningMethod, original: nn.Module, data: Dataset, we
             raise ConfigError(f"stacked runs need forget sets of one size and 0/1 weights (the {k} streams hold "
                               f"{sorted({len(s[k]) for s in samplers})} samples)")
 
-    template = copy.deepcopy(original).to(data.device).train()
+    models = [method.prepare(copy.deepcopy(original).to(data.device).train(), run) for run in own]
+    template = copy.deepcopy(models[0])
     check_supported(template, [len(samplers[0]["all"])])
     # linear weights train as (M, in, out) leaves, handed to the module transposed: their gradients then come out
     # contiguous, which the optimiser's fused per-row kernel needs (one pass over the tensors instead of four)
     transposed = {f"{name}.weight" for name, mod in template.named_modules() if isinstance(mod, nn.Linear)}
-    params = {k: (v.detach().t() if k in transposed else v.detach()).unsqueeze(0).repeat(m, *([1] * v.dim()))
-              .contiguous().requires_grad_() for k, v in template.named_parameters()}
-    buffers = {k: v.detach().unsqueeze(0).repeat(m, *([1] * v.dim())) for k, v in template.named_buffers()}
+
+    def stacked(tensors: list[torch.Tensor], name: str) -> torch.Tensor:
+        return torch.stack([t.detach().t() if name in transposed else t.detach() for t in tensors]).contiguous()
+
+    named = [dict(model.named_parameters()) for model in models]
+    params = {k: stacked([n[k] for n in named], k).requires_grad_() for k in named[0]}
+    buffers = {k: torch.stack([dict(model.named_buffers())[k] for model in models]) for k, _ in
+               template.named_buffers()}
+    fixed = _fixed_masks(method, models, own, transposed)
     leaves = list(params.values())
     sgd = StackedSGD(leaves, [torch.zeros_like(p) for p in leaves], momentum=method.momentum,
                      weight_decay=method.weight_decay)
@@ -134,7 +143,14 @@ def run_stacked(method: UnlearningMethod, original: nn.Module, data: Dataset, we
                     finite &= torch.isfinite(losses.detach())
                     # contiguous gradients take the optimiser's fused per-row kernel (a conv weight's may not be)
                     grads = [g.contiguous() for g in torch.autograd.grad(losses.sum(), leaves)]
+                    if fixed:  # entries a run keeps where they are: no gradient, and put back after the step
+                        kept = {k: params[k].detach().clone() for k in fixed}
+                        grads = [g * fixed[k] if k in fixed else g for k, g in zip(params, grads)]
                     sgd.step(grads, [lr] * m, [True] * m)
+                    if fixed:
+                        with torch.no_grad():
+                            for k, mask in fixed.items():
+                                params[k].copy_(torch.where(mask.bool(), params[k], kept[k]))
                     ctx.step += 1
             task.advance(1)
     finally:
@@ -142,7 +158,27 @@ def run_stacked(method: UnlearningMethod, original: nn.Module, data: Dataset, we
     for p in leaves:
         finite &= torch.isfinite(p.detach().flatten(1)).all(1)
     final = {k: v.detach().transpose(1, 2).contiguous() if k in transposed else v.detach() for k, v in params.items()}
-    return StackedModels(template.eval(), final, buffers), [bool(f) for f in finite]
+    stack = StackedModels(template.eval(), final, buffers)
+    if type(method).finish is not UnlearningMethod.finish:  # e.g. a shadow neuron removed: run by run
+        finished = [method.finish(model.train(), run).eval() for model, run in zip(stack.models(), own)]
+        stack = StackedModels.from_models(finished)
+    return stack, [bool(f) for f in finite]
+
+
+def _fixed_masks(method: UnlearningMethod, models: list[nn.Module], own: list[Context],
+                 transposed: set[str]) -> dict[str, torch.Tensor]:
+    """Per parameter that some run keeps (partly) in place, a stacked 0/1 mask of the entries each run may move:
+    0 for a parameter outside the run's `trainable` (frozen layers, which its optimiser never holds) and where
+    the run's `grad_mask` (SalUn) is 0. `apply` leaves those entries exactly as `prepare` left them."""
+    masks: dict[str, list[torch.Tensor]] = {}
+    for model, run in zip(models, own):
+        moving = {id(p) for p in method.trainable(model, run)}
+        for name, p in model.named_parameters():
+            mask = torch.ones_like(p) if id(p) in moving else torch.zeros_like(p)
+            if run.grad_mask is not None and name in run.grad_mask:
+                mask = mask * run.grad_mask[name].to(mask.dtype)
+            masks.setdefault(name, []).append(mask.t() if name in transposed else mask)
+    return {name: torch.stack(rows) for name, rows in masks.items() if not all(bool((r == 1).all()) for r in rows)}
 
 
 def _draw(phase, fields: list[tuple[torch.Tensor, ...]], own: list[Context], ctx: Context) -> dict[str, torch.Tensor]:
