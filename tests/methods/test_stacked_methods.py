@@ -83,6 +83,16 @@ def test_only_methods_whose_losses_allow_it_stack():
     for name in ("retrain", "noop", "bad_teacher", "boundary_shrink", "unsir", "rum", "fisher", "ssd"):
         assert not stackable(make_method(name, {})), name
     assert not stackable(make_method("finetune", {"optimizer": "adam"}))  # the stack steps with SGD only
+    # a subclass with losses of its own does not inherit the promise; it declares it again where it holds
+    Finetune = type(make_method("finetune", {}))
+
+    class Mine(Finetune):
+        pass
+
+    class Declared(Finetune):
+        stackable = True
+
+    assert not stackable(Mine()) and stackable(Declared())
 
 
 def test_runs_on_sets_of_different_sizes_are_refused(synthetic, trained):

@@ -36,9 +36,11 @@ from .base import STREAMS, Batch, Context, StreamSampler, UnlearningMethod, chec
 
 
 def stackable(method: UnlearningMethod) -> bool:
-    """Whether runs of `method` (an instance, with its hyper-parameters) can train as one stack."""
+    """Whether runs of `method` (an instance, with its hyper-parameters) can train as one stack: its own class
+    declares it (a subclass, say a plug-in deriving from finetune with losses of its own, does not inherit the
+    promise), and it steps with SGD."""
     kind = type(method)
-    return kind.stackable and kind.iterative and method.optimizer == "sgd"
+    return bool(vars(kind).get("stackable", False)) and kind.iterative and method.optimizer == "sgd"
 
 
 class _Row:
