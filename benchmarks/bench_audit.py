@@ -3,6 +3,7 @@ Retrain and the method run one by one (as before stacking) and stacked (audit/un
 
     python benchmarks/bench_audit.py                       # digits and Fashion-MNIST (10,000 samples)
     python benchmarks/bench_audit.py --datasets digits --attacks lira --num-models 16
+    python benchmarks/bench_audit.py --datasets fashion_mnist --model mlp --mia-resamples 1
     python benchmarks/bench_audit.py --tiny                # synthetic data, a few seconds: a smoke test
 
 Each (dataset, mode) runs `worstforget search`'s library call with its defaults (finetune, the warm
@@ -91,8 +92,12 @@ def run_one(dataset: str, mode: str, cache: str, args: argparse.Namespace) -> di
     attack_eval.evaluate_sets = timed("attacks", attack_eval.evaluate_sets)
 
     overrides = {"epochs": 2} if args.tiny else None
-    extra = DATASETS.get(dataset, {}) if not args.tiny else {}
+    extra = dict(DATASETS.get(dataset, {})) if not args.tiny else {}
     start = time.perf_counter()
+    if args.model:
+        extra["model"] = args.model
+    if args.mia_resamples:
+        extra["mia_resamples"] = args.mia_resamples
     setting = prepare_setting(dataset=dataset, cache_dir=cache, train_overrides=overrides, **extra)
     phases["setting"] = time.perf_counter() - start
     cfg = SearchConfig(outer_steps=2, reference_models=2) if args.tiny else SearchConfig()
@@ -155,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", default="digits,fashion_mnist",
                         help="comma-separated; fashion_mnist runs on a 10,000-sample subset")
     parser.add_argument("--method", default="finetune")
+    parser.add_argument("--model", default=None, help="model (default: each dataset's, the CNN on fashion_mnist)")
+    parser.add_argument("--mia-resamples", type=int, default=None,
+                        help="MIA-Efficacy draws per evaluation (default: the library's, 3)")
     parser.add_argument("--attacks", default="", help="also run these attacks on every set (e.g. lira)")
     parser.add_argument("--num-models", type=int, default=16, help="models per set for --attacks")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")

@@ -109,6 +109,7 @@ def run_stacked(method: UnlearningMethod, original: nn.Module, data: Dataset, we
     buffers = {k: torch.stack([dict(model.named_buffers())[k] for model in models]) for k, _ in
                template.named_buffers()}
     fixed = _fixed_masks(method, models, own, transposed)
+    del named
     leaves = list(params.values())
     sgd = StackedSGD(leaves, [torch.zeros_like(p) for p in leaves], momentum=method.momentum,
                      weight_decay=method.weight_decay)
@@ -160,7 +161,8 @@ def run_stacked(method: UnlearningMethod, original: nn.Module, data: Dataset, we
     for p in leaves:
         finite &= torch.isfinite(p.detach().flatten(1)).all(1)
     final = {k: v.detach().transpose(1, 2).contiguous() if k in transposed else v.detach() for k, v in params.items()}
-    stack = StackedModels(template.eval(), final, buffers)
+    # the prepared copies' own tensors were copied into the stack and are no longer read: unstack into them
+    stack = StackedModels(template.eval(), final, buffers, spare_modules=models)
     if type(method).finish is not UnlearningMethod.finish:  # e.g. a shadow neuron removed: run by run
         finished = [method.finish(model.train(), run).eval() for model, run in zip(stack.models(), own)]
         stack = StackedModels.from_models(finished)
