@@ -9,7 +9,7 @@ otherwise uniform random images and labels of the same shape and size (45k/5k/10
 classes); the table says which. Phases, in order, each under its own time limit inside --budget-s:
 throughput calibration, host syncs per step, one original training with the fast recipe (epochs capped
 so it fits), one short search with every registered solver, one finetune unlearning run with its
-evaluation, a vmapped ensemble, stacked Retrain (an audit's Retrain runs as one ensemble, per model
+evaluation, a vmapped ensemble, stacked Retrain and stacked finetune (an audit's runs as one stack, per model
 against one run alone), Stable Diffusion (an SD-v1-shaped UNet with random weights: one ESD-x step and one
 50-step guided sampling of a batch, fp16; a tiny UNet with --tiny, skipped on a CPU otherwise or without
 diffusers), torch.compile (when time is left), and the projection: every phase as a multiple
@@ -46,6 +46,7 @@ from worstforget.datasets import build_dataset, dataset_info, load_dataset  # no
 from worstforget.datasets.raw import RawSplits  # noqa: E402
 from worstforget.forget_sets import forget_size, forget_weights, random_forget_set  # noqa: E402
 from worstforget.methods import make_method  # noqa: E402
+from worstforget.methods.stacked import run_stacked  # noqa: E402
 from worstforget.scoring.metrics import evaluate  # noqa: E402
 from worstforget.search import SOLVERS, SearchConfig, search_worst_case  # noqa: E402
 from worstforget.setting import Setting  # noqa: E402
@@ -266,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
              ("finetune", "unlearning: finetune, 1 epoch (s)"), ("evaluate", "evaluation of one model (s)"),
              ("ensemble", f"ensemble of {args.ensemble_models} models, 1 epoch (s)"),
              ("retrain_stack", f"stacked Retrain: {args.ensemble_models} runs, per run / one run alone"),
+             ("method_stack", f"stacked finetune: {args.ensemble_models} runs, per run / one run alone"),
              ("sd_esd", "Stable Diffusion v1 UNet: one ESD-x step (s)"),
              ("sd_sample", f"Stable Diffusion v1 UNet: {SD_STEPS}-step guided sampling, batch {SD_BATCH} (s)"),
              ("compile", "train images/s with torch.compile"),
@@ -459,6 +461,24 @@ def check(args, scale: Scale, device: torch.device, accel: Accel, fast, paper, s
             f"stack_capacity at the full data: {capacity} models"))
 
     runner.run("stacked retrain", ["retrain_stack"], stacked_retrain, cap_s=90, reserve_s=5, min_s=10)
+
+    def stacked_finetune(_):
+        # an attack's unlearned models of one set, or an audit's finetune units: one method, equal forget sizes
+        sub = train_subset(data, min(scale.ensemble_images, data.num_train))
+        k, n = args.ensemble_models, sub.num_train
+        method = make_method("finetune", {"epochs": 1}).resolved(fast.batch_size)
+        weights = torch.stack([forget_weights(sub, random_forget_set(n, forget_size(n, FORGET_RATIO), r))
+                               for r in range(k)])
+        run_stacked(method, trained, sub, weights, list(range(k)))  # warm-up (kernels, allocator), untimed
+        _, alone = timed(lambda: method.apply(trained, sub, weights[0], seed=0), device)
+        _, stacked = timed(lambda: run_stacked(method, trained, sub, weights, list(range(k))), device)
+        m["method_stack_ratio"] = stacked / (k * alone)
+        table.set("method_stack", m["method_stack_ratio"], (
+            f"the original resnet18, 1 epoch of finetune on {n:,} samples less a {FORGET_RATIO:.0%} forget set "
+            f"each: {k} stacked in {stacked:.2f} s, one alone {alone:.2f} s "
+            f"({1 / m['method_stack_ratio']:.2f}× faster per run)"))
+
+    runner.run("stacked finetune", ["method_stack"], stacked_finetune, cap_s=90, reserve_s=5, min_s=10)
 
     if device.type != "cuda" and not args.tiny:
         table.fail(["sd_esd", "sd_sample"], "skipped", "needs CUDA (an SD v1 UNet step takes minutes on a CPU); "

@@ -394,6 +394,8 @@ def test_gpu_check_tiny_prints_and_writes_one_complete_table(tmp_path, capsys):
     assert rows["host syncs per training step"][0] == "n/a"
     assert rows["train images/s with torch.compile"][0] == "skipped"
     assert "resnet18 with BatchNorm" in rows["ensemble of 2 models, 1 epoch (s)"][1]
+    stacked = rows["stacked finetune: 2 runs, per run / one run alone"]
+    assert _number(stacked[0]) > 0 and "2 stacked in" in stacked[1] and "one alone" in stacked[1]
     assert "T = T_orig + T_refs + W·T_search" in rows["projected main table, paper recipe (h)"][1]
     assert (_number(rows["projected main table, paper recipe (h)"][0])
             > _number(rows["projected main table, fast recipe (h)"][0]))
