@@ -153,10 +153,16 @@ def test_units_that_cannot_be_stacked_run_one_by_one(tmp_path, monkeypatch):
     plan = UnitPlan(setting, [Unit("finetune", {}, units[0].forget_set, 0)])
     assert [c.fn for c in plan.calls] == [U.unit_task]
     monkeypatch.undo()
-    # where stacks can train: a stackable method's units stack, those of a method stepping with Adam do not
-    pairs = [(m, s) for m in ("finetune", "bad_teacher") for s in (0, 1)]
-    plan = UnitPlan(setting, [Unit(m, {}, units[0].forget_set, s) for m, s in pairs])
-    assert [c.fn for c in plan.calls] == [U.stack_task, U.unit_task, U.unit_task]
+    # where stacks can train: a stackable method's units stack once there are MIN_STACKED_RUNS of them to
+    # compute, those of a method stepping with Adam never do
+    forget, enough = units[0].forget_set, U.MIN_STACKED_RUNS
+    pairs = [(m, s) for m in ("finetune", "bad_teacher") for s in range(enough)]
+    plan = UnitPlan(setting, [Unit(m, {}, forget, s) for m, s in pairs])
+    assert [c.fn for c in plan.calls] == [U.stack_task] + [U.unit_task] * enough
+    plan = UnitPlan(setting, [Unit("finetune", {}, forget, s) for s in range(enough - 1)])
+    assert [c.fn for c in plan.calls] == [U.unit_task] * (enough - 1)  # too few: one by one
+    plan = UnitPlan(setting, [Unit("retrain", {}, forget, s) for s in range(2)])
+    assert [c.fn for c in plan.calls] == [U.stack_task]  # Retrain stacks any number
 
 
 def test_chunk_sizes_and_capacity():
@@ -206,7 +212,9 @@ def method_units(setting, method="finetune", params=None, num_sets=3, seeds=(0, 
             for u in retrain_units(setting, num_sets=num_sets, seeds=seeds)]
 
 
-def test_a_stacked_method_unit_is_its_one_by_one_unit_in_any_stack_and_on_any_executor(tmp_path, process_pool):
+def test_a_stacked_method_unit_is_its_one_by_one_unit_in_any_stack_and_on_any_executor(tmp_path, process_pool,
+                                                                                         monkeypatch):
+    monkeypatch.setattr(U, "MIN_STACKED_RUNS", 1)  # every group stacks, down to stacks of one
     setting = make_setting(tmp_path / "together")
     units = method_units(setting)
     before = COMPUTED["run-time"]
@@ -227,9 +235,11 @@ def test_a_stacked_method_unit_is_its_one_by_one_unit_in_any_stack_and_on_any_ex
         assert abs(one["MIA"] - record["MIA"]) <= 100 / 20 + 1e-9 and "RTE_stack" not in one
 
 
-def test_a_unit_that_diverges_in_a_stack_fails_as_it_fails_alone(tmp_path):
+def test_a_unit_that_diverges_in_a_stack_fails_as_it_fails_alone(tmp_path, monkeypatch):
+    monkeypatch.setattr(U, "MIN_STACKED_RUNS", 2)
     setting = make_setting(tmp_path / "cache")
     units = method_units(setting, "gradient_ascent", {"lr": 1e30, "epochs": 3}, num_sets=1)
+    assert [c.fn for c in UnitPlan(setting, units).calls] == [U.stack_task]
     with pytest.raises(Exception) as stacked:
         run_units(setting, units)
     with pytest.raises(Exception) as alone:
@@ -237,9 +247,10 @@ def test_a_unit_that_diverges_in_a_stack_fails_as_it_fails_alone(tmp_path):
     assert "diverged" in str(alone.value) and str(alone.value) in str(stacked.value)
 
 
-def test_an_attacks_unlearned_models_train_as_one_stack_per_set(tmp_path):
+def test_an_attacks_unlearned_models_train_as_one_stack_per_set(tmp_path, monkeypatch):
     from worstforget.audit import attack_eval as A
 
+    monkeypatch.setattr(A, "MIN_STACKED_RUNS", 4)
     setting = make_setting(tmp_path / "stacked")
     forget = random_forget_set(setting.data.num_train, 20, 0)
     params = {"epochs": 2}
@@ -256,10 +267,12 @@ def test_an_attacks_unlearned_models_train_as_one_stack_per_set(tmp_path):
         np.testing.assert_allclose(arrays["lsc"], one["lsc"], rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(arrays["loss"], one["loss"], rtol=1e-4, atol=1e-5)
         np.testing.assert_array_equal(arrays["acc"], one["acc"])
-    # cached per model: a larger N trains only the new seeds, and the first four read back unchanged
+    # cached per model: a larger N trains only the new seeds (two: too few to stack, so one by one, each its own
+    # time), and the first four read back unchanged
     more = A.model_statistics(setting, "finetune", params, forget, [0, 1, 2, 3, 4, 5])
     for a, b in zip(stacked, more):
         assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert COMPUTED["run-time"] - before == 1 and float(more[4]["seconds"]) != float(more[5]["seconds"])
 
 
 @pytest.mark.slow

@@ -30,7 +30,16 @@ from ..training.ensemble import chunk_sizes, stack_capacity
 from ..training.loop import predict_logits
 from ..training.outputs import logit_scaled_confidence
 from .result import AttackEvaluation
-from .units import Unit, UnitPlan, method_label, run_seconds, stack_recipe, stackable_method, train_stack
+from .units import (
+    MIN_STACKED_RUNS,
+    Unit,
+    UnitPlan,
+    method_label,
+    run_seconds,
+    stack_recipe,
+    stackable_method,
+    train_stack,
+)
 
 LOGGER = logging.getLogger("worstforget")
 
@@ -156,9 +165,10 @@ def _store(cache: ArrayCache, key: str, arrays: dict, seconds: float) -> None:
 def _stacked(setting: Setting, method: str, params: dict, forget_set: torch.Tensor, seeds: list[int],
              progress: Progress) -> dict:
     """Models of `method` for `seeds` trained as stacks of at most `stack_capacity` models, as per-model arrays;
-    {} where the method or the architecture cannot be stacked (then they train one by one)."""
+    {} where the method or the architecture cannot be stacked, or fewer than MIN_STACKED_RUNS of a method's models
+    are missing (then they train one by one)."""
     instance = stackable_method(setting, method, params)
-    if instance is None:
+    if instance is None or (instance.name != "retrain" and len(seeds) < MIN_STACKED_RUNS):
         return {}
     seconds = np.array(run_seconds(setting, instance, forget_set, progress=progress))  # one run alone
     out, start = {}, 0

@@ -133,6 +133,14 @@ def cached_unit(setting: Setting, instance: UnlearningMethod, forget_set: torch.
     return setting.records.get("unit", unit_key(setting, instance, forget_set, seed))
 
 
+# A method's runs train as a stack only when at least this many of one size are to be computed: a smaller stack,
+# with the one run alone that times its RTE, is no faster on a CPU than its runs one by one (benchmarks/
+# bench_stack_size.py in results/audit_cost.md: 8 is where finetune, NegGrad+ and a Fashion-MNIST MLP all gain).
+# The plan decides from the runs missing from the cache, so every executor decides alike. Retrain always stacks:
+# its RTE comes from the original's training time, and its stack has the MLP's batched-product path.
+MIN_STACKED_RUNS = 8
+
+
 def stackable_method(setting: Setting, method: str, params: dict) -> UnlearningMethod | None:
     """The resolved method instance when runs of `method` can train as one stack — the built-in Retrain
     (training/ensemble.py) or a method that declares it (methods/stacked.py) — on an architecture a stack can
@@ -179,10 +187,11 @@ def train_stack(setting: Setting, instance: UnlearningMethod, runs: list[tuple[t
 class UnitPlan:
     """The executor tasks behind a list of units, and the units' records from the tasks' results.
 
-    Units of a stackable method (`stackable_method`) are grouped by method and forget-set size; the group's units
-    not cached yet are split into stacks (`chunk_sizes`: within the driver's `stack_capacity`, and at least one
-    per worker while units last) and its cached units are shared out among those stacks, so every unit still
-    has a task that says whether it computed or read it. Each stack is one `stack_task`, which trains only the
+    Units of a stackable method (`stackable_method`) are grouped by method and forget-set size. Where at least
+    MIN_STACKED_RUNS of a method's group (any number of Retrain's) are not cached yet, they are split into stacks
+    (`chunk_sizes`: within the driver's `stack_capacity`, and at least one per worker while units last) and the
+    group's cached units are shared out among those stacks, so every unit still has a task that says whether it
+    computed or read it. Each stack is one `stack_task`, which trains only the
     units missing from the cache when it runs. Every other unit is one `unit_task`. Stacks come first."""
 
     def __init__(self, setting: Setting, units: list[Unit], *, parallelism: int = 1):
@@ -200,6 +209,9 @@ class UnitPlan:
             _, missing, cached = groups.setdefault(group, (instance, [], []))
             (missing if cached_unit(setting, instance, unit.forget_set, unit.seed) is None else cached).append(i)
         for instance, missing, cached in groups.values():
+            if not isinstance(instance, Retrain) and len(missing) < MIN_STACKED_RUNS:
+                single.extend(missing + cached)  # too few to gain from a stack: one by one
+                continue
             capacity = stack_capacity(setting.spec, setting.data, stack_recipe(setting, instance))
             stacks, start = [], 0
             for size in chunk_sizes(len(missing), capacity, parallelism) or [0]:
@@ -211,7 +223,7 @@ class UnitPlan:
                 members.sort()
                 self.calls.append(stack_call([self.units[i] for i in members]))
                 self.returns.append(members)
-        for i in single:
+        for i in sorted(single):
             unit = self.units[i]
             self.calls.append(unit_call(unit.method, unit.params, unit.forget_set, unit.seed, unit.where))
             self.returns.append([i])
@@ -383,4 +395,4 @@ def unlearn_on_set(setting: Setting, method: str, params: dict, forget_set: torc
 __all__ = ["RECORD_VERSION", "run_unit", "run_units", "run_on_sets", "run_on_kinds", "compare_methods",
            "unlearn_on_set", "random_sets", "unit_key", "check_finite", "unit_task", "unit_call", "method_label",
            "Unit", "UnitPlan", "stack_task", "run_seconds", "stackable_method", "stack_recipe", "train_stack",
-           "cached_unit"]
+           "cached_unit", "MIN_STACKED_RUNS"]
