@@ -292,3 +292,19 @@ def test_the_audit_cost_benchmark_runs(tmp_path):
                 "| retrain, all kinds (stacked) |", "| retrain, worst_case |", "| retrain, all units |",
                 "| finetune, random |", "| audit |"):
         assert row in text, row
+
+
+def test_the_stack_size_benchmark_runs(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_stack_size.py"
+    spec = importlib.util.spec_from_file_location("bench_stack_size", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "sizes.md"
+    assert module.main(["--dataset", "synthetic", "--sizes", "2,3", "--repeats", "1", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.strip() == capsys.readouterr().out.strip()  # appended to --out as printed
+    rows = [line for line in text.splitlines() if line.startswith("| 2 |") or line.startswith("| 3 |")]
+    assert len(rows) == 2 and all(float(r.split("|")[4].strip().rstrip("×")) > 0 for r in rows)
