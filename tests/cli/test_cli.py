@@ -26,6 +26,11 @@ def test_list_methods_shows_finetune(cli_runner):
     assert result.exit_code == 0, result.output
     assert "finetune" in result.output
     assert "retrain" in result.output
+    # the columns unrolled and stacked: finetune both, Retrain stacked only, bad teaching (Adam) unrolled only
+    cells = {line.split()[0]: line.split() for line in result.output.splitlines() if line.strip()}
+    assert cells["finetune"][2:4] == ["yes", "yes"]
+    assert cells["retrain"][1:3] == ["no", "yes"]
+    assert cells["bad_teacher"][2:4] == ["yes", "no"]
 
 
 def test_list_datasets_shows_digits(cli_runner):

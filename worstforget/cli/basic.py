@@ -56,6 +56,7 @@ def list_command(app, kind: str) -> None:
     from rich.table import Table
 
     from ..core.registry import describe
+    from ..methods.stacked import stackable
 
     reg = registries()[kind]
     table = Table(box=None)
@@ -63,12 +64,14 @@ def list_command(app, kind: str) -> None:
     table.add_column("aliases")
     if kind == "methods":
         table.add_column("unrolled")
+        table.add_column("stacked")  # an audit's runs of it train as one stack (Retrain: always)
     table.add_column("description")
     for name in reg.names():
         entry = reg.get(name)
         row = [name, ", ".join(reg.aliases_of(name))]
         if kind == "methods":
             row.append("yes" if entry.differentiable else "no")
+            row.append("yes" if name == "retrain" or stackable(entry) else "no")
         row.append(describe(entry))
         table.add_row(*row)
     app.out.print(table)

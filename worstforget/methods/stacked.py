@@ -35,11 +35,11 @@ from ..training.ensemble import StackedModels, StackedSGD, check_supported
 from .base import STREAMS, Batch, Context, StreamSampler, UnlearningMethod, check_weights
 
 
-def stackable(method: UnlearningMethod) -> bool:
-    """Whether runs of `method` (an instance, with its hyper-parameters) can train as one stack: its own class
-    declares it (a subclass, say a plug-in deriving from finetune with losses of its own, does not inherit the
-    promise), and it steps with SGD."""
-    kind = type(method)
+def stackable(method: UnlearningMethod | type[UnlearningMethod]) -> bool:
+    """Whether runs of `method` (an instance with its hyper-parameters, or a class with its defaults) can train as
+    one stack: its own class declares it (a subclass, say a plug-in deriving from finetune with losses of its own,
+    does not inherit the promise), and it steps with SGD."""
+    kind = method if isinstance(method, type) else type(method)
     return bool(vars(kind).get("stackable", False)) and kind.iterative and method.optimizer == "sgd"
 
 
