@@ -163,6 +163,11 @@ def test_units_that_cannot_be_stacked_run_one_by_one(tmp_path, monkeypatch):
     assert [c.fn for c in plan.calls] == [U.unit_task] * (enough - 1)  # too few: one by one
     plan = UnitPlan(setting, [Unit("retrain", {}, forget, s) for s in range(2)])
     assert [c.fn for c in plan.calls] == [U.stack_task]  # Retrain stacks any number
+    # a conv net on a CPU: every run goes one by one (vmapped convolutions are slower there)
+    assert not U.convolutional(setting)
+    monkeypatch.setattr(U, "convolutional", lambda setting: True)
+    plan = UnitPlan(setting, [Unit(m, {}, forget, s) for m in ("finetune", "retrain") for s in range(enough)])
+    assert [c.fn for c in plan.calls] == [U.unit_task] * (2 * enough)
 
 
 def test_chunk_sizes_and_capacity():

@@ -144,15 +144,31 @@ MIN_STACKED_RUNS = 8
 def stackable_method(setting: Setting, method: str, params: dict) -> UnlearningMethod | None:
     """The resolved method instance when runs of `method` can train as one stack — the built-in Retrain
     (training/ensemble.py) or a method that declares it (methods/stacked.py) — on an architecture a stack can
-    train (no dropout); else None (its units then run one by one)."""
+    train (no dropout; convolutions on a GPU only); else None (its units then run one by one)."""
     instance = make_method(method, params).resolved(setting.spec.train.batch_size)
     if not (type(instance) is Retrain or stackable(instance)):  # a plug-in may override the name
+        return None
+    if setting.data.device.type == "cpu" and convolutional(setting):
+        # on a CPU a vmapped convolution (a grouped one) is slower than the runs' own, one after another
+        # (results/audit_cost.md: finetune and Retrain on the digits CNN), so conv nets stack on a GPU only
         return None
     try:
         check_stackable(setting.spec, setting.data)
     except ConfigError:
         return None
     return instance
+
+
+def convolutional(setting: Setting) -> bool:
+    """Whether the setting's model has a convolution (checked once per architecture and input shape)."""
+    key = (json.dumps(setting.spec.to_dict(), sort_keys=True, default=str), tuple(setting.data.input_shape))
+    if key not in _CONVOLUTIONAL:
+        model = setting.spec.build(setting.data, seed=0)
+        _CONVOLUTIONAL[key] = any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in model.modules())
+    return _CONVOLUTIONAL[key]
+
+
+_CONVOLUTIONAL: dict[tuple, bool] = {}
 
 
 def stack_recipe(setting: Setting, instance: UnlearningMethod) -> TrainConfig:
@@ -395,4 +411,4 @@ def unlearn_on_set(setting: Setting, method: str, params: dict, forget_set: torc
 __all__ = ["RECORD_VERSION", "run_unit", "run_units", "run_on_sets", "run_on_kinds", "compare_methods",
            "unlearn_on_set", "random_sets", "unit_key", "check_finite", "unit_task", "unit_call", "method_label",
            "Unit", "UnitPlan", "stack_task", "run_seconds", "stackable_method", "stack_recipe", "train_stack",
-           "cached_unit", "MIN_STACKED_RUNS"]
+           "cached_unit", "MIN_STACKED_RUNS", "convolutional"]
