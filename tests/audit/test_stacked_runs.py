@@ -164,8 +164,8 @@ def test_units_that_cannot_be_stacked_run_one_by_one(tmp_path, monkeypatch):
     plan = UnitPlan(setting, [Unit("retrain", {}, forget, s) for s in range(2)])
     assert [c.fn for c in plan.calls] == [U.stack_task]  # Retrain stacks any number
     # a conv net on a CPU: every run goes one by one (vmapped convolutions are slower there)
-    assert not U.convolutional(setting)
-    monkeypatch.setattr(U, "convolutional", lambda setting: True)
+    assert not U.has_convolutions(setting.spec, setting.data)
+    monkeypatch.setattr(U, "has_convolutions", lambda spec, data: True)
     plan = UnitPlan(setting, [Unit(m, {}, forget, s) for m in ("finetune", "retrain") for s in range(enough)])
     assert [c.fn for c in plan.calls] == [U.unit_task] * (2 * enough)
 
@@ -225,6 +225,9 @@ def test_a_stacked_method_unit_is_its_one_by_one_unit_in_any_stack_and_on_any_ex
     before = COMPUTED["run-time"]
     together = run_units(setting, units)
     assert COMPUTED["run-time"] - before == 1  # one finetune run timed alone: every record's RTE
+    finetune = make_method("finetune", {"epochs": 2}).resolved(setting.spec.train.batch_size)
+    assert together[0]["RTE"] == U.run_seconds(setting, finetune, units[0].forget_set)  # read back, not timed again
+    assert COMPUTED["run-time"] - before == 1
     assert [r["RTE_stack"] for r in together] == [6.0] * 6 and len({r["RTE"] for r in together}) == 1
     alone_setting = make_setting(tmp_path / "alone")
     alone = [run_units(alone_setting, [u])[0] for u in units]  # stacks of one
@@ -255,7 +258,7 @@ def test_a_unit_that_diverges_in_a_stack_fails_as_it_fails_alone(tmp_path, monke
 def test_an_attacks_unlearned_models_train_as_one_stack_per_set(tmp_path, monkeypatch):
     from worstforget.audit import attack_eval as A
 
-    monkeypatch.setattr(A, "MIN_STACKED_RUNS", 4)
+    monkeypatch.setattr(U, "MIN_STACKED_RUNS", 4)
     setting = make_setting(tmp_path / "stacked")
     forget = random_forget_set(setting.data.num_train, 20, 0)
     params = {"epochs": 2}

@@ -38,10 +38,16 @@ def _weights(data, sizes_seed: int, m: int, count: int) -> torch.Tensor:
                         for i in range(count)]).double()
 
 
-@pytest.mark.parametrize("name", STACKABLE)
-def test_each_stacked_run_is_the_methods_own_run(images, name):
+# the stackable methods at short runs, and two whose learning rate moves within the run: a cosine schedule, and
+# SCRUB's decay after its third epoch
+CASES = [(name, {"epochs": 2}) for name in STACKABLE] + [("finetune", {"epochs": 2, "schedule": "cosine"}),
+                                                         ("scrub", {"epochs": 4, "lr": 0.05})]
+
+
+@pytest.mark.parametrize(("name", "params"), CASES)
+def test_each_stacked_run_is_the_methods_own_run(images, name, params):
     data, spec, original = images
-    method = make_method(name, {"epochs": 2, "batch_size": 16}).resolved(32)
+    method = make_method(name, {**params, "batch_size": 16}).resolved(32)
     weights, seeds = _weights(data, 0, 20, 3), [4, 9, 11]
     stack, finite = run_stacked(method, original, data, weights, seeds, spec=spec)
     assert finite == [True] * 3

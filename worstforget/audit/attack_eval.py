@@ -31,7 +31,6 @@ from ..training.loop import predict_logits
 from ..training.outputs import logit_scaled_confidence
 from .result import AttackEvaluation
 from .units import (
-    MIN_STACKED_RUNS,
     Unit,
     UnitPlan,
     method_label,
@@ -39,6 +38,7 @@ from .units import (
     stack_recipe,
     stackable_method,
     train_stack,
+    worth_stacking,
 )
 
 LOGGER = logging.getLogger("worstforget")
@@ -87,7 +87,7 @@ def statistics_calls(method: str, params: dict, forget_set: torch.Tensor, seeds:
     forget_set, where = forget_set.cpu(), f"a set of {len(forget_set)} samples"
     instance = make_method(method, params)
     if instance.name == "retrain" or stackable(instance):
-        kind = "retrained" if instance.name == "retrain" else f"{method_label(method, params)}"
+        kind = "retrained" if instance.name == "retrain" else method_label(method, params)
         return [Call(stacked_statistics_task, (method, dict(params), forget_set, list(seeds)),
                      label=f"{len(seeds)} {kind} models (seeds {seeds[0]}..{seeds[-1]}) on {where}")]
     return [Call(model_statistics_task, (method, dict(params), forget_set, s),
@@ -165,10 +165,10 @@ def _store(cache: ArrayCache, key: str, arrays: dict, seconds: float) -> None:
 def _stacked(setting: Setting, method: str, params: dict, forget_set: torch.Tensor, seeds: list[int],
              progress: Progress) -> dict:
     """Models of `method` for `seeds` trained as stacks of at most `stack_capacity` models, as per-model arrays;
-    {} where the method or the architecture cannot be stacked, or fewer than MIN_STACKED_RUNS of a method's models
-    are missing (then they train one by one)."""
+    {} where the method or the architecture cannot be stacked, or too few of a method's models are missing
+    (`worth_stacking`; then they train one by one)."""
     instance = stackable_method(setting, method, params)
-    if instance is None or (instance.name != "retrain" and len(seeds) < MIN_STACKED_RUNS):
+    if instance is None or not worth_stacking(instance, len(seeds)):
         return {}
     seconds = np.array(run_seconds(setting, instance, forget_set, progress=progress))  # one run alone
     out, start = {}, 0

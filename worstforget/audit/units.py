@@ -4,17 +4,20 @@ A unit — unlearn one forget set with one method and seed, then evaluate it —
 (original model key, method and hyper-parameters, forget set, seed, evaluation settings); its record is
 cached on disk under a hash of those, so audits can be split across processes or machines that share
 the cache folder. `run_units` runs a list of units: the units of one stackable recipe (Retrain, or a method
-that declares `stackable`) and one forget-set size that are not cached yet train together, as vmapped stacks of
-at most `stack_capacity` models (training/ensemble.py for Retrain, methods/stacked.py for the methods), one
-executor task per stack, each record still cached under its own unit key; every other unit is a task of its own.
+that declares `stackable`) and one forget-set size that are not cached yet train together (`worth_stacking`:
+Retrain's always, a method's from MIN_STACKED_RUNS), as vmapped stacks of at most `stack_capacity` models
+(training/ensemble.py for Retrain, methods/stacked.py for the methods), one executor task per stack, each record
+still cached under its own unit key; every other unit is a task of its own.
 `run_on_sets` (and `run_on_kinds` for several kinds of sets at once) runs Retrain and every method on every set
 with every seed and returns the per-run arrays the typed results aggregate; `compare_methods` and
 `unlearn_on_set` are the `compare` and `unlearn` commands.
 
 Stacked units. A model trained in a stack is bit for bit the model trained in any other stack (the stack's rows
-never mix), so records do not depend on how units were chunked — the executor, its workers, free memory or
-which units were cached. They match the method's own `apply` (the sequential loop) up to float rounding: the
-same initialisation, batches, augmentation, schedule (and, for Retrain, validation selection). Timing: a stack's
+never mix), so records do not depend on how units were chunked — the executor, its workers or free memory. They
+match the method's own `apply` (the sequential loop) up to float rounding: the same initialisation, batches,
+augmentation, schedule (and, for Retrain, validation selection). A method's unit computed one by one, because
+fewer than MIN_STACKED_RUNS were missing from the cache, therefore differs from its stacked twin in its last
+bits; the plan decides that alike on every executor. Timing: a stack's
 wall time is not one run's, so a stacked record's RTE is the wall time of one run alone (`run_seconds`: the
 method's `apply` on a set of the same size, the loop every unstacked unit's RTE is measured with), measured once
 per setting, method and size and cached; `RTE_stack` (models trained together) and `RTE_stack_seconds` (their
@@ -43,7 +46,7 @@ from ..methods.stacked import run_stacked, stackable
 from ..scoring.metrics import evaluate
 from ..setting import Setting
 from ..training.accel import current_accel
-from ..training.ensemble import check_stackable, chunk_sizes, fit_stacked, stack_capacity
+from ..training.ensemble import check_stackable, chunk_sizes, fit_stacked, has_convolutions, stack_capacity
 from ..training.loop import TrainConfig
 from .result import Comparison, SetKind, run_arrays
 
@@ -141,6 +144,12 @@ def cached_unit(setting: Setting, instance: UnlearningMethod, forget_set: torch.
 MIN_STACKED_RUNS = 8
 
 
+def worth_stacking(instance: UnlearningMethod, count: int) -> bool:
+    """Whether `count` runs of `instance` (from `stackable_method`) still to compute go into a stack: any number
+    of Retrain's, at least MIN_STACKED_RUNS of a method's."""
+    return isinstance(instance, Retrain) or count >= MIN_STACKED_RUNS
+
+
 def stackable_method(setting: Setting, method: str, params: dict) -> UnlearningMethod | None:
     """The resolved method instance when runs of `method` can train as one stack — the built-in Retrain
     (training/ensemble.py) or a method that declares it (methods/stacked.py) — on an architecture a stack can
@@ -148,7 +157,7 @@ def stackable_method(setting: Setting, method: str, params: dict) -> UnlearningM
     instance = make_method(method, params).resolved(setting.spec.train.batch_size)
     if not (type(instance) is Retrain or stackable(instance)):  # a plug-in may override the name
         return None
-    if setting.data.device.type == "cpu" and convolutional(setting):
+    if setting.data.device.type == "cpu" and has_convolutions(setting.spec, setting.data):
         # on a CPU a vmapped convolution (a grouped one) is slower than the runs' own, one after another
         # (results/audit_cost.md: finetune and Retrain on the digits CNN), so conv nets stack on a GPU only
         return None
@@ -157,18 +166,6 @@ def stackable_method(setting: Setting, method: str, params: dict) -> UnlearningM
     except ConfigError:
         return None
     return instance
-
-
-def convolutional(setting: Setting) -> bool:
-    """Whether the setting's model has a convolution (checked once per architecture and input shape)."""
-    key = (json.dumps(setting.spec.to_dict(), sort_keys=True, default=str), tuple(setting.data.input_shape))
-    if key not in _CONVOLUTIONAL:
-        model = setting.spec.build(setting.data, seed=0)
-        _CONVOLUTIONAL[key] = any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in model.modules())
-    return _CONVOLUTIONAL[key]
-
-
-_CONVOLUTIONAL: dict[tuple, bool] = {}
 
 
 def stack_recipe(setting: Setting, instance: UnlearningMethod) -> TrainConfig:
@@ -207,8 +204,8 @@ class UnitPlan:
     MIN_STACKED_RUNS of a method's group (any number of Retrain's) are not cached yet, they are split into stacks
     (`chunk_sizes`: within the driver's `stack_capacity`, and at least one per worker while units last) and the
     group's cached units are shared out among those stacks, so every unit still has a task that says whether it
-    computed or read it. Each stack is one `stack_task`, which trains only the
-    units missing from the cache when it runs. Every other unit is one `unit_task`. Stacks come first."""
+    computed or read it. Each stack is one `stack_task`, which trains only the units missing from the cache when
+    it runs. Every other unit is one `unit_task`. Stacks come first."""
 
     def __init__(self, setting: Setting, units: list[Unit], *, parallelism: int = 1):
         self.units = list(units)
@@ -225,7 +222,7 @@ class UnitPlan:
             _, missing, cached = groups.setdefault(group, (instance, [], []))
             (missing if cached_unit(setting, instance, unit.forget_set, unit.seed) is None else cached).append(i)
         for instance, missing, cached in groups.values():
-            if not isinstance(instance, Retrain) and len(missing) < MIN_STACKED_RUNS:
+            if not worth_stacking(instance, len(missing)):
                 single.extend(missing + cached)  # too few to gain from a stack: one by one
                 continue
             capacity = stack_capacity(setting.spec, setting.data, stack_recipe(setting, instance))
@@ -411,4 +408,4 @@ def unlearn_on_set(setting: Setting, method: str, params: dict, forget_set: torc
 __all__ = ["RECORD_VERSION", "run_unit", "run_units", "run_on_sets", "run_on_kinds", "compare_methods",
            "unlearn_on_set", "random_sets", "unit_key", "check_finite", "unit_task", "unit_call", "method_label",
            "Unit", "UnitPlan", "stack_task", "run_seconds", "stackable_method", "stack_recipe", "train_stack",
-           "cached_unit", "MIN_STACKED_RUNS", "convolutional"]
+           "cached_unit", "MIN_STACKED_RUNS", "worth_stacking"]

@@ -55,9 +55,6 @@ class _Row:
     def parameters(self):
         return iter(self.params.values())
 
-    def named_parameters(self):
-        return iter(self.params.items())
-
 
 def run_stacked(method: UnlearningMethod, original: nn.Module, data: Dataset, weights: torch.Tensor,
                 seeds: Sequence[int], *, spec=None,

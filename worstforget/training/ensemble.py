@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from .original import ModelSpec
 
 __all__ = ["StackedModels", "StackedSGD", "check_supported", "fit_ensemble", "fit_stacked", "predict_logits_ensemble",
-           "stack_capacity", "model_bytes", "chunk_sizes", "check_stackable", "memory_budget"]
+           "stack_capacity", "model_bytes", "chunk_sizes", "check_stackable", "has_convolutions", "memory_budget"]
 
 MAX_STACK = 64  # models per stack at most: past a few dozen a stack gains nothing per model, and a chunk is one task
 PARAM_COPIES = 8  # stacked leaves, gradients, momentum, best-epoch copy, built and unstacked modules, slack
@@ -93,18 +93,39 @@ def check_supported(model: nn.Module, sizes: Sequence[int]) -> None:
 def check_stackable(spec: ModelSpec, data: Dataset) -> None:
     """Raise ConfigError when models of `spec` cannot train in a stack at all (dropout); models that train on
     equally many samples always can. Checked once per architecture."""
+    problem = _probe(spec, data).problem
+    if problem is not None:
+        raise ConfigError(problem)
+
+
+def has_convolutions(spec: ModelSpec, data: Dataset) -> bool:
+    """Whether models of `spec` on `data` hold a convolution (a stack runs it as a grouped one). Checked once per
+    architecture."""
+    return _probe(spec, data).convolutional
+
+
+@dataclass(frozen=True)
+class _Probe:
+    problem: str | None  # why the architecture cannot train in a stack, or None
+    convolutional: bool
+
+
+def _probe(spec: ModelSpec, data: Dataset) -> _Probe:
+    """What one model of the architecture says about stacking it: built once per architecture and input."""
     key = (json.dumps(spec.to_dict(), sort_keys=True, default=str), tuple(data.input_shape), data.num_classes)
-    if key not in _STACKABLE:
+    if key not in _PROBES:
+        model = spec.build(data, seed=0)
         try:
-            check_supported(spec.build(data, seed=0), [1])
-            _STACKABLE[key] = None
+            check_supported(model, [1])
+            problem = None
         except ConfigError as exc:
-            _STACKABLE[key] = str(exc)
-    if _STACKABLE[key] is not None:
-        raise ConfigError(_STACKABLE[key])
+            problem = str(exc)
+        convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+        _PROBES[key] = _Probe(problem, convolutional)
+    return _PROBES[key]
 
 
-_STACKABLE: dict[tuple, str | None] = {}
+_PROBES: dict[tuple, _Probe] = {}
 
 
 @dataclass(frozen=True)
