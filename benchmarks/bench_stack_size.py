@@ -32,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=None, help="append the table to this Markdown file")
     args = parser.parse_args(argv)
+    try:
+        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--sizes takes whole numbers separated by commas, got {args.sizes!r}")
+    if not sizes or min(sizes) < 1 or args.repeats < 1:
+        parser.error("--sizes needs stack sizes of at least 1 and --repeats at least 1")
     import torch
 
     from worstforget.forget_sets import forget_size, forget_weights, random_forget_set
@@ -44,7 +50,6 @@ def main(argv: list[str] | None = None) -> int:
                                   **({"model": args.model} if args.model else {}))
         data, original = setting.data, setting.original
         method = make_method(args.method, {}).resolved(setting.spec.train.batch_size)
-        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
         m = forget_size(data.num_train, 0.1)
         weights = torch.stack([forget_weights(data, random_forget_set(data.num_train, m, r))
                                for r in range(max(sizes))])
