@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from scipy.stats import t as student_t
 
 from .scores import PrivacyInputError, as_float_array
 
@@ -41,6 +40,8 @@ def mean_t_interval(values, confidence: float = 0.95) -> tuple[float, float, flo
     mean = float(x.mean())
     if x.size == 1:
         return mean, float("nan"), float("nan")
+    from scipy.stats import t as student_t
+
     half = student_t.ppf((1.0 + confidence) / 2.0, df=x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
     return mean, float(mean - half), float(mean + half)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy.stats import norm
 
 from .roc import _tpr_at, balanced_accuracy, curve_area, downsample_roc, member_threshold, roc_curve
 from .scores import PrivacyInputError, as_float_array
@@ -99,6 +98,8 @@ def lira_online(target, stats_in, stats_out, *, mask_in=None, mask_out=None, fix
     if s_in.shape[1] != s_out.shape[1]:
         raise PrivacyInputError(f"stats_in covers {s_in.shape[1]} examples but stats_out {s_out.shape[1]}")
     t = _check_target(target, s_in.shape[1])
+    from scipy.stats import norm  # here: scipy.stats costs ~0.6 s to import, and `--help` needs none of it
+
     mu_in, sd_in = _fit(s_in, center, fix_variance)
     mu_out, sd_out = _fit(s_out, center, fix_variance)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -125,6 +126,8 @@ def lira_offline(target, stats_out, *, mask_out=None, fix_variance: bool = False
     _check_center(center)
     s_out = _shadow(stats_out, mask_out, "stats_out")
     t = _check_target(target, s_out.shape[1])
+    from scipy.stats import norm
+
     mu, sd = _fit(s_out, center, fix_variance)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if one_sided:

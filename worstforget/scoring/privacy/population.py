@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Mapping
 
 import numpy as np
-from scipy.stats import ks_2samp
 
 from .roc import _tpr_at, balanced_accuracy, curve_area, roc_curve
 from .scores import PrivacyInputError, as_float_array
@@ -57,6 +56,8 @@ def ks_test(a, b) -> tuple[float, float]:
     y = as_float_array(b, "b", ndim=1)
     if x.size == 0 or y.size == 0:
         raise PrivacyInputError("the KS test needs two non-empty samples")
+    from scipy.stats import ks_2samp
+
     res = ks_2samp(x, y)
     return float(res.statistic), float(res.pvalue)
 

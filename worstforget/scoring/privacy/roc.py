@@ -7,7 +7,6 @@ vectorised with numpy; no sklearn dependency, though the results agree with `skl
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 
 from .scores import PrivacyInputError, as_float_array
 
@@ -60,6 +59,8 @@ def auc(scores_members, scores_nonmembers) -> float:
         AUC in [0, 1]; 0.5 means the score carries no membership signal.
     """
     pos, neg = _two_samples(scores_members, scores_nonmembers)
+    from scipy.stats import rankdata
+
     ranks = rankdata(np.concatenate([pos, neg]))  # average ranks give ties half credit
     u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2.0
     return float(u / (pos.size * neg.size))
