@@ -46,15 +46,21 @@ def comparison_tables(summary: dict, *, title: str) -> list:
                    retrain_blank=("avg_gap", "avg_gap_logit"))]
 
 
+def _listed(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
 def flag_lines(summary: dict) -> list[str]:
-    lines = []
+    """One line per flagged MIA column, naming the set kinds of each flag combination, in the summary's order."""
+    kinds: dict[str, dict[tuple[str, ...], list[str]]] = {}
     for kind, block in summary["sets"].items():
         for column, flags in (block.get("flags") or {}).items():
             if flags:
-                lines.append(f"flag: {column} is {' and '.join(flags)} on the {KIND_LABELS.get(kind, kind)} sets "
-                             "(Retrain's own value is not trustworthy there; read the other MIA column and the "
-                             "attacks)")
-    return lines
+                kinds.setdefault(column, {}).setdefault(tuple(flags), []).append(KIND_LABELS.get(kind, kind))
+    return [f"flag: {column} is " + "; ".join(f"{' and '.join(flags)} on the {_listed(labels)} sets"
+                                              for flags, labels in groups.items())
+            + " (Retrain's own value is not trustworthy there; read the other MIA column and the attacks)"
+            for column, groups in kinds.items()]
 
 
 def runs_phrase(summary: dict) -> str:
