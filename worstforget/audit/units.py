@@ -332,9 +332,10 @@ def run_seconds(setting: Setting, instance: UnlearningMethod, forget_set: torch.
                        "method": method_identity(instance), "forget": len(forget_set), "device": data.device.type})
 
     def compute() -> dict:
-        # the first optimiser a process builds imports torch._dynamo (about a second on a CPU): not the method's
-        # time, and every record of the stack shares this one
-        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        # the first torch optimiser a process builds imports torch._dynamo (about a second on a CPU): not the
+        # method's time, and every record of the stack shares this one (SGD on a CPU is the library's own)
+        if getattr(instance, "optimizer", "sgd") != "sgd" or data.device.type != "cpu":
+            torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
         with Timer() as timer:
             instance.apply(setting.original, data, forget_weights(data, forget_set), seed=0, spec=setting.spec,
                            progress=progress)

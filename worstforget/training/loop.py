@@ -16,7 +16,7 @@ from ..core.seeds import generator
 from ..datasets import Dataset, augment_batch
 from .accel import Accel, current_accel, prepare_input, prepare_model
 from .divergence import TRAIN_HINT, DivergenceWatch
-from .optim import lr_factor
+from .optim import SGD, lr_factor
 
 # Fields added after cache keys were first written: `to_dict` leaves them out while they hold these
 # defaults, so every recipe that existed before them keeps its key (and its cached models).
@@ -137,9 +137,12 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int,
     return model.eval()
 
 
-def _sgd(params: list[nn.Parameter], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """torch's SGD for `cfg`; on CUDA its fused kernel (the same update in one pass), where it exists."""
+def _sgd(params: list[nn.Parameter], cfg: TrainConfig, device: torch.device):
+    """SGD for `cfg`: on CUDA torch's fused kernel (the same update in one pass) where it exists, torch's own
+    class on other accelerators, on a CPU `optim.SGD` (torch's CPU update, without its base class's imports)."""
     kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    if device.type == "cpu":
+        return SGD(params, **kwargs)
     if device.type == "cuda":
         try:
             return torch.optim.SGD(params, fused=True, **kwargs)

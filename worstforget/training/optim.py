@@ -2,65 +2,154 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
-from torch.optim import Optimizer
 
 from ..core.registry import Registry
 
 
-class SignSGD(Optimizer):
+class PlainOptimizer:
+    """The part of `torch.optim.Optimizer` the library's loops use: one parameter group, per-parameter state,
+    `zero_grad`, `step`, and `state_dict` / `load_state_dict` in torch's format.
+
+    Why not torch's base class: building or stepping one imports `torch._dynamo` (about 1.3 s in every process on
+    two CPU cores, longer than the default digits training takes to start), for compile support these loops never
+    use. A `higher` unroll, which needs torch's classes, builds torch's own (`torch_sgd`).
+    """
+
+    def __init__(self, params: Iterable[torch.Tensor], defaults: dict):
+        params = list(params)
+        if not params or not all(isinstance(q, torch.Tensor) for q in params):
+            raise TypeError(f"{type(self).__name__} takes a non-empty sequence of tensors")
+        self.defaults = dict(defaults)
+        self.param_groups = [{"params": params, **defaults}]
+        self.state: dict[torch.Tensor, dict] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for group in self.param_groups:
+            for q in group["params"]:
+                if q.grad is None:
+                    continue
+                if set_to_none:
+                    q.grad = None
+                else:
+                    q.grad.detach_().zero_()
+
+    def state_dict(self) -> dict:
+        """torch's layout: parameters numbered in group order, state keyed by those numbers (tensors shared)."""
+        index: dict[int, int] = {}
+        groups = []
+        for group in self.param_groups:
+            for q in group["params"]:
+                index.setdefault(id(q), len(index))
+            groups.append({**{k: v for k, v in group.items() if k != "params"},
+                           "params": [index[id(q)] for q in group["params"]]})
+        return {"state": {index[id(q)]: dict(v) for q, v in self.state.items()}, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore hyper-parameters and state saved by this class or by the matching torch optimiser."""
+        saved = state_dict["param_groups"]
+        if len(saved) != len(self.param_groups) or any(
+                len(a["params"]) != len(b["params"]) for a, b in zip(saved, self.param_groups)):
+            raise ValueError("the saved optimiser state has other parameter groups than this optimiser")
+        params = {i: q for a, b in zip(saved, self.param_groups) for i, q in zip(a["params"], b["params"])}
+        for a, b in zip(saved, self.param_groups):
+            b.update({k: v for k, v in a.items() if k in b and k != "params"})
+        self.state = {params[int(i)]: {k: (v.to(dtype=params[int(i)].dtype, device=params[int(i)].device).clone()
+                                           if isinstance(v, torch.Tensor) else v) for k, v in entry.items()}
+                      for i, entry in state_dict["state"].items()}
+
+
+class SGD(PlainOptimizer):
+    """SGD with momentum, (Nesterov) and weight decay: torch.optim.SGD's single-tensor update, the one it takes on
+    a CPU, operation for operation, so the trained weights are the same bits (tested against torch's)."""
+
+    def __init__(self, params, *, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+                 nesterov: bool = False):
+        super().__init__(params, {"lr": lr, "momentum": momentum, "dampening": 0.0, "weight_decay": weight_decay,
+                                  "nesterov": nesterov, "maximize": False})
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.param_groups:
+            lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
+            for q in group["params"]:
+                if q.grad is None:
+                    continue
+                grad = -q.grad if group["maximize"] else q.grad
+                if group["weight_decay"] != 0:
+                    grad = grad.add(q, alpha=group["weight_decay"])
+                if momentum != 0:
+                    state = self.state.setdefault(q, {})
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        buf = state["momentum_buffer"] = grad.detach().clone()
+                    else:
+                        buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+                    grad = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
+                q.add_(grad, alpha=-lr)
+
+
+class SignSGD(PlainOptimizer):
     """θ ← θ − lr·sign(g + wd·θ), optionally with momentum on the sign input (signum).
 
     The lower level of the first-order search: because d sign(x)/dx = 0 almost everywhere, the
     unlearned parameters do not depend on the forget weights to first order, so the hypergradient
-    reduces to the partial derivative of the upper objective. Weight decay is a keyword argument
-    here (passing it positionally to torch.optim.SGD turns it into dampening).
+    reduces to the partial derivative of the upper objective.
     """
 
     def __init__(self, params, *, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102
+    def step(self) -> None:
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
+            for q in group["params"]:
+                if q.grad is None:
                     continue
-                g = p.grad
+                g = q.grad
                 if group["weight_decay"]:
-                    g = g.add(p, alpha=group["weight_decay"])
+                    g = g.add(q, alpha=group["weight_decay"])
                 if group["momentum"]:
-                    buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
+                    buf = self.state.setdefault(q, {}).setdefault("momentum", torch.zeros_like(q))
                     buf.mul_(group["momentum"]).add_(g, alpha=1 - group["momentum"])
                     g = buf
-                p.add_(torch.sign(g), alpha=-group["lr"])
+                q.add_(torch.sign(g), alpha=-group["lr"])
 
 
-OptimizerFactory = Callable[..., Optimizer]  # (params, *, lr, momentum, weight_decay) -> Optimizer
+def torch_sgd(params, *, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """torch's own SGD, for what needs its class (`higher`'s differentiable copy)."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+OptimizerFactory = Callable[..., object]  # (params, *, lr, momentum, weight_decay) -> optimiser
 OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
 
 
 @OPTIMIZERS.register("sgd")
-def sgd(params, *, lr: float, momentum: float, weight_decay: float) -> Optimizer:
-    """SGD with momentum and decoupled-by-keyword weight decay (torch.optim.SGD)."""
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+def sgd(params, *, lr: float, momentum: float, weight_decay: float):
+    """SGD with momentum and weight decay: torch.optim.SGD's update (its class on an accelerator, whose foreach
+    kernels it takes there; `SGD` above on a CPU)."""
+    params = list(params)
+    if all(q.device.type == "cpu" for q in params):
+        return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch_sgd(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 @OPTIMIZERS.register("sign")
-def sign(params, *, lr: float, momentum: float, weight_decay: float) -> Optimizer:
+def sign(params, *, lr: float, momentum: float, weight_decay: float) -> SignSGD:
     """Sign-SGD: the paper's first-order lower level (zero derivative in the forget weights)."""
     return SignSGD(params, lr=lr, weight_decay=weight_decay)
 
 
 @OPTIMIZERS.register("adam")
-def adam(params, *, lr: float, momentum: float, weight_decay: float) -> Optimizer:
+def adam(params, *, lr: float, momentum: float, weight_decay: float) -> torch.optim.Adam:
     """Adam (torch.optim.Adam; `momentum` is unused)."""
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
-def make_optimizer(kind: str, params, *, lr: float, momentum: float, weight_decay: float) -> Optimizer:
+def make_optimizer(kind: str, params, *, lr: float, momentum: float, weight_decay: float):
     return OPTIMIZERS.get(kind)(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
