@@ -52,7 +52,7 @@ ray.shutdown()
 
 def audit_args(opts: argparse.Namespace) -> list[str]:
     if opts.tiny:
-        return ["--dataset", "synthetic", "--epochs", "4", "--methods", "ft,ga", "--num-sets", "2",
+        return ["--dataset", "synthetic", "--epochs", "2", "--methods", "ft,ga", "--num-sets", "1",
                 "--mia-resamples", "1"]
     data = ["--dataset", opts.dataset]
     if opts.dataset != "digits":
@@ -115,7 +115,7 @@ def table(times: dict[str, list[float]], startup: list[float], command: str, wor
     return "\n".join([*lines, ""])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
@@ -127,12 +127,13 @@ def main() -> None:
     parser.add_argument("--methods", default="all", help="the compare audit's --methods")
     parser.add_argument("--tiny", action="store_true", help="synthetic data and 2 methods, one repeat (a smoke test)")
     parser.add_argument("--out", default="results/fanout.md")
-    opts = parser.parse_args()
+    opts = parser.parse_args(argv)
     executors = [e.strip() for e in opts.executors.split(",") if e.strip()]
     if "serial" not in executors:
         executors.insert(0, "serial")  # the reference of every ratio
     repeats = 1 if opts.tiny else opts.repeats
-    command = "python benchmarks/bench_fanout.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "python benchmarks/bench_fanout.py " + " ".join(shlex.quote(a) for a in
+                                                              (sys.argv[1:] if argv is None else argv))
     repo = Path(__file__).resolve().parent.parent
     env = {k: v for k, v in os.environ.items() if k not in ONE_THREAD}  # torch's default threads unless asked
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -240,6 +241,8 @@ def test_a_search_killed_midway_resumes_to_the_uninterrupted_set(tmp_path):
     state = torch.load(next(state_dir.glob("search-*.pt")), weights_only=True)
     assert 0 < state["step"] < 12 and not state["done"], "the kill must land mid-search"
     assert not (tmp_path / "a" / "summary.json").exists()
+    # the uninterrupted run starts from the same original and reference models, without the search's checkpoint
+    shutil.copytree(cache, tmp_path / "fresh", ignore=lambda folder, names: ["search"] if folder == str(cache) else [])
     invoke(*args, "--resume", "--cache-dir", cache, "--out", tmp_path / "a")
     invoke(*args, "--cache-dir", tmp_path / "fresh", "--out", tmp_path / "b")
     np.testing.assert_array_equal(np.load(tmp_path / "a" / "worst_case_indices.npy"),
