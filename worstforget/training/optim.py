@@ -129,8 +129,10 @@ OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
 
 @OPTIMIZERS.register("sgd")
 def sgd(params, *, lr: float, momentum: float, weight_decay: float):
-    """SGD with momentum and weight decay: torch.optim.SGD's update (its class on an accelerator, whose foreach
-    kernels it takes there; `SGD` above on a CPU)."""
+    """SGD with momentum and weight decay (torch.optim.SGD's update).
+
+    On a CPU the library's `SGD`; on an accelerator torch's class, for its foreach kernels there.
+    """
     params = list(params)
     if all(q.device.type == "cpu" for q in params):
         return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
