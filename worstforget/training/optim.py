@@ -20,8 +20,10 @@ class PlainOptimizer:
 
     def __init__(self, params: Iterable[torch.Tensor], defaults: dict):
         params = list(params)
-        if not params or not all(isinstance(q, torch.Tensor) for q in params):
-            raise TypeError(f"{type(self).__name__} takes a non-empty sequence of tensors")
+        if not params:
+            raise ValueError(f"{type(self).__name__} got an empty parameter list")
+        if not all(isinstance(q, torch.Tensor) for q in params):
+            raise TypeError(f"{type(self).__name__} takes a sequence of tensors (one parameter group)")
         self.defaults = dict(defaults)
         self.param_groups = [{"params": params, **defaults}]
         self.state: dict[torch.Tensor, dict] = {}
