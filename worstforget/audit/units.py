@@ -48,6 +48,7 @@ from ..setting import Setting
 from ..training.accel import current_accel
 from ..training.ensemble import check_stackable, chunk_sizes, fit_stacked, has_convolutions, stack_capacity
 from ..training.loop import TrainConfig
+from ..training.optim import preload_torch_optim
 from .result import Comparison, SetKind, run_arrays
 
 RECORD_VERSION = 3  # 2: method reports (retrained fraction...) in the record; 3: MIA_logit, saturated share
@@ -332,10 +333,10 @@ def run_seconds(setting: Setting, instance: UnlearningMethod, forget_set: torch.
                        "method": method_identity(instance), "forget": len(forget_set), "device": data.device.type})
 
     def compute() -> dict:
-        # the first torch optimiser a process builds imports torch._dynamo (about a second on a CPU): not the
-        # method's time, and every record of the stack shares this one (SGD on a CPU is the library's own)
+        # the first torch optimiser a process builds imports torch._dynamo: not the method's time, and every
+        # record of the stack shares this one (SGD on a CPU is the library's own, which imports nothing)
         if getattr(instance, "optimizer", "sgd") != "sgd" or data.device.type != "cpu":
-            torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+            preload_torch_optim()
         with Timer() as timer:
             instance.apply(setting.original, data, forget_weights(data, forget_set), seed=0, spec=setting.spec,
                            progress=progress)

@@ -120,6 +120,12 @@ class SignSGD(PlainOptimizer):
                 q.add_(torch.sign(g), alpha=-group["lr"])
 
 
+def preload_torch_optim() -> None:
+    """Import what torch's optimiser classes import when first built or stepped (`torch._dynamo`, about 1.3 s on
+    two CPU cores), so that a timed run that builds one does not pay a cost of the process."""
+    import torch._dynamo  # noqa: F401
+
+
 def torch_sgd(params, *, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
     """torch's own SGD, for what needs its class (`higher`'s differentiable copy)."""
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
