@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from worstforget.training.optim import SGD, SignSGD, make_optimizer
+from worstforget.training.loop import TrainConfig, _sgd
+from worstforget.training.optim import SGD, SignSGD, library_optimizer, make_optimizer
 
 
 def _problem():
@@ -94,6 +95,17 @@ def test_the_sgd_factory_gives_the_library_optimiser_on_a_cpu():
     w = [torch.zeros(2, requires_grad=True)]
     assert type(make_optimizer("sgd", w, lr=0.1, momentum=0.9, weight_decay=0.0)) is SGD
     assert isinstance(make_optimizer("adam", w, lr=0.1, momentum=0.9, weight_decay=0.0), torch.optim.Adam)
+    assert library_optimizer("sgd", "cpu") and library_optimizer("sign", "cuda")
+    assert not library_optimizer("sgd", "cuda") and not library_optimizer("adam", "cpu")
+
+
+def test_the_training_loop_takes_the_recipes_nesterov_and_decay():
+    w = [torch.zeros(2, requires_grad=True)]
+    cfg = TrainConfig(epochs=1, lr=0.2, momentum=0.8, weight_decay=1e-3, nesterov=True)
+    opt = _sgd(w, cfg, torch.device("cpu"))
+    assert type(opt) is SGD
+    group = opt.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"], group["nesterov"]) == (0.2, 0.8, 1e-3, True)
 
 
 CHECK = """
@@ -106,6 +118,11 @@ setting = prepare_setting(dataset="synthetic", device="cpu", cache_dir=tempfile.
 data = setting.data
 forget = random_forget_set(data.num_train, data.num_train // 10, seed=0)
 METHODS.get("finetune")(epochs=1).apply(setting.original, data, forget_weights(data, forget), seed=0, spec=setting.spec)
+from worstforget.training.optim import preload_torch_optim
+preload_torch_optim("sgd", "cpu")
+preload_torch_optim("sign", "cpu")
+print("torch._dynamo" in sys.modules)
+preload_torch_optim("adam", "cpu")
 print("torch._dynamo" in sys.modules)
 """
 
@@ -114,4 +131,4 @@ def test_training_and_unlearning_on_a_cpu_import_no_dynamo():
     """torch's optimiser base class imports torch._dynamo (~1.3 s a process); the CPU path must not."""
     done = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == "False"
+    assert done.stdout.strip().splitlines()[-2:] == ["False", "True"]  # only a torch optimiser's preload imports

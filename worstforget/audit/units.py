@@ -334,9 +334,8 @@ def run_seconds(setting: Setting, instance: UnlearningMethod, forget_set: torch.
 
     def compute() -> dict:
         # the first torch optimiser a process builds imports torch._dynamo: not the method's time, and every
-        # record of the stack shares this one (SGD on a CPU is the library's own, which imports nothing)
-        if getattr(instance, "optimizer", "sgd") != "sgd" or data.device.type != "cpu":
-            preload_torch_optim()
+        # record of the stack shares this one
+        preload_torch_optim(instance.optimizer, data.device)
         with Timer() as timer:
             instance.apply(setting.original, data, forget_weights(data, forget_set), seed=0, spec=setting.spec,
                            progress=progress)

@@ -16,7 +16,7 @@ from ..core.seeds import generator
 from ..datasets import Dataset, augment_batch
 from .accel import Accel, current_accel, prepare_input, prepare_model
 from .divergence import TRAIN_HINT, DivergenceWatch
-from .optim import SGD, lr_factor
+from .optim import lr_factor, sgd
 
 # Fields added after cache keys were first written: `to_dict` leaves them out while they hold these
 # defaults, so every recipe that existed before them keeps its key (and its cached models).
@@ -138,17 +138,15 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int,
 
 
 def _sgd(params: list[nn.Parameter], cfg: TrainConfig, device: torch.device):
-    """SGD for `cfg`: on CUDA torch's fused kernel (the same update in one pass) where it exists, torch's own
-    class on other accelerators, on a CPU `optim.SGD` (torch's CPU update, without its base class's imports)."""
+    """SGD for `cfg`: on CUDA torch's fused kernel (the same update in one pass) where it exists, elsewhere the
+    registry's `sgd` (the library's class on a CPU, torch's on other accelerators)."""
     kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-    if device.type == "cpu":
-        return SGD(params, **kwargs)
     if device.type == "cuda":
         try:
             return torch.optim.SGD(params, fused=True, **kwargs)
         except (RuntimeError, ValueError, TypeError):
             pass  # a torch build or device without the fused kernel: the default implementation below
-    return torch.optim.SGD(params, **kwargs)
+    return sgd(params, **kwargs)
 
 
 @torch.no_grad()

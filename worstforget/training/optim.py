@@ -15,7 +15,7 @@ class PlainOptimizer:
 
     Why not torch's base class: building or stepping one imports `torch._dynamo` (about 1.3 s in every process on
     two CPU cores, longer than the default digits training takes to start), for compile support these loops never
-    use. A `higher` unroll, which needs torch's classes, builds torch's own (`torch_sgd`).
+    use. A `higher` unroll, which needs torch's classes, builds torch's own.
     """
 
     def __init__(self, params: Iterable[torch.Tensor], defaults: dict):
@@ -58,9 +58,11 @@ class PlainOptimizer:
         params = {i: q for a, b in zip(saved, self.param_groups) for i, q in zip(a["params"], b["params"])}
         for a, b in zip(saved, self.param_groups):
             b.update({k: v for k, v in a.items() if k in b and k != "params"})
-        self.state = {params[int(i)]: {k: (v.to(dtype=params[int(i)].dtype, device=params[int(i)].device).clone()
-                                           if isinstance(v, torch.Tensor) else v) for k, v in entry.items()}
-                      for i, entry in state_dict["state"].items()}
+        self.state = {}
+        for i, entry in state_dict["state"].items():
+            q = params[int(i)]
+            self.state[q] = {k: v.to(dtype=q.dtype, device=q.device).clone() if isinstance(v, torch.Tensor) else v
+                             for k, v in entry.items()}
 
 
 class SGD(PlainOptimizer):
@@ -120,15 +122,18 @@ class SignSGD(PlainOptimizer):
                 q.add_(torch.sign(g), alpha=-group["lr"])
 
 
-def preload_torch_optim() -> None:
-    """Import what torch's optimiser classes import when first built or stepped (`torch._dynamo`, about 1.3 s on
-    two CPU cores), so that a timed run that builds one does not pay a cost of the process."""
-    import torch._dynamo  # noqa: F401
+def library_optimizer(kind: str, device: torch.device | str) -> bool:
+    """Whether `make_optimizer(kind, ...)` (and the training loop, for "sgd") on `device` builds the library's
+    own class rather than torch's: SGD on a CPU, and sign-SGD anywhere."""
+    return kind == "sign" or (kind == "sgd" and torch.device(device).type == "cpu")
 
 
-def torch_sgd(params, *, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
-    """torch's own SGD, for what needs its class (`higher`'s differentiable copy)."""
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+def preload_torch_optim(kind: str, device: torch.device | str) -> None:
+    """Before a timed run of `kind` steps on `device`: import what torch's optimiser classes import when first
+    built or stepped (`torch._dynamo`, about 1.3 s on two CPU cores), a cost of the process, not of the run.
+    Nothing to do where the optimiser is the library's own."""
+    if not library_optimizer(kind, device):
+        import torch._dynamo  # noqa: F401
 
 
 OptimizerFactory = Callable[..., object]  # (params, *, lr, momentum, weight_decay) -> optimiser
@@ -136,15 +141,16 @@ OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
 
 
 @OPTIMIZERS.register("sgd")
-def sgd(params, *, lr: float, momentum: float, weight_decay: float):
+def sgd(params, *, lr: float, momentum: float, weight_decay: float, nesterov: bool = False):
     """SGD with momentum and weight decay (torch.optim.SGD's update).
 
     On a CPU the library's `SGD`; on an accelerator torch's class, for its foreach kernels there.
     """
     params = list(params)
-    if all(q.device.type == "cpu" for q in params):
-        return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    return torch_sgd(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    kwargs = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    if all(library_optimizer("sgd", q.device) for q in params):
+        return SGD(params, **kwargs)
+    return torch.optim.SGD(params, **kwargs)
 
 
 @OPTIMIZERS.register("sign")

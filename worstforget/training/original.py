@@ -78,8 +78,7 @@ def obtain_original(spec: ModelSpec, data: Dataset, *, checkpoint: str | Path | 
         if meta is not None:
             seconds = meta.get("train_seconds")
             return Original(model.eval(), key, float(seconds) if seconds is not None else None, "cache")
-        if data.device.type != "cpu":
-            preload_torch_optim()  # the loop takes torch's SGD there: its first build is not the training's time
+        preload_torch_optim("sgd", data.device)  # where the loop builds torch's SGD: its import is not training
         with Timer() as timer:
             fit(model, data, spec.train, seed=spec.seed, progress=progress, description="train original")
             sync(data.device)

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from ...methods import Context, UnlearningMethod
-from ...training.optim import torch_sgd
 
 
 class HigherStepper:
@@ -19,7 +18,8 @@ class HigherStepper:
 
     def __init__(self, model: nn.Module, params: list[nn.Parameter], method: UnlearningMethod, *, track: bool = True):
         self.names = [n for n, _ in model.named_parameters()]  # the order of higher's fast weights
-        opt = torch_sgd(params, lr=method.lr, momentum=method.momentum, weight_decay=method.weight_decay)
+        # higher copies torch's own optimiser classes into differentiable ones: torch's SGD, whatever the device
+        opt = torch.optim.SGD(params, lr=method.lr, momentum=method.momentum, weight_decay=method.weight_decay)
         self.model = higher.monkeypatch(model, copy_initial_weights=True, track_higher_grads=track)
         self.diffopt = higher.optim.get_diff_optim(opt, list(model.parameters()), fmodel=self.model,
                                                    track_higher_grads=track)
