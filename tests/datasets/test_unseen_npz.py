@@ -1,0 +1,65 @@
+"""experiments/make_unseen_npz.py: the pooled Fashion-MNIST draw that the unseen-dataset audits read as npz:PATH."""
+from __future__ import annotations
+
+import importlib.util
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from worstforget.datasets import formats
+
+SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "make_unseen_npz.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("make_unseen_npz", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_idx(folder: Path, stem: str, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    (folder / stem).write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fashion(tmp_path):
+    """Four-by-four 'Fashion-MNIST' files whose image i holds the pixel values i*16 + (0..15), label i % 10."""
+    folder = tmp_path / "fashion-mnist"
+    folder.mkdir()
+    images = {n: (np.arange(n)[:, None] * 16 + np.arange(16)).reshape(n, 4, 4) for n in (12, 6)}
+    for prefix, n in (("train", 12), ("t10k", 6)):
+        _write_idx(folder, f"{prefix}-images-idx3-ubyte", images[n])
+        _write_idx(folder, f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    return tmp_path
+
+
+def test_the_file_holds_block_means_of_a_seeded_draw_and_loads_as_npz(fashion, tmp_path):
+    out = tmp_path / "unseen" / "d.npz"
+    assert _script().main([str(out), "--data-dir", str(fashion), "--train", "5", "--test", "3", "--seed", "3"]) == 0
+    arrays = dict(np.load(out))
+    rng = np.random.default_rng(3)  # the draw the script documents: train rows first, then test rows, sorted
+    rows_train, rows_test = np.sort(rng.choice(12, 5, replace=False)), np.sort(rng.choice(6, 3, replace=False))
+    np.testing.assert_array_equal(arrays["y_train"], rows_train % 10)
+    np.testing.assert_array_equal(arrays["y_test"], rows_test % 10)
+    assert arrays["x_train"].shape == (5, 1, 2, 2) and arrays["x_train"].dtype == np.float32
+    # image i, top-left 2×2 block: pixels i*16 + {0, 1, 4, 5}, mean i*16 + 2.5; bottom-right: i*16 + 12.5
+    for k, i in enumerate(rows_train):
+        expected = np.array([[i * 16 + 2.5, i * 16 + 4.5], [i * 16 + 10.5, i * 16 + 12.5]]) / 255
+        np.testing.assert_allclose(arrays["x_train"][k, 0], expected, rtol=1e-6)
+    raw = formats.load_npz(out)  # what `--dataset npz:PATH` reads
+    assert raw.x_train.shape == (5, 1, 2, 2) and len(raw.y_test) == 3
+    assert not list(out.parent.glob("*.partial*"))
+
+
+def test_sizes_beyond_the_files_or_blocks_that_do_not_divide_are_one_line(fashion, tmp_path):
+    script = _script()
+    with pytest.raises(SystemExit, match=r"--train must lie in 1\.\.12 and --test in 1\.\.6"):
+        script.main([str(tmp_path / "d.npz"), "--data-dir", str(fashion), "--train", "13"])
+    with pytest.raises(SystemExit, match="do not split into 3×3 blocks"):
+        script.main([str(tmp_path / "d.npz"), "--data-dir", str(fashion), "--train", "2", "--test", "2", "--block",
+                     "3"])
+    assert not (tmp_path / "d.npz").exists()
