@@ -53,6 +53,21 @@ def test_mia_flags_from_retrains_runs():
     assert mia_flags(resample) == {"MIA": ["unstable"]}
 
 
+def test_a_methods_attacker_flipping_between_its_draws_flags_the_column():
+    # Retrain steady at 100 on every draw; the method's three draws read 100, 0 and 0 (mean 33.3, std 57.7):
+    # its Avg. Gap of ~67 points is the attacker's flip, not the method
+    retrain = {"MIA": np.array([[100.0, 100.0]]), "MIA_std": np.zeros((1, 2)), "saturated": np.zeros((1, 2)),
+               "MIA_logit": np.array([[95.0, 95.5]]), "MIA_logit_std": np.full((1, 2), 1.0)}
+    flipping = {"MIA": np.full((1, 2), 100 / 3), "MIA_std": np.full((1, 2), float(np.std([100, 0, 0], ddof=1))),
+                "MIA_logit": np.array([[97.0, 97.5]]), "MIA_logit_std": np.full((1, 2), 2.0)}
+    assert mia_flags(retrain) == {"MIA": [], "MIA_logit": []}
+    assert mia_flags(retrain, [flipping]) == {"MIA": ["unstable"], "MIA_logit": []}
+    # one draw's spread of 10 is the line; a method without per-draw spreads (older records) adds nothing
+    edge = {"MIA": np.full((1, 2), 50.0), "MIA_std": np.full((1, 2), 10.0)}
+    assert mia_flags(retrain, [edge, {"MIA": np.full((1, 2), 0.0)}]) == {"MIA": [], "MIA_logit": []}
+    assert mia_flags(retrain, [{"MIA_std": np.array([[0.0, 20.5]])}]) == {"MIA": ["unstable"], "MIA_logit": []}
+
+
 def summary(worst, memo, rand, flags=None) -> dict:
     def kind(value, n_sets=1):
         return {"num_sets": n_sets, "flags": flags or {}, "methods": {"ft": {"avg_gap_logit": value}}}
@@ -136,3 +151,13 @@ def test_verdict_on_single_runs_says_there_is_no_interval_and_still_warns():
     entry = {**entry, "over_random": [entry["over_random"][0], None, None],
              "beats_search": {k: [v[0], None, None] for k, v in entry["beats_search"].items()}}
     assert verdict_lines([entry]) == [line]
+
+
+def test_a_set_kinds_flags_read_every_run_on_it():
+    from worstforget.audit.result import SetKind
+
+    steady = {"MIA": np.full((1, 2), 100.0), "MIA_std": np.zeros((1, 2)), "saturated": np.zeros((1, 2))}
+    flipping = {"MIA": np.full((1, 2), 100 / 3), "MIA_std": np.full((1, 2), 57.7)}
+    assert SetKind([np.arange(3)], {"retrain": steady, "ft": dict(steady)}).summary()["flags"] == {"MIA": []}
+    assert SetKind([np.arange(3)], {"retrain": steady, "ft": flipping}).summary()["flags"] == {"MIA": ["unstable"]}
+

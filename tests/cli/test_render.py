@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from worstforget.cli.render import flag_lines
 
-TAIL = " (Retrain's own value is not trustworthy there; read the other MIA column and the attacks)"
+TAIL = " (its Avg. Gap is not trustworthy there; read the other MIA column and the attacks)"
 
 
 def test_flag_lines_group_the_set_kinds_of_each_column_and_flag():

@@ -80,7 +80,8 @@ class SetKind:
         out = {"num_sets": len(self.sets),
                "methods": {who: {m: aggregate(v) for m, v in self.metrics[who].items()} for who in self.who}}
         if "retrain" in self.metrics:
-            out["flags"] = mia_flags(self.metrics["retrain"])
+            out["flags"] = mia_flags(self.metrics["retrain"],
+                                     [m for who, m in self.metrics.items() if who != "retrain"])
         return out
 
 

@@ -59,7 +59,7 @@ def flag_lines(summary: dict) -> list[str]:
                 kinds.setdefault(column, {}).setdefault(tuple(flags), []).append(KIND_LABELS.get(kind, kind))
     return [f"flag: {column} is " + "; ".join(f"{' and '.join(flags)} on the {_listed(labels)} sets"
                                               for flags, labels in groups.items())
-            + " (Retrain's own value is not trustworthy there; read the other MIA column and the attacks)"
+            + " (its Avg. Gap is not trustworthy there; read the other MIA column and the attacks)"
             for column, groups in kinds.items()]
 
 

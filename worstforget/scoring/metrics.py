@@ -1,6 +1,7 @@
 """The paper's metrics: UA, RA, TA, MIA-Efficacy (SVC on confidence), run time and Avg. Gap to Retrain."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
 import numpy as np
@@ -21,11 +22,14 @@ SATURATED_SHARE = 50.0  # % of forget samples past SATURATION under Retrain abov
 UNSTABLE_SPREAD = 10.0  # points of MIA spread (over seeds of one set, or over attacker resamples) flagged unstable
 
 
-def mia_flags(retrain: dict[str, np.ndarray]) -> dict[str, list[str]]:
-    """Which MIA columns of one set kind cannot be trusted, from Retrain's runs (arrays (sets, seeds)):
+def mia_flags(retrain: dict[str, np.ndarray], methods: Iterable[dict[str, np.ndarray]] = ()) -> dict[str, list[str]]:
+    """Which MIA columns of one set kind cannot be trusted, from the runs on it (arrays (sets, seeds)):
     `saturated` when Retrain leaves most forget samples past SATURATION (the paper's SVC then flips), and
-    `unstable` when Retrain's value moves by more than UNSTABLE_SPREAD over seeds or attacker resamples."""
+    `unstable` when Retrain's value moves by more than UNSTABLE_SPREAD over seeds, or any run's (Retrain's or a
+    method's in `methods`) over the attacker's resamples: an Avg. Gap reads both sides, and a method whose
+    attacker flips between its draws (0, 0 and 100: a mean of 33) gives a gap that measures the attacker."""
     flags: dict[str, list[str]] = {}
+    runs = [retrain, *methods]
     for column in ("MIA", "MIA_logit"):
         if column not in retrain:
             continue
@@ -34,12 +38,15 @@ def mia_flags(retrain: dict[str, np.ndarray]) -> dict[str, list[str]]:
             found.append("saturated")
         values = np.atleast_2d(retrain[column])
         seed_spread = np.nanmax(np.nanstd(values, axis=1, ddof=1)) if values.shape[1] > 1 else 0.0
-        resample = retrain.get(f"{column}_std")
-        resample_spread = float(np.nanmean(resample)) if resample is not None else 0.0
+        # each run's mean spread over the attacker's draws (a method's arrays may lack them: older records)
+        resample_spread = max((float(np.nanmean(run[f"{column}_std"])) for run in runs if f"{column}_std" in run),
+                              default=0.0)
         if max(seed_spread, resample_spread) > UNSTABLE_SPREAD:
             found.append("unstable")
         flags[column] = found
     return flags
+
+
 HIGHER_IS_BETTER = {"UA": None, "MIA": None, "RA": True, "TA": True, "RTE": False}  # None: compare with Retrain
 
 
