@@ -30,9 +30,13 @@ def pool(images: np.ndarray, block: int) -> np.ndarray:
 
 
 def build(data_dir: str, *, train: int, test: int, seed: int, block: int) -> dict[str, np.ndarray]:
+    from worstforget.core.errors import WorstforgetError
     from worstforget.datasets.formats import load_fashion_mnist
 
-    raw = load_fashion_mnist(Path(data_dir))
+    try:
+        raw = load_fashion_mnist(Path(data_dir))
+    except WorstforgetError as exc:  # files missing or damaged: the loader's one line says where and how to fix
+        raise SystemExit(f"error: {exc}") from None
     if not (0 < train <= len(raw.x_train) and 0 < test <= len(raw.x_test)):
         raise SystemExit(f"--train must lie in 1..{len(raw.x_train)} and --test in 1..{len(raw.x_test)}")
     rng = np.random.default_rng(seed)

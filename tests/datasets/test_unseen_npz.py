@@ -63,3 +63,14 @@ def test_sizes_beyond_the_files_or_blocks_that_do_not_divide_are_one_line(fashio
         script.main([str(tmp_path / "d.npz"), "--data-dir", str(fashion), "--train", "2", "--test", "2", "--block",
                      "3"])
     assert not (tmp_path / "d.npz").exists()
+
+
+def test_missing_fashion_mnist_files_are_one_line_naming_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(formats, "FASHION_MNIST_SYSTEM_DIRS", (tmp_path / "usr-share",))
+    with pytest.raises(SystemExit) as exit_info:
+        _script().main([str(tmp_path / "d.npz"), "--data-dir", str(tmp_path / "nothing")])
+    message = str(exit_info.value.code)
+    assert message.startswith("error: ") and "\n" not in message
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert not (tmp_path / "d.npz").exists()
+
