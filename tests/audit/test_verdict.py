@@ -3,6 +3,7 @@ against hand-computed values."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -66,6 +67,12 @@ def test_a_methods_attacker_flipping_between_its_draws_flags_the_column():
     edge = {"MIA": np.full((1, 2), 50.0), "MIA_std": np.full((1, 2), 10.0)}
     assert mia_flags(retrain, [edge, {"MIA": np.full((1, 2), 0.0)}]) == {"MIA": [], "MIA_logit": []}
     assert mia_flags(retrain, [{"MIA_std": np.array([[0.0, 20.5]])}]) == {"MIA": ["unstable"], "MIA_logit": []}
+    # a run whose spreads are all NaN (no forget sample to score) neither flags nor hides another run's flip
+    blank = {**retrain, "MIA_std": np.full((1, 2), np.nan)}
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert mia_flags(blank) == {"MIA": [], "MIA_logit": []}
+        assert mia_flags(blank, [flipping]) == {"MIA": ["unstable"], "MIA_logit": []}
 
 
 def summary(worst, memo, rand, flags=None) -> dict:
