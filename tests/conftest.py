@@ -1,10 +1,13 @@
 """Shared fixtures and helpers: the tiny synthetic dataset, a small MLP recipe, a trained original model,
-an isolated on-disk cache, a click runner, a snapshot/restore guard for the method registry, and
-`assert_clean_error` (a CLI failure is one `Error:` line; test modules import it with `from conftest import`)."""
+an isolated on-disk cache, a click runner, a snapshot/restore guard for the method registry, `idx_bytes` (an
+IDX file's bytes) and `assert_clean_error` (a CLI failure is one `Error:` line; test modules import the helpers
+with `from conftest import`)."""
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,6 +33,12 @@ def ok(*args):
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     return result
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """`array` as an IDX file of unsigned bytes (type code 0x08), the format of MNIST and Fashion-MNIST."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
 
 
 def assert_clean_error(result, exit_code: int | None = None):

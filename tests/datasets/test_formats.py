@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import idx_bytes
 
 from worstforget.core.errors import DataNotFoundError, WorstforgetError
 from worstforget.datasets import download as dl
@@ -171,11 +172,6 @@ def test_svhn_mat_maps_label_10_to_0(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- IDX
 
 
-def _idx_bytes(array: np.ndarray) -> bytes:
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
 def _write_mnist(folder: Path, gz: bool, n_train: int = 6, n_test: int = 3) -> dict[str, np.ndarray]:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1)
@@ -186,7 +182,7 @@ def _write_mnist(folder: Path, gz: bool, n_train: int = 6, n_test: int = 3) -> d
         "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8),
     }
     for stem, array in arrays.items():
-        data = _idx_bytes(array)
+        data = idx_bytes(array)
         if gz:
             (folder / f"{stem}.gz").write_bytes(gzip.compress(data))
         else:

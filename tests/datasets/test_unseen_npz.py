@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import importlib.util
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import idx_bytes
 
 from worstforget.datasets import formats
 
@@ -20,11 +20,6 @@ def _script():
     return module
 
 
-def _write_idx(folder: Path, stem: str, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    (folder / stem).write_bytes(header + array.astype(np.uint8).tobytes())
-
-
 @pytest.fixture
 def fashion(tmp_path):
     """Four-by-four 'Fashion-MNIST' files whose image i holds the pixel values i*16 + (0..15), label i % 10."""
@@ -32,8 +27,8 @@ def fashion(tmp_path):
     folder.mkdir()
     images = {n: (np.arange(n)[:, None] * 16 + np.arange(16)).reshape(n, 4, 4) for n in (12, 6)}
     for prefix, n in (("train", 12), ("t10k", 6)):
-        _write_idx(folder, f"{prefix}-images-idx3-ubyte", images[n])
-        _write_idx(folder, f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(idx_bytes(images[n]))
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_bytes(np.arange(n) % 10))
     return tmp_path
 
 
@@ -73,4 +68,3 @@ def test_missing_fashion_mnist_files_are_one_line_naming_the_fix(tmp_path, monke
     assert message.startswith("error: ") and "\n" not in message
     assert "apt-get install dataset-fashion-mnist" in message
     assert not (tmp_path / "d.npz").exists()
-
