@@ -30,13 +30,9 @@ def pool(images: np.ndarray, block: int) -> np.ndarray:
 
 
 def build(data_dir: str, *, train: int, test: int, seed: int, block: int) -> dict[str, np.ndarray]:
-    from worstforget.core.errors import WorstforgetError
     from worstforget.datasets.formats import load_fashion_mnist
 
-    try:
-        raw = load_fashion_mnist(Path(data_dir))
-    except WorstforgetError as exc:  # files missing or damaged: the loader's one line says where and how to fix
-        raise SystemExit(f"error: {exc}") from None
+    raw = load_fashion_mnist(Path(data_dir))
     if not (0 < train <= len(raw.x_train) and 0 < test <= len(raw.x_test)):
         raise SystemExit(f"--train must lie in 1..{len(raw.x_train)} and --test in 1..{len(raw.x_test)}")
     rng = np.random.default_rng(seed)
@@ -55,12 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7, help="seed of the draw")
     parser.add_argument("--block", type=int, default=2, help="pixels averaged per side (2: 28×28 → 14×14)")
     args = parser.parse_args(argv)
-    arrays = build(args.data_dir, train=args.train, test=args.test, seed=args.seed, block=args.block)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial.npz")
-    np.savez(partial, **arrays)
-    partial.replace(out)  # never a half-written file under the asked name
+    from worstforget.core.errors import WorstforgetError
+    from worstforget.core.io import atomic_path, check_output_file
+
+    try:  # a folder in the file's place or an unwritable one is refused before the images are read
+        out = check_output_file(args.out, what="OUT")
+        arrays = build(args.data_dir, train=args.train, test=args.test, seed=args.seed, block=args.block)
+        with atomic_path(out) as tmp, open(tmp, "wb") as fh:  # never a half-written file under the asked name
+            np.savez(fh, **arrays)
+    except WorstforgetError as exc:  # one line that says where and how to fix (files missing or damaged...)
+        raise SystemExit(f"error: {exc}") from None
     shape = "×".join(str(s) for s in arrays["x_train"].shape[1:])
     print(f"wrote {out}: {len(arrays['x_train'])} training and {len(arrays['x_test'])} test images of {shape}")
     return 0

@@ -47,7 +47,7 @@ def test_the_file_holds_block_means_of_a_seeded_draw_and_loads_as_npz(fashion, t
         np.testing.assert_allclose(arrays["x_train"][k, 0], expected, rtol=1e-6)
     raw = formats.load_npz(out)  # what `--dataset npz:PATH` reads
     assert raw.x_train.shape == (5, 1, 2, 2) and len(raw.y_test) == 3
-    assert not list(out.parent.glob("*.partial*"))
+    assert list(out.parent.iterdir()) == [out]  # no temporary file left beside it
 
 
 def test_sizes_beyond_the_files_or_blocks_that_do_not_divide_are_one_line(fashion, tmp_path):
@@ -68,3 +68,13 @@ def test_missing_fashion_mnist_files_are_one_line_naming_the_fix(tmp_path, monke
     assert message.startswith("error: ") and "\n" not in message
     assert "apt-get install dataset-fashion-mnist" in message
     assert not (tmp_path / "d.npz").exists()
+
+
+def test_a_folder_in_the_files_place_is_one_line_before_any_image_is_read(fashion, tmp_path, monkeypatch):
+    script = _script()
+    monkeypatch.setattr(script, "build", lambda *a, **k: pytest.fail("read the images before checking OUT"))
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        script.main([str(tmp_path / "taken"), "--data-dir", str(fashion)])
+    assert str(exit_info.value.code).startswith("error: OUT ") and "is a folder" in str(exit_info.value.code)
+    assert list((tmp_path / "taken").iterdir()) == []
