@@ -67,12 +67,14 @@ def test_a_methods_attacker_flipping_between_its_draws_flags_the_column():
     edge = {"MIA": np.full((1, 2), 50.0), "MIA_std": np.full((1, 2), 10.0)}
     assert mia_flags(retrain, [edge, {"MIA": np.full((1, 2), 0.0)}]) == {"MIA": [], "MIA_logit": []}
     assert mia_flags(retrain, [{"MIA_std": np.array([[0.0, 20.5]])}]) == {"MIA": ["unstable"], "MIA_logit": []}
-    # a run whose spreads are all NaN (no forget sample to score) neither flags nor hides another run's flip
+    # a run whose spreads are all NaN (no forget sample to score) neither flags nor hides another run's flip,
+    # and no 'mean of empty slice' warning reaches the user
     blank = {**retrain, "MIA_std": np.full((1, 2), np.nan)}
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         assert mia_flags(blank) == {"MIA": [], "MIA_logit": []}
         assert mia_flags(blank, [flipping]) == {"MIA": ["unstable"], "MIA_logit": []}
+        assert mia_flags(retrain, [{"MIA_std": np.array([[np.nan, 57.7]])}]) == {"MIA": ["unstable"], "MIA_logit": []}
 
 
 def summary(worst, memo, rand, flags=None) -> dict:
@@ -167,4 +169,3 @@ def test_a_set_kinds_flags_read_every_run_on_it():
     flipping = {"MIA": np.full((1, 2), 100 / 3), "MIA_std": np.full((1, 2), 57.7)}
     assert SetKind([np.arange(3)], {"retrain": steady, "ft": dict(steady)}).summary()["flags"] == {"MIA": []}
     assert SetKind([np.arange(3)], {"retrain": steady, "ft": flipping}).summary()["flags"] == {"MIA": ["unstable"]}
-

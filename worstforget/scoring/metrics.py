@@ -38,10 +38,10 @@ def mia_flags(retrain: dict[str, np.ndarray], methods: Iterable[dict[str, np.nda
             found.append("saturated")
         values = np.atleast_2d(retrain[column])
         seed_spread = np.nanmax(np.nanstd(values, axis=1, ddof=1)) if values.shape[1] > 1 else 0.0
-        # each run's mean spread over the attacker's draws (a method's arrays may lack them: older records);
-        # a run without a finite spread says nothing, and must not hide another's (max() keeps a leading NaN)
-        spreads = [float(np.nanmean(run[f"{column}_std"])) for run in runs if f"{column}_std" in run]
-        resample_spread = max((v for v in spreads if np.isfinite(v)), default=0.0)
+        # each run's mean spread over the attacker's draws, NaNs left out (a method's arrays may lack them: older
+        # records); a run with no spread at all says nothing, and must not hide another's
+        spreads = [run[f"{column}_std"][~np.isnan(run[f"{column}_std"])] for run in runs if f"{column}_std" in run]
+        resample_spread = max((float(v.mean()) for v in spreads if v.size), default=0.0)
         if max(seed_spread, resample_spread) > UNSTABLE_SPREAD:
             found.append("unstable")
         flags[column] = found
