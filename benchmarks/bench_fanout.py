@@ -62,6 +62,14 @@ def audit_args(opts: argparse.Namespace) -> list[str]:
     return [*data, "--methods", opts.methods, "--num-sets", "3"]
 
 
+def executor_args(name: str, workers: int) -> list[str]:
+    """The `compare` options that pick executor NAME (one of EXECUTORS)."""
+    if name.startswith("serial"):
+        return []
+    extra = ["--executor", name.split("-")[0], "--workers", str(workers)]
+    return extra + ["--ray-cache", "driver"] if name == "ray-driver" else extra
+
+
 def worstforget(args: list[str], cache: Path, env: dict) -> float:
     """Wall seconds of one `python -m worstforget --quiet ARGS` in a fresh process (fails loudly)."""
     command = [sys.executable, "-m", "worstforget", "--quiet", *args, "--cache-dir", str(cache)]
@@ -148,12 +156,9 @@ def main(argv: list[str] | None = None) -> None:
             order = executors[r % len(executors):] + executors[:r % len(executors)]
             for name in order:
                 cache = fresh_cache(root / "base", root, f"run-{r}-{name}")
-                extra = [] if name.startswith("serial") else ["--executor", name.split("-")[0], "--workers",
-                                                              str(opts.workers)]
-                if name == "ray-driver":
-                    extra += ["--ray-cache", "driver"]
                 run_env = {**env, **ONE_THREAD} if name == "serial-1-thread" else env
-                times[name].append(worstforget(["compare", *args, *extra], cache, run_env))
+                times[name].append(worstforget(["compare", *args, *executor_args(name, opts.workers)], cache,
+                                               run_env))
                 shutil.rmtree(cache)
                 print(f"repeat {r + 1}/{repeats} {name}: {times[name][-1]:.1f} s", file=sys.stderr)
             if {"ray", "ray-driver"} & set(executors):

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from worstforget.datasets import Dataset, load_dataset
-from worstforget.training.loop import TrainConfig, fit
-from worstforget.training.original import ModelSpec
 
-# Every tensor here is tiny: intra-op threads only add contention (several-fold slower on a busy CPU).
-torch.set_num_threads(1)
+def pytest_configure(config):
+    # Every tensor here is tiny: intra-op threads only add contention (several-fold slower on a busy CPU). Torch is
+    # imported where tests run: under -n, not in the process that only hands tests to the workers.
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def invoke(*args):
@@ -62,24 +63,31 @@ def isolated_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def synthetic() -> Dataset:
+def synthetic():
     """3 classes × 8 features Gaussian blobs (216 train / 24 val / 120 test). Treat as read-only."""
+    from worstforget.datasets import load_dataset
+
     return load_dataset("synthetic")
 
 
 @pytest.fixture(scope="session")
-def tiny_spec() -> ModelSpec:
+def tiny_spec():
+    from worstforget.training.loop import TrainConfig
+    from worstforget.training.original import ModelSpec
+
     return ModelSpec("mlp", TrainConfig(epochs=5, lr=0.05, batch_size=32), params={"hidden": (16,)})
 
 
 @pytest.fixture(scope="session")
-def _trained_state(synthetic, tiny_spec) -> dict[str, torch.Tensor]:
+def _trained_state(synthetic, tiny_spec):
+    from worstforget.training.loop import fit
+
     model = fit(tiny_spec.build(synthetic), synthetic, tiny_spec.train, seed=0)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 @pytest.fixture
-def trained(synthetic, tiny_spec, _trained_state) -> torch.nn.Module:
+def trained(synthetic, tiny_spec, _trained_state):
     """The original model: tiny_spec trained on synthetic with `fit` (a fresh copy per test)."""
     model = tiny_spec.build(synthetic)
     model.load_state_dict(_trained_state)
@@ -201,8 +209,14 @@ SLOW = {
 
 def pytest_collection_modifyitems(config, items):
     root = Path(__file__).parent
+    slow_in_module: dict[str, int] = {}
     for item in items:
         module = Path(str(item.fspath)).relative_to(root).as_posix()
         names = SLOW.get(module, ())
         if names == "*" or item.originalname in names:
             item.add_marker(pytest.mark.slow)
+            slow_in_module[module] = slow_in_module.get(module, 0) + 1
+    # Modules with the most slow tests run first, each module still in one piece (module fixtures are built once):
+    # pytest-xdist hands the tests out in this order, so the last ones, which decide when the run ends on whichever
+    # worker gets them, are quick ones.
+    items.sort(key=lambda item: -slow_in_module.get(Path(str(item.fspath)).relative_to(root).as_posix(), 0))

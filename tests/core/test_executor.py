@@ -570,26 +570,47 @@ def test_run_forwards_executor_options_to_steps_that_run_units(tmp_path):
 # --- the benchmark ---------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_fanout_benchmark_tiny(tmp_path):
-    out = tmp_path / "fanout.md"
-    # one executor beside serial (the reference every ratio needs): each mode is a fresh process, and the
-    # executors themselves are tested above; this checks the benchmark's own plumbing and table
+def _bench_fanout():
     spec = importlib.util.spec_from_file_location("bench_fanout", REPO / "benchmarks" / "bench_fanout.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.main(["--tiny", "--executors", "process", "--out", str(out)])  # its audits run in fresh processes
+    return module
+
+
+def test_fanout_benchmark_tiny(tmp_path):
+    out = tmp_path / "fanout.md"
+    # a second mode beside serial (the reference every ratio needs), each a fresh process: the executors
+    # themselves are tested above, and the options naming them below; this checks the benchmark's own plumbing
+    module = _bench_fanout()
+    module.main(["--tiny", "--executors", "serial-1-thread", "--out", str(out)])  # its audits run in fresh processes
     text = out.read_text()
     assert text.splitlines()[2].startswith("```") and "bench_fanout.py --tiny" in text.splitlines()[3]
     row = re.compile(r"^\| (serial|serial-1-thread|process|ray|ray-driver) \|.*\| ([0-9.]+)× \|$", re.M)
     rows = {m.group(1): float(m.group(2)) for m in row.finditer(text)}
-    assert rows.keys() == {"serial", "process"} and rows["serial"] == 1.0
+    assert rows.keys() == {"serial", "serial-1-thread"} and rows["serial"] == 1.0 and rows["serial-1-thread"] > 0
     assert "Ray start-up" not in text  # no Ray executor ran
 
 
+def test_each_fanout_mode_runs_compare_on_its_executor():
+    module = _bench_fanout()
+    assert module.executor_args("serial", 2) == module.executor_args("serial-1-thread", 2) == []
+    assert module.executor_args("process", 3) == ["--executor", "process", "--workers", "3"]
+    assert module.executor_args("ray", 2) == ["--executor", "ray", "--workers", "2"]
+    assert module.executor_args("ray-driver", 2) == ["--executor", "ray", "--workers", "2", "--ray-cache", "driver"]
+    import click
+
+    from worstforget.cli import cli
+
+    compare = cli.get_command(click.Context(cli), "compare")
+    for name in module.EXECUTORS:  # `compare` parses every mode's options into that executor
+        params = compare.make_context("compare", module.executor_args(name, 2)).params
+        assert params["executor"] == ("serial" if name.startswith("serial") else name.split("-")[0]), name
+        assert params["ray_cache"] == ("driver" if name == "ray-driver" else compare.make_context("compare", [])
+                                       .params["ray_cache"]), name
+
+
 def test_the_fanout_table_times_ray_start_up_when_ray_ran():
-    spec = importlib.util.spec_from_file_location("bench_fanout", REPO / "benchmarks" / "bench_fanout.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _bench_fanout()
     # skewed runs: medians (serial 5.0, ray 2.5, start-up 2.0) differ from means (7.0, 3.5, 3.0)
     text = module.table({"serial": [4.0, 12.0, 5.0], "ray-driver": [2.0, 6.0, 2.5]}, [1.0, 6.0, 2.0], "cmd", 2,
                         False, 2)
