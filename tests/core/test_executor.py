@@ -569,7 +569,6 @@ def test_run_forwards_executor_options_to_steps_that_run_units(tmp_path):
 
 # --- the benchmark ---------------------------------------------------------------------------------------
 
-@pytest.mark.slow
 def _bench_fanout():
     spec = importlib.util.spec_from_file_location("bench_fanout", REPO / "benchmarks" / "bench_fanout.py")
     module = importlib.util.module_from_spec(spec)
@@ -577,6 +576,7 @@ def _bench_fanout():
     return module
 
 
+@pytest.mark.slow
 def test_fanout_benchmark_tiny(tmp_path):
     out = tmp_path / "fanout.md"
     # a second mode beside serial (the reference every ratio needs), each a fresh process: the executors
@@ -602,11 +602,11 @@ def test_each_fanout_mode_runs_compare_on_its_executor():
     from worstforget.cli import cli
 
     compare = cli.get_command(click.Context(cli), "compare")
+    default_ray_cache = compare.make_context("compare", []).params["ray_cache"]
     for name in module.EXECUTORS:  # `compare` parses every mode's options into that executor
         params = compare.make_context("compare", module.executor_args(name, 2)).params
         assert params["executor"] == ("serial" if name.startswith("serial") else name.split("-")[0]), name
-        assert params["ray_cache"] == ("driver" if name == "ray-driver" else compare.make_context("compare", [])
-                                       .params["ray_cache"]), name
+        assert params["ray_cache"] == ("driver" if name == "ray-driver" else default_ray_cache), name
 
 
 def test_the_fanout_table_times_ray_start_up_when_ray_ran():
