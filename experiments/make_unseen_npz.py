@@ -24,7 +24,8 @@ def pool(images: np.ndarray, block: int) -> np.ndarray:
     """(N, 1, H, W) uint8 → (N, 1, H/block, W/block) float32 in [0, 1]: the mean of each block × block tile."""
     n, c, h, w = images.shape
     if h % block or w % block:
-        raise SystemExit(f"images of {h}×{w} do not split into {block}×{block} blocks: choose --block dividing both")
+        raise SystemExit(f"error: images of {h}×{w} do not split into {block}×{block} blocks: "
+                         "choose --block dividing both")
     tiles = images.reshape(n, c, h // block, block, w // block, block).astype(np.float64)
     return (tiles.mean(axis=(3, 5)) / 255.0).astype(np.float32)
 
@@ -34,7 +35,7 @@ def build(data_dir: str, *, train: int, test: int, seed: int, block: int) -> dic
 
     raw = load_fashion_mnist(Path(data_dir))
     if not (0 < train <= len(raw.x_train) and 0 < test <= len(raw.x_test)):
-        raise SystemExit(f"--train must lie in 1..{len(raw.x_train)} and --test in 1..{len(raw.x_test)}")
+        raise SystemExit(f"error: --train must lie in 1..{len(raw.x_train)} and --test in 1..{len(raw.x_test)}")
     rng = np.random.default_rng(seed)
     rows_train = np.sort(rng.choice(len(raw.x_train), size=train, replace=False))
     rows_test = np.sort(rng.choice(len(raw.x_test), size=test, replace=False))

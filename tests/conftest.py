@@ -1,7 +1,7 @@
 """Shared fixtures and helpers: the tiny synthetic dataset, a small MLP recipe, a trained original model,
 an isolated on-disk cache, a click runner, a snapshot/restore guard for the method registry, `idx_bytes` (an
-IDX file's bytes) and `assert_clean_error` (a CLI failure is one `Error:` line; test modules import the helpers
-with `from conftest import`)."""
+IDX file's bytes), `load_script` (a repository script as a module) and `assert_clean_error` (a CLI failure is
+one `Error:` line; test modules import the helpers with `from conftest import`)."""
 from __future__ import annotations
 
 import struct
@@ -40,6 +40,23 @@ def idx_bytes(array: np.ndarray) -> bytes:
     """`array` as an IDX file of unsigned bytes (type code 0x08), the format of MNIST and Fashion-MNIST."""
     header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     return header + array.astype(np.uint8).tobytes()
+
+
+def load_script(relative: str):
+    """The repository's script at `relative` (e.g. "benchmarks/gpu_check.py"), executed as a module named after its
+    file, so a test calls its functions and `main` in this process."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parent.parent / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # dataclasses look their module up while the file executes
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[path.stem]
+    return module
 
 
 def assert_clean_error(result, exit_code: int | None = None):
@@ -209,9 +226,10 @@ SLOW = {
 
 def pytest_collection_modifyitems(config, items):
     root = Path(__file__).parent
+    module_of = {item.nodeid: Path(str(item.fspath)).relative_to(root).as_posix() for item in items}
     slow_in_module: dict[str, int] = {}
     for item in items:
-        module = Path(str(item.fspath)).relative_to(root).as_posix()
+        module = module_of[item.nodeid]
         names = SLOW.get(module, ())
         if names == "*" or item.originalname in names:
             item.add_marker(pytest.mark.slow)
@@ -219,4 +237,4 @@ def pytest_collection_modifyitems(config, items):
     # Modules with the most slow tests run first, each module still in one piece (module fixtures are built once):
     # pytest-xdist hands the tests out in this order, so the last ones, which decide when the run ends on whichever
     # worker gets them, are quick ones.
-    items.sort(key=lambda item: -slow_in_module.get(Path(str(item.fspath)).relative_to(root).as_posix(), 0))
+    items.sort(key=lambda item: -slow_in_module.get(module_of[item.nodeid], 0))

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 
 from worstforget.audit import units as U
 from worstforget.audit.units import Unit, UnitPlan, run_unit, run_units, unit_key
@@ -285,13 +286,7 @@ def test_an_attacks_unlearned_models_train_as_one_stack_per_set(tmp_path, monkey
 
 @pytest.mark.slow
 def test_the_audit_cost_benchmark_runs(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "bench_audit", Path(__file__).resolve().parents[2] / "benchmarks" / "bench_audit.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("benchmarks/bench_audit.py")
     out = tmp_path / "audit_cost.md"
     assert module.main(["--tiny", "--out", str(out)]) == 0  # each mode's audit runs in a fresh process
     text = out.read_text()
@@ -303,13 +298,7 @@ def test_the_audit_cost_benchmark_runs(tmp_path):
 
 
 def test_the_stack_size_benchmark_runs(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_stack_size.py"
-    spec = importlib.util.spec_from_file_location("bench_stack_size", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("benchmarks/bench_stack_size.py")
     out = tmp_path / "sizes.md"
     assert module.main(["--dataset", "synthetic", "--sizes", "2,3", "--repeats", "1", "--out", str(out)]) == 0
     text = out.read_text()

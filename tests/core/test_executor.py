@@ -7,7 +7,6 @@ from the driver; a missing Ray is one line naming the install command; and the b
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import re
@@ -570,10 +569,10 @@ def test_run_forwards_executor_options_to_steps_that_run_units(tmp_path):
 # --- the benchmark ---------------------------------------------------------------------------------------
 
 def _bench_fanout():
-    spec = importlib.util.spec_from_file_location("bench_fanout", REPO / "benchmarks" / "bench_fanout.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    # imported here: Ray and pool workers import this module as a plug-in, where `conftest` is not on the path
+    from conftest import load_script
+
+    return load_script("benchmarks/bench_fanout.py")
 
 
 @pytest.mark.slow

@@ -3,12 +3,11 @@ the unlearning attack on synthetic per-model statistics, RMIA on the trained mod
 RMIA-vs-LiRA experiment script on the tiny synthetic setting."""
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script
 
 from worstforget.core.errors import ConfigError
 from worstforget.scoring.attacks import ATTACKS, Stats
@@ -24,8 +23,6 @@ from worstforget.scoring.privacy import (
     rmia_scores,
     true_label_probability,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def brute_force_rmia(p_target_x, p_ref_x, p_target_z, p_ref_z, a, gamma, out_x=None, out_z=None):
@@ -283,9 +280,7 @@ def test_rmia_on_original_matches_hand_computation(setting):
 
 
 def test_rmia_vs_lira_script_on_tiny_setting(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("rmia_vs_lira", ROOT / "experiments" / "rmia_vs_lira.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("experiments/rmia_vs_lira.py")
     out = tmp_path / "table.md"
     monkeypatch.setattr(sys, "argv", ["rmia_vs_lira.py", "--tiny", "--models", "4,6", "--out", str(out),
                                       "--cache-dir", str(tmp_path / "cache")])
@@ -311,9 +306,7 @@ def test_exposure_anatomy_script_reads_an_audit_and_its_scores(tmp_path, monkeyp
                                       "lowest_loss", "--attacks", "loss", "--num-models", "2", "--mia-resamples", "1",
                                       "--cache-dir", str(cache), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    spec = importlib.util.spec_from_file_location("exposure_anatomy", ROOT / "experiments" / "exposure_anatomy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("experiments/exposure_anatomy.py")
     monkeypatch.setattr(sys, "argv", ["exposure_anatomy.py", str(out), "--cache-dir", str(cache)])
     module.main()
     rows = {line.split("|")[1].strip(): [float(c) for c in line.split("|")[2:-1]]

@@ -4,14 +4,13 @@ projections, and the GPU check script end to end in --tiny mode."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
 import re
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 
 from worstforget.core.errors import ConfigError
 from worstforget.core.hashing import stable_hash
@@ -31,8 +30,6 @@ from worstforget.training.timing import (
     train_subset,
     training_throughput,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _images(n: int = 48, seed: int = 0) -> Dataset:
@@ -350,14 +347,7 @@ def test_epoch_clock_training_throughput_and_subsets(synthetic):
 
 
 def _gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses look their module up while the file executes
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules["gpu_check"]
-    return module
+    return load_script("benchmarks/gpu_check.py")
 
 
 def _table(text: str) -> dict[str, tuple[str, str]]:
